@@ -562,6 +562,12 @@ def load_config(cfg: Any) -> Config:
     )
 
 
+def data_config(d: Mapping[str, Any]) -> DataConfig:
+    """A DataConfig back from its plan.json form (what a task receives)."""
+    return DataConfig(source=d["source"], languages=tuple(d["languages"]), pairs=tuple(d["pairs"]),
+                      options=_freeze(d.get("options") or {}))
+
+
 def to_dict(obj: Any) -> Any:
     """Frozen config objects -> plain JSON-safe data (for plan.json and config.yaml of a stage)."""
     if dataclasses.is_dataclass(obj):

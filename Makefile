@@ -1,0 +1,61 @@
+# downstream-scaling: `make run` (install, build the offline corpus, run the default sweep, write the report)
+# and `make test` on a fresh machine with Python 3.10+ and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU machines: the pinned CPU wheel first, so nothing pulls a multi-GB CUDA build. GPU users install their
+# own torch into $(VENV) first (or set TORCH_SPEC=); the install below keeps any torch already there.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+export DS_CACHE ?= $(CURDIR)/.cache
+SWEEP ?= en_de
+ARGS ?=
+RESULTS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: install corpus run plan test test-slow test-slurm report lint clean help
+help:
+	@echo "make run | test | test-slow | test-slurm | report [SWEEP=en_de RESULTS=path] | plan | corpus | lint | clean"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+$(DS_CACHE)/l10n/manifest.json: | $(STAMP)
+	$(PY) scripts/build_corpus.py --cache "$(DS_CACHE)"
+
+corpus: $(DS_CACHE)/l10n/manifest.json
+
+run: install corpus
+	$(PY) -m pipeline +sweep=$(SWEEP) $(ARGS)
+
+plan: install corpus
+	$(PY) -m pipeline +sweep=$(SWEEP) stage=plan $(ARGS)
+
+# pytest exits 5 when it collects no tests: not a failure for a suite that is still growing.
+test: install corpus
+	$(PY) -m pytest -q -m "not slow and not slurm" $(ARGS) || [ $$? -eq 5 ]
+
+test-slow: install corpus
+	$(PY) -m pytest -q -m "slow" $(ARGS) || [ $$? -eq 5 ]
+
+test-slurm: install corpus
+	$(PY) -m pytest -q -m "slurm" $(ARGS) || [ $$? -eq 5 ]
+
+report: install
+	$(PY) -m pipeline +sweep=$(SWEEP) stage=report $(if $(RESULTS),paths.results=$(abspath $(RESULTS))) $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check pipeline scripts tests
+
+clean:
+	rm -rf artifacts reports outputs multirun

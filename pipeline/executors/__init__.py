@@ -1,0 +1,16 @@
+"""Executors run the same task function (pipeline.task.execute) locally or on SLURM."""
+
+from __future__ import annotations
+
+from pipeline.config import Config
+
+
+def get_executor(cfg: Config):
+    opts = cfg.executor.opts()
+    if cfg.executor.kind == "slurm":
+        from pipeline.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(cfg)
+    from pipeline.executors.local import LocalExecutor
+
+    return LocalExecutor(workers=opts.get("workers", 1), threads_per_worker=opts.get("threads_per_worker"))

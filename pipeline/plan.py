@@ -1,0 +1,376 @@
+"""The planner: a sweep expands into a DAG of tasks, each named by the hash of its config slice and inputs.
+
+    tokenizer ─► tokens[lang] ─► pretrain[mixture, model] ─► finetune[task, rung, Df, seed, method, lr] ─► evaluate
+              └► init[model] ─┘ (the Dp = 0 baseline, and every pretraining run's starting point)
+    evaluate* ─► collect ─► fit ─► report
+
+A task carries in `spec` everything its function needs (config slice and the directories of its inputs),
+so `python -m pipeline.task plan.json i` can run it anywhere (a SLURM array element) from the plan alone.
+Validation that needs the data (Df against the pool, Dp against the unique text) happens here, before any
+compute, and raises ConfigError (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import (
+    atomic_write_json,
+    dir_hash,
+    is_done,
+    read_json,
+    read_status,
+    stable_hash,
+    stage_dir,
+)
+from pipeline.config import Config, ConfigError, Mixture, to_dict
+
+# Execution order of the stages; a task only depends on tasks of earlier levels.
+LEVELS = ("tokenizer", "tokens", "init", "pretrain", "finetune", "evaluate", "collect", "fit", "report")
+TRAIN_STAGES = ("tokenizer", "pretrain", "finetune", "evaluate")
+READ_STAGES = ("collect", "fit", "report")
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str  # "<stage>/<dirname>", unique in a plan
+    stage: str
+    name: str
+    dir: str
+    deps: tuple[str, ...]
+    spec: dict[str, Any] = field(hash=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "stage": self.stage, "name": self.name, "dir": self.dir, "deps": list(self.deps),
+                "spec": self.spec}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Task:
+        return Task(id=d["id"], stage=d["stage"], name=d["name"], dir=d["dir"], deps=tuple(d["deps"]), spec=d["spec"])
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the results table: what was finetuned from what, and where its evaluation lands."""
+
+    task: str
+    src: str
+    tgt: str
+    mixture: str
+    alignment: float
+    model: str
+    dp_rung: int  # the nominal rung (0 = no pretraining)
+    dp_tokens: int  # raw text tokens actually consumed at that checkpoint
+    pretrain_steps: int
+    df: int
+    seed: int
+    method: str
+    lr: float
+    finetune_id: str
+    evaluate_id: str
+
+
+@dataclass
+class Plan:
+    sweep: str
+    tasks: list[Task]
+    cells: list[Cell]
+    summary: dict[str, Any]
+
+    def by_id(self) -> dict[str, Task]:
+        return {t.id: t for t in self.tasks}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sweep": self.sweep, "summary": self.summary, "tasks": [t.to_dict() for t in self.tasks],
+                "cells": [dataclasses.asdict(c) for c in self.cells]}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Plan:
+        return Plan(sweep=d["sweep"], tasks=[Task.from_dict(t) for t in d["tasks"]],
+                    cells=[Cell(**c) for c in d["cells"]], summary=d["summary"])
+
+    def select(self, stage: str) -> list[Task]:
+        """The tasks `stage=<stage>` runs: training stages run everything up to them; collect/fit/report
+        only read what exists on disk (`make report` never trains)."""
+        if stage in ("all", "plan"):
+            return list(self.tasks)
+        if stage in READ_STAGES:
+            keep = READ_STAGES[: READ_STAGES.index(stage) + 1]
+            return [t for t in self.tasks if t.stage in keep]
+        upto = LEVELS.index(stage)
+        return [t for t in self.tasks if LEVELS.index(t.stage) <= upto]
+
+
+def load_plan(path: Path) -> Plan:
+    return Plan.from_dict(read_json(path))
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def mixture_counts(mix: Mixture, batch_size: int) -> dict[str, int]:
+    """Sequences per language in every global batch. Exact proportions need whole counts."""
+    counts = {}
+    for lang, w in mix.weights:
+        n = batch_size * w
+        if abs(n - round(n)) > 1e-9:
+            raise ConfigError("pretrain.batch_size",
+                              f"{batch_size} x weight {w:g} of {lang} in mixture {mix.name!r} is not a whole number of "
+                              f"sequences; choose a batch size that makes every language's share whole")
+        counts[lang] = int(round(n))
+    return counts
+
+
+def _pretrain_identity(cfg: Config) -> dict[str, Any]:
+    """What defines a pretraining run: not its length (the schedule does not depend on it, so a longer
+    ladder resumes the same run), not how it is split over processes or logged."""
+    d = to_dict(cfg.pretrain)
+    for k in ("dp_ladder", "micro_batch_size", "distributed", "log_every", "checkpoint_minutes", "compile"):
+        d.pop(k)
+    return d
+
+
+def _finetune_identity(cfg: Config) -> dict[str, Any]:
+    d = to_dict(cfg.finetune)
+    for k in ("df_ladder", "seeds", "methods", "lrs"):
+        d.pop(k)
+    return d
+
+
+# --------------------------------------------------------------------------------------------- plan
+
+
+def build_plan(cfg: Config, source: Any) -> Plan:
+    """Expand the sweep into tasks. `source` is a pipeline.sources.Source (for identity and sizes)."""
+    from pipeline.model import load_preset
+    from pipeline.span_corruption import compute_lengths
+
+    art = cfg.paths.artifacts
+    tasks: dict[str, Task] = {}
+
+    def add(stage: str, name: str, config_slice: Any, deps: list[Task], spec: dict[str, Any]) -> Task:
+        d = stage_dir(art, stage, name, config_slice, [dir_hash(Path(x.dir)) for x in deps])
+        t = Task(id=f"{stage}/{d.name}", stage=stage, name=name, dir=str(d), deps=tuple(x.id for x in deps),
+                 spec={"config": config_slice, **spec})
+        tasks.setdefault(t.id, t)
+        return tasks[t.id]
+
+    data_id = source.identity()
+    tok_slice = {"tokenizer": to_dict(cfg.tokenizer), "data": data_id, "languages": list(cfg.data.languages)}
+    tok = add("tokenizer", f"tok-{cfg.tokenizer.algorithm}{cfg.tokenizer.vocab_size}", tok_slice, [],
+              {"data": to_dict(cfg.data), "cache": str(cfg.paths.cache)})
+
+    presets = [load_preset(m.as_dict()) for m in cfg.models]
+    raw_len, targets_len = compute_lengths(cfg.pretrain.inputs_length, cfg.pretrain.noise_density,
+                                           cfg.pretrain.mean_noise_span_length)
+    tokens_per_step = cfg.pretrain.batch_size * raw_len
+
+    def steps_for(dp: int) -> int:
+        return math.ceil(dp / tokens_per_step)
+
+    # Languages whose text is tokenized: every mixture's languages and every task's (for upstream losses).
+    langs = sorted({lang for t in cfg.sweep.tasks for m in t.mixtures for lang in m.languages}
+                   | {lang for t in cfg.sweep.tasks for lang in (t.src, t.tgt)})
+    needed = {lang: 0 for lang in langs}  # tokens each language must supply without repetition
+    ladders: dict[tuple, tuple[int, ...]] = {}
+    for t in cfg.sweep.tasks:
+        ladder = tuple(d for d in cfg.pretrain.dp_ladder if t.dp_max is None or d <= t.dp_max)
+        if not ladder:
+            raise ConfigError(f"sweep.tasks.{t.pair}.dp_max", f"{t.dp_max} is below the smallest rung {cfg.pretrain.dp_ladder[0]}")
+        for m in t.mixtures:
+            key = m.weights
+            ladders[key] = tuple(sorted(set(ladders.get(key, ())) | set(ladder)))
+    for m in cfg.sweep.mixtures():
+        counts = mixture_counts(m, cfg.pretrain.batch_size)
+        top = steps_for(max(ladders[m.weights]))
+        for lang, n in counts.items():
+            needed[lang] = max(needed[lang], top * n * raw_len)
+    tokens = {
+        lang: add("tokens", f"tokens-{lang}",
+                  {"lang": lang, "data": data_id, "max_tokens": source_max_tokens(source, needed[lang]), "seed": cfg.seed},
+                  [tok], {"lang": lang, "tokenizer_dir": str(Path(tok.dir) / "tokenizer"), "data": to_dict(cfg.data), "cache": str(cfg.paths.cache),
+                          "max_tokens": source_max_tokens(source, needed[lang]), "seed": cfg.seed})
+        for lang in langs
+    }
+    for lang in langs:
+        unique, exact = unique_tokens(source, lang, tokens[lang])
+        if unique is not None and needed[lang] > unique:
+            raise ConfigError("pretrain.dp_ladder",
+                              f"the ladder would repeat {lang} text: it needs {needed[lang]:,} {lang} tokens but the "
+                              f"{cfg.data.source} source has {'' if exact else 'about '}{unique:,} unique ones; lower "
+                              f"the ladder or cap it with sweep.tasks.<pair>.dp_max")
+
+    vocab = cfg.tokenizer.vocab_size
+    inits, pretrains = {}, {}
+    pt_id = _pretrain_identity(cfg)
+    for preset in presets:
+        p = dataclasses.asdict(preset)
+        inits[preset.name] = add("init", f"init-{preset.name}", {"model": p, "seed": cfg.seed}, [tok],
+                                 {"model": p, "seed": cfg.seed, "tokenizer_dir": str(Path(tok.dir) / "tokenizer")})
+        for m in cfg.sweep.mixtures():
+            val_langs = sorted(set(m.languages) | {lang for t in cfg.sweep.tasks if m in t.mixtures for lang in (t.tgt,)})
+            deps = [tok, inits[preset.name]] + [tokens[lang] for lang in sorted(set(m.languages) | set(val_langs))]
+            ladder = ladders[m.weights]
+            pretrains[(m.weights, preset.name)] = add(
+                "pretrain", f"pt-{m.name}-{preset.name}",
+                {"model": p, "mixture": m.key(), "pretrain": pt_id, "seed": cfg.seed},
+                deps,
+                {"model": p, "mixture": m.key(), "mixture_name": m.name, "pretrain": to_dict(cfg.pretrain),
+                 "dp_ladder": list(ladder), "seed": cfg.seed, "tokenizer_dir": str(Path(tok.dir) / "tokenizer"),
+                 "init_dir": inits[preset.name].dir, "tracking": to_dict(cfg.tracking),
+                 "tokens_dirs": {lang: tokens[lang].dir for lang in sorted(set(m.languages) | set(val_langs))},
+                 "raw_length": raw_len, "targets_length": targets_len})
+
+    ft_id = _finetune_identity(cfg)
+    cells: list[Cell] = []
+    for t in cfg.sweep.tasks:
+        pool = source.pool_size(t.pair, "train") if hasattr(source, "pool_size") else None
+        if pool is not None and cfg.finetune.df_ladder[-1] > pool:
+            raise ConfigError("finetune.df_ladder",
+                              f"Df {cfg.finetune.df_ladder[-1]:,} is larger than the {pool:,} training pairs of {t.pair}")
+        for preset in presets:
+            p = dataclasses.asdict(preset)
+            rungs: list[tuple[Mixture | None, int, Task]] = [(None, 0, inits[preset.name])]
+            ladder = tuple(d for d in cfg.pretrain.dp_ladder if t.dp_max is None or d <= t.dp_max)
+            for m in t.mixtures:
+                rungs += [(m, dp, pretrains[(m.weights, preset.name)]) for dp in ladder]
+            for m, dp, parent in rungs:
+                steps = steps_for(dp) if dp else 0
+                ckpt = {"parent_dir": parent.dir, "dp_rung": dp, "steps": steps}
+                for df in cfg.finetune.df_ladder:
+                    for seed in cfg.finetune.seeds:
+                        for method in cfg.finetune.methods:
+                            for lr in cfg.finetune.lrs:
+                                cell_name = f"ft-{t.pair}-{m.name if m else 'init'}-{preset.name}-dp{dp}-df{df}-s{seed}-{method}"
+                                ft = add("finetune", cell_name,
+                                         {"finetune": ft_id, "pair": t.pair, "checkpoint": {"dp_rung": dp, "steps": steps},
+                                          "df": df, "seed": seed, "method": method, "lr": lr, "data": data_id},
+                                         [parent],
+                                         {"finetune": to_dict(cfg.finetune), "pair": t.pair, "src": t.src, "tgt": t.tgt,
+                                          "checkpoint": ckpt, "df": df, "seed": seed, "method": method, "lr": lr,
+                                          "model": p, "data": to_dict(cfg.data), "cache": str(cfg.paths.cache),
+                                          "tokenizer_dir": str(Path(tok.dir) / "tokenizer"), "tracking": to_dict(cfg.tracking)})
+                                ev = add("evaluate", cell_name.replace("ft-", "ev-", 1),
+                                         {"evaluate": to_dict(cfg.evaluate), "pair": t.pair, "data": data_id},
+                                         [ft],
+                                         {"evaluate": to_dict(cfg.evaluate), "pair": t.pair, "src": t.src, "tgt": t.tgt,
+                                          "finetune_dir": ft.dir, "task_prefix": cfg.finetune.task_prefix,
+                                          "max_source_length": cfg.finetune.max_source_length,
+                                          "data": to_dict(cfg.data), "cache": str(cfg.paths.cache),
+                                          "tracking": to_dict(cfg.tracking)})
+                                for mix in ([m] if m else list(t.mixtures)):  # the baseline belongs to every mixture
+                                    cells.append(Cell(
+                                        task=t.pair, src=t.src, tgt=t.tgt, mixture=mix.name,
+                                        alignment=round(mix.alignment(t.src, t.tgt), 6), model=preset.name,
+                                        dp_rung=dp, dp_tokens=steps * tokens_per_step, pretrain_steps=steps, df=df,
+                                        seed=seed, method=method, lr=lr, finetune_id=ft.id, evaluate_id=ev.id))
+
+    evals = [x for x in tasks.values() if x.stage == "evaluate"]
+    reports = cfg.paths.reports / cfg.sweep.name
+    read_spec = {"sweep": cfg.sweep.name, "reports_dir": str(reports),
+                 "results": str(cfg.paths.results) if cfg.paths.results else None,
+                 "fit": to_dict(cfg.fit), "tracking": to_dict(cfg.tracking),
+                 "scale": {"name": cfg.scale, "description": cfg.scale_description}, "data_source": cfg.data.source}
+    # collect/fit/report always rerun (cheap, and they must reflect whatever exists on disk): no hash identity.
+    collect = Task(id=f"collect/{cfg.sweep.name}", stage="collect", name=f"collect-{cfg.sweep.name}", dir=str(reports),
+                   deps=tuple(e.id for e in evals), spec={**read_spec})
+    fit = Task(id=f"fit/{cfg.sweep.name}", stage="fit", name=f"fit-{cfg.sweep.name}", dir=str(reports),
+               deps=(collect.id,), spec={**read_spec})
+    report = Task(id=f"report/{cfg.sweep.name}", stage="report", name=f"report-{cfg.sweep.name}", dir=str(reports),
+                  deps=(fit.id,), spec={**read_spec})
+    ordered = sorted(tasks.values(), key=lambda x: LEVELS.index(x.stage)) + [collect, fit, report]
+
+    summary = _summary(cfg, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells)
+    return Plan(sweep=cfg.sweep.name, tasks=ordered, cells=cells, summary=summary)
+
+
+# Conservative average for unique-token estimates before the tokenizer exists (8k-unigram on this corpus
+# averages ~3.6 characters a token; the check uses the exact count once the tokens stage has run).
+CHARS_PER_TOKEN = 3.0
+
+
+def unique_tokens(source: Any, lang: str, tokens_task: Task) -> tuple[int | None, bool]:
+    """Unique training tokens of a language: exact once its tokens task has run, else estimated from characters."""
+    if is_done(Path(tokens_task.dir)):
+        return int(read_json(Path(tokens_task.dir) / "meta.json")["train_tokens"]), True
+    stats = source.text_stats(lang)
+    if not stats:
+        return None, False
+    return int(stats["chars"] / CHARS_PER_TOKEN), False
+
+
+def source_max_tokens(source: Any, needed: int) -> int | None:
+    """How much text a tokens task takes: all of a bounded source, what the ladder needs (+5%) of a stream."""
+    return None if getattr(source, "bounded", True) else int(needed * 1.05) + 1
+
+
+def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells) -> dict[str, Any]:
+    from pipeline.model import count_params, flops_per_token
+
+    tokens_per_step = cfg.pretrain.batch_size * raw_len
+    models = {}
+    pretrain_flops = 0.0
+    for preset in presets:
+        params = count_params(preset, vocab)
+        f = flops_per_token(preset, vocab, cfg.pretrain.inputs_length, targets_len)
+        runs = []
+        for m in cfg.sweep.mixtures():
+            steps = math.ceil(max(ladders[m.weights]) / tokens_per_step)
+            flops = f["per_example"] * cfg.pretrain.batch_size * steps
+            pretrain_flops += flops
+            runs.append({"mixture": m.name, "weights": m.key(), "steps": steps,
+                         "dp_max": steps * tokens_per_step, "flops": flops})
+        models[preset.name] = {"params": params, "flops_per_example": f["per_example"], "runs": runs}
+    # Finetuning cost: upper bound at max_steps, target+source tokens ~ max lengths (early stopping cuts it).
+    ft_tokens = cfg.finetune.batch_size * (cfg.finetune.max_source_length + cfg.finetune.max_target_length)
+    n_ft = len({c.finetune_id for c in cells})
+    ft_flops = sum(6 * models[p.name]["params"]["total"] * ft_tokens * cfg.finetune.max_steps for p in presets) * (
+        n_ft / max(1, len(presets)))
+    return {
+        "scale": cfg.scale,
+        "scale_description": cfg.scale_description,
+        "data_source": cfg.data.source,
+        "tasks": [{"pair": t.pair, "mixtures": [{"name": m.name, "weights": m.key(),
+                                                  "alignment": round(m.alignment(t.src, t.tgt), 4)} for m in t.mixtures]}
+                  for t in cfg.sweep.tasks],
+        "raw_length": raw_len,
+        "inputs_length": cfg.pretrain.inputs_length,
+        "targets_length": targets_len,
+        "tokens_per_step": tokens_per_step,
+        "dp_ladder": list(cfg.pretrain.dp_ladder),
+        "df_ladder": list(cfg.finetune.df_ladder),
+        "seeds": list(cfg.finetune.seeds),
+        "methods": list(cfg.finetune.methods),
+        "lrs": list(cfg.finetune.lrs),
+        "models": models,
+        "tokens_needed": needed,
+        "text_stats": {lang: source.text_stats(lang) for lang in langs},
+        "n_finetune": n_ft,
+        "n_cells": len(cells),
+        "pretrain_flops": pretrain_flops,
+        "finetune_flops_max": ft_flops,
+    }
+
+
+def write_plan(plan: Plan, root: Path) -> Path:
+    path = Path(root) / "plans" / f"{plan.sweep}-{stable_hash([t.id for t in plan.tasks])}.json"
+    atomic_write_json(path, plan.to_dict())
+    return path
+
+
+def task_state(task: Task) -> str:
+    """done | failed | partial (started: running, or killed and resumable) | pending, from what is on disk."""
+    if task.stage in READ_STAGES:
+        return "done" if (Path(task.dir) / {"collect": "results.csv", "fit": "fits.csv", "report": "report.md"}[task.stage]).exists() else "pending"
+    st = read_status(Path(task.dir))
+    if st is None:
+        return "partial" if Path(task.dir).exists() else "pending"
+    return "done" if st.get("status") == "ok" else st.get("status", "failed")
+
+
+def is_task_done(task: Task) -> bool:
+    return task.stage not in READ_STAGES and is_done(Path(task.dir))

@@ -1,0 +1,285 @@
+"""Stages `init` and `pretrain`: one T5 per (mixture, model) from the shared random init, span corruption on
+packed sequences, a checkpoint each time the Dp ladder is crossed.
+
+Resuming after any kill gives the same weights and loss curve as an uninterrupted run: the batch of a step
+is a pure function of the step (pipeline.mixture), the span-corruption masks of (seed, example index),
+and the optimizer, scheduler and RNG states are restored from the newest intact checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.artifacts import atomic_write_json, dir_hash
+from pipeline.config import Mixture
+from pipeline.mixture import DataExhausted, MixtureSampler
+from pipeline.model import build_model, count_params, flops_per_token, load_preset
+from pipeline.plan import mixture_counts
+from pipeline.span_corruption import corrupt_batch
+from pipeline.tokenizer import load_tokenizer, sentinel_ids
+from pipeline.tokens import open_stream
+from pipeline.tracking import make_tracker
+from pipeline.training import (
+    Preempted,
+    Runtime,
+    StopFlag,
+    barrier,
+    capture_rng,
+    checkpoint_meta,
+    full_state_for_save,
+    latest_checkpoint,
+    load_optimizer_state,
+    make_optimizer,
+    make_schedule,
+    no_sync,
+    peak_flops,
+    prune_states,
+    restore_rng,
+    save_checkpoint,
+    seed_all,
+    setup_runtime,
+    step_dir,
+    unwrap,
+    wrap_data_parallel,
+)
+
+log = logging.getLogger(__name__)
+EVAL_SEED = 1_000_003  # masks of the held-out sequences: fixed, so every rung is scored on the same inputs
+
+
+def init_path(init_dir: str | Path) -> Path:
+    return Path(init_dir) / "model"
+
+
+def checkpoint_for(parent_dir: str | Path, steps: int) -> Path:
+    """Where the checkpoint a finetuning cell starts from lives: the init (Dp = 0) or a rung of a run."""
+    return init_path(parent_dir) if steps == 0 else step_dir(Path(parent_dir) / "checkpoints", steps)
+
+
+# -------------------------------------------------------------------------------------------- init
+
+
+def run_init(task) -> None:
+    """Stage `init`: the random-init checkpoint, the Dp = 0 baseline and every run's starting point."""
+    spec = task.spec
+    tokenizer = load_tokenizer(spec["tokenizer_dir"])
+    preset = load_preset(spec["model"])
+    seed_all(spec["seed"])
+    model = build_model(preset, len(tokenizer), pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                        seed=spec["seed"])
+    meta = {"step": 0, "dp_tokens": 0, "dp_rung": 0, "model": preset.name,
+            "params": count_params(preset, len(tokenizer)), "vocab_size": len(tokenizer)}
+    save_checkpoint(init_path(task.dir), model, tokenizer, None, meta)
+
+
+# --------------------------------------------------------------------------------------- pretrain
+
+
+def upstream_losses(model, rt: Runtime, tokens_dirs: dict[str, str], langs: list[str], n_seq: int, raw_len: int,
+                    vocab: int, sentinels: np.ndarray, eos: int, density: float, span: float, batch: int) -> dict[str, float]:
+    """Held-out span-corruption cross-entropy (token mean) per language, on fixed sequences and masks."""
+    out = {}
+    model.eval()
+    with torch.no_grad():
+        for lang in langs:
+            stream = open_stream(Path(tokens_dirs[lang]) / "validation.bin", vocab)
+            n = min(n_seq, len(stream) // raw_len)
+            if n == 0:
+                out[lang] = float("nan")
+                continue
+            raw = np.asarray(stream[: n * raw_len], dtype=np.int64).reshape(n, raw_len)
+            total = count = 0.0
+            for i in range(0, n, batch):
+                b = corrupt_batch(raw[i:i + batch], np.arange(i, min(i + batch, n)), EVAL_SEED, sentinels, eos,
+                                  noise_density=density, mean_noise_span_length=span)
+                ids = torch.as_tensor(b["input_ids"], device=rt.device)
+                labels = torch.as_tensor(b["labels"], device=rt.device)
+                with rt.autocast():
+                    loss = model(input_ids=ids, labels=labels).loss
+                total += loss.item() * labels.numel()
+                count += labels.numel()
+            out[lang] = total / count
+    model.train()
+    return out
+
+
+def run(task) -> None:
+    spec = task.spec
+    cfg = spec["pretrain"]
+    out = Path(task.dir)
+    ckroot = out / "checkpoints"
+    rt = setup_runtime(cfg["dtype"], cfg["distributed"])
+    tokenizer = load_tokenizer(spec["tokenizer_dir"])
+    vocab = len(tokenizer)
+    preset = load_preset(spec["model"])
+    sentinels = sentinel_ids(tokenizer)
+    eos = tokenizer.eos_token_id
+    raw_len, targets_len = spec["raw_length"], spec["targets_length"]
+    B, micro = cfg["batch_size"], cfg["micro_batch_size"]
+    if B % (micro * rt.world):
+        raise ValueError(f"batch_size {B} must be a multiple of micro_batch_size x processes ({micro} x {rt.world})")
+    per_rank = B // rt.world
+    tokens_per_step = B * raw_len
+    ladder = [int(x) for x in spec["dp_ladder"]]
+    rung_steps = {math.ceil(dp / tokens_per_step): dp for dp in ladder}
+    total_steps = max(rung_steps)
+    mix = Mixture(name=spec["mixture_name"], weights=tuple(sorted(spec["mixture"].items())))
+    counts = mixture_counts(mix, B)
+    sampler = MixtureSampler.from_dirs(spec["tokens_dirs"], counts, raw_len, vocab)
+    if sampler.steps_available() < total_steps:
+        short = min(sampler.langs, key=lambda lang: len(sampler.streams[lang]) // counts[lang])
+        raise DataExhausted(f"the ladder needs {total_steps:,} steps but {short} text lasts "
+                            f"{sampler.steps_available():,} ({len(sampler.streams[short]):,} tokens)")
+    eval_langs = sorted(spec["tokens_dirs"])
+    seed = spec["seed"]
+
+    resume = latest_checkpoint(ckroot)
+    start = resume or init_path(spec["init_dir"])
+    from transformers import T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration.from_pretrained(str(start)).to(rt.device)
+    model.config.dropout_rate = 0.0  # no dropout in pretraining (T5 v1.1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    model.train()
+    from transformers.models.t5.modeling_t5 import T5Block
+
+    # Wrap before building the optimizer: FSDP shards the parameters the optimizer holds.
+    dmodel = wrap_data_parallel(model, rt, _dp_mode(cfg), T5Block)
+    opt = make_optimizer(dmodel.parameters(), cfg["optimizer"], cfg["lr"], cfg["betas"], cfg["weight_decay"])
+    sched = make_schedule(opt, cfg["schedule"], cfg["warmup_steps"])
+    step, history = 0, {}
+    if resume is not None:
+        state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
+        load_optimizer_state(dmodel, opt, state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        step = state["step"]
+        history = state.get("rungs", {})
+        log.info("pretrain %s: resuming from %s (step %d, Dp %s)", task.name, resume.name, step, f"{step * tokens_per_step:,}")
+    else:
+        seed_all(seed)
+    if cfg["compile"]:
+        dmodel = torch.compile(dmodel)
+
+    flops = flops_per_token(preset, vocab, cfg["inputs_length"], targets_len)["per_example"]
+    peak = peak_flops(rt.device)
+    tracker = make_tracker(out, spec.get("tracking"), run_id=f"pt-{dir_hash(out)}", name=task.name,
+                           config={"model": spec["model"], "mixture": spec["mixture"], "pretrain": cfg},
+                           resume_step=step if resume else None, group="pretrain", enabled=rt.is_main)
+
+    def checkpoint(rung: int | None) -> None:
+        (inner, full_sd), opt_sd = full_state_for_save(dmodel, opt)
+        state = {"step": step, "optimizer": opt_sd, "scheduler": sched.state_dict(),
+                 "rng": capture_rng(), "rungs": history, "dp_tokens": step * tokens_per_step}
+        meta = {"step": step, "dp_tokens": step * tokens_per_step, "dp_rung": rung, "mixture": spec["mixture"],
+                "model": preset.name, "rung": rung is not None, "upstream": history.get(str(rung)) if rung else None}
+        if rt.is_main:
+            save_checkpoint(step_dir(ckroot, step), inner, tokenizer, state, meta, state_dict=full_sd)
+            # Time-based checkpoints are dropped once two newer ones exist; rungs keep their weights.
+            newer = sorted(ckroot.glob("step-*"), reverse=True)
+            for p in newer[2:]:
+                if not checkpoint_meta(p).get("rung"):
+                    shutil.rmtree(p, ignore_errors=True)
+            prune_states(ckroot)
+        barrier(rt)
+
+    last_save = time.time()
+    running = torch.zeros((), device=rt.device)
+    n_run, t_run = 0, time.perf_counter()
+    bar = tqdm(total=total_steps, initial=step, desc=task.name, unit="step",
+               disable=not (rt.is_main and sys.stderr.isatty()))
+    try:
+        with StopFlag() as stop:
+            while step < total_steps:
+                raw, idx = sampler.batch(step)
+                lo, hi = rt.rank * per_rank, (rt.rank + 1) * per_rank
+                b = corrupt_batch(raw[lo:hi], idx[lo:hi], seed, sentinels, eos,
+                                  noise_density=cfg["noise_density"], mean_noise_span_length=cfg["mean_noise_span_length"])
+                ids = torch.as_tensor(b["input_ids"]).to(rt.device, non_blocking=True)
+                labels = torch.as_tensor(b["labels"]).to(rt.device, non_blocking=True)
+                n_micro = per_rank // micro
+                for i in range(n_micro):
+                    sl = slice(i * micro, (i + 1) * micro)
+                    with no_sync(dmodel, i < n_micro - 1), rt.autocast():
+                        # Every row has the same number of targets (no padding), so the mean of
+                        # micro-batch means, weighted by rows, is the global token mean.
+                        loss = dmodel(input_ids=ids[sl], labels=labels[sl]).loss / n_micro
+                    loss.backward()
+                    running += loss.detach()
+                if cfg["grad_clip"]:
+                    torch.nn.utils.clip_grad_norm_(dmodel.parameters(), cfg["grad_clip"])
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                n_run += 1
+                bar.update(1)
+                if step % cfg["log_every"] == 0 or step in rung_steps:
+                    if rt.world > 1:
+                        torch.distributed.all_reduce(running)
+                        running /= rt.world
+                    dt = time.perf_counter() - t_run
+                    loss_v = running.item() / n_run
+                    ex_s = n_run * B / dt
+                    row = {"loss": loss_v, "dp_tokens": step * tokens_per_step, "lr": sched.get_last_lr()[0],
+                           "tokens_per_s": ex_s * (cfg["inputs_length"] + targets_len), "raw_tokens_per_s": ex_s * raw_len}
+                    if peak:
+                        row["mfu"] = ex_s * flops / (peak * rt.world)
+                    tracker.log(row, step)
+                    msg = (f"step {step}/{total_steps} Dp {step * tokens_per_step:,} loss {loss_v:.4f} "
+                           f"{row['tokens_per_s']:,.0f} tok/s" + (f" MFU {row['mfu']:.1%}" if peak else ""))
+                    if bar.disable:
+                        log.info("%s: %s", task.name, msg)
+                    else:
+                        bar.set_postfix_str(f"loss {loss_v:.3f}")
+                    running.zero_()
+                    n_run, t_run = 0, time.perf_counter()
+                if step in rung_steps:
+                    rung = rung_steps[step]
+                    losses = upstream_losses(unwrap(dmodel), rt, spec["tokens_dirs"], eval_langs, cfg["eval_sequences"],
+                                             raw_len, vocab, sentinels, eos, cfg["noise_density"],
+                                             cfg["mean_noise_span_length"], micro)
+                    mixed = sum(w * losses[lang] for lang, w in mix.weights)
+                    history[str(rung)] = {"step": step, "dp_tokens": step * tokens_per_step, "upstream": losses,
+                                          "upstream_mixture": mixed}
+                    tracker.log({f"val_loss/{k}": v for k, v in losses.items()} | {"val_loss/mixture": mixed}, step)
+                    log.info("%s: rung Dp %s reached at step %d; held-out loss %s (mixture %.4f)", task.name,
+                             f"{rung:,}", step, {k: round(v, 4) for k, v in losses.items()}, mixed)
+                    checkpoint(rung)
+                    last_save = time.time()
+                elif time.time() - last_save > 60 * cfg["checkpoint_minutes"] or stop.requested:
+                    checkpoint(None)
+                    last_save = time.time()
+                if stop.requested:
+                    raise Preempted(f"{task.name}: stopped by signal at step {step}; rerun the same command to continue")
+    finally:
+        bar.close()
+        tracker.close()
+    if rt.is_main:
+        rungs = {int(k): v for k, v in history.items()}
+        atomic_write_json(out / "rungs.json", {
+            str(dp): {**rungs[dp], "checkpoint": str(step_dir(ckroot, rungs[dp]["step"]).relative_to(out))}
+            for dp in sorted(rungs)})
+        log.info("%s: done, %d steps, Dp %s", task.name, step, f"{step * tokens_per_step:,}")
+
+
+def _dp_mode(cfg: dict[str, Any]) -> str:
+    return "fsdp" if cfg["distributed"] == "fsdp" else "ddp"
+
+
+def read_rungs(run_dir: str | Path) -> dict[int, dict[str, Any]]:
+    p = Path(run_dir) / "rungs.json"
+    return {int(k): v for k, v in json.loads(p.read_text()).items()} if p.exists() else {}

@@ -1,0 +1,160 @@
+"""Run one task of a plan: `python -m pipeline.task <plan.json> <index>` (what a SLURM array element runs).
+
+A finished task is skipped; a partial one resumes (its stage function finds its own checkpoints); a
+failure writes `status.json: failed` with the error and traceback and its log stays beside it. Under
+several processes (torchrun/srun) only rank 0 writes the config, the log and the status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from pipeline.artifacts import atomic_write_text, is_done, write_status
+from pipeline.plan import READ_STAGES, Task, load_plan
+
+log = logging.getLogger("pipeline")
+
+RUNNERS = {
+    "tokenizer": "pipeline.tokenizer:run",
+    "tokens": "pipeline.tokens:run",
+    "init": "pipeline.pretrain:run_init",
+    "pretrain": "pipeline.pretrain:run",
+    "finetune": "pipeline.finetune:run",
+    "evaluate": "pipeline.evaluate:run",
+    "collect": "pipeline.collect:run",
+    "fit": "pipeline.fit:run",
+    "report": "pipeline.report:run",
+}
+
+
+class TaskFailed(RuntimeError):
+    def __init__(self, task: Task, error: str, log_path: Path | None):
+        self.task, self.error, self.log_path = task, error, log_path
+        super().__init__(f"{task.id}: {error}")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
+
+
+def is_complete(task: Task) -> bool:
+    """Finished and nothing more asked of it (a pretraining run is finished only up to its ladder)."""
+    if task.stage in READ_STAGES or not is_done(Path(task.dir)):
+        return False
+    if task.stage == "pretrain":
+        from pipeline.pretrain import read_rungs
+
+        return set(int(x) for x in task.spec["dp_ladder"]) <= set(read_rungs(task.dir))
+    return True
+
+
+def log_path(task: Task) -> Path:
+    return Path(task.dir) / (f"{task.stage}.log" if task.stage in READ_STAGES else "task.log")
+
+
+@contextlib.contextmanager
+def _task_log(path: Path, enabled: bool):
+    """Mirror the pipeline's log records of this task into its own file."""
+    if not enabled:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def execute(task: Task) -> str:
+    """Run a task unless it is complete. Returns "skipped", "ok" or "preempted"; raises TaskFailed."""
+    from pipeline.training import Preempted
+
+    if is_complete(task):
+        return "skipped"
+    main = rank() == 0
+    d = Path(task.dir)
+    if main:
+        d.mkdir(parents=True, exist_ok=True)
+        if task.stage not in READ_STAGES:
+            import yaml
+
+            atomic_write_text(d / "config.yaml", yaml.safe_dump(task.spec, sort_keys=True))
+            (d / "status.json").unlink(missing_ok=True)  # an old failure is not the state of this attempt
+    module, fn = RUNNERS[task.stage].split(":")
+    started = time.time()
+    lp = log_path(task)
+    with _task_log(lp, main):
+        log.info("%s: start", task.id)
+        try:
+            getattr(importlib.import_module(module), fn)(task)
+        except Preempted as e:
+            log.warning("%s", e)
+            _requeue_if_slurm()
+            return "preempted"
+        except (Exception, KeyboardInterrupt) as e:
+            err = f"{type(e).__name__}: {e}"
+            if main and task.stage not in READ_STAGES:
+                write_status(d, "failed", started=started, error=err, extra={"traceback": traceback.format_exc()})
+            log.error("%s failed: %s", task.id, err)
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise TaskFailed(task, err, lp if main else None) from e
+        if main and task.stage not in READ_STAGES:
+            write_status(d, "ok", started=started, extra={"task": task.id})
+        log.info("%s: ok (%.1f s)", task.id, time.time() - started)
+    return "ok"
+
+
+def _requeue_if_slurm() -> None:
+    """Under SLURM, put this array element back in the queue so the job continues after a timeout."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or rank() != 0 or not shutil.which("scontrol"):
+        return
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    target = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else job
+    subprocess.run(["scontrol", "requeue", target], check=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.__main__ import setup_logging
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m pipeline.task <plan.json> <index>", file=sys.stderr)
+        return 2
+    setup_logging()
+    try:
+        plan = load_plan(Path(argv[0]))
+        task = plan.tasks[int(argv[1])]
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        print(f"error: cannot read task {argv[1]} of {argv[0]}: {e}", file=sys.stderr)
+        return 2
+    try:
+        state = execute(task)
+    except TaskFailed as e:
+        print(f"error: {e}; log: {e.log_path}", file=sys.stderr)
+        return 1
+    print(f"{task.id}: {state}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

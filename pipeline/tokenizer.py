@@ -1,0 +1,104 @@
+"""One shared SentencePiece-style vocabulary over every language of the data source (as mT5 shares one).
+
+T5's layout: pad = 0, eos `</s>` = 1, unk = 2, the learned pieces, then the sentinels with `<extra_id_0>`
+as the LAST id (so sentinel i = vocab_size - 1 - i, as in T5). Saved as a T5TokenizerFast, so
+`AutoTokenizer.from_pretrained(dir)` loads it and every checkpoint carries a copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import atomic_dir, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+def sample_lines(texts: Iterable[str], n: int, seed: int) -> list[str]:
+    """A seeded sample of n non-empty lines, drawn from the first 4n lines the source yields."""
+    pool: list[str] = []
+    for doc in texts:
+        pool.extend(line.strip() for line in doc.splitlines() if line.strip())
+        if len(pool) >= 4 * n:
+            break
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+def train_tokenizer(lines: Iterable[str], vocab_size: int, num_sentinels: int = 100, algorithm: str = "unigram"):
+    """Train the vocabulary and wrap it as a T5TokenizerFast (transformers)."""
+    from tokenizers import SentencePieceBPETokenizer, SentencePieceUnigramTokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import T5TokenizerFast
+
+    n_learned = vocab_size - num_sentinels
+    if algorithm == "unigram":
+        tok = SentencePieceUnigramTokenizer()
+        tok.train_from_iterator(lines, vocab_size=n_learned, special_tokens=list(SPECIALS), unk_token="<unk>",
+                                show_progress=False)
+    else:
+        tok = SentencePieceBPETokenizer(unk_token="<unk>")
+        tok.train_from_iterator(lines, vocab_size=n_learned, special_tokens=list(SPECIALS), show_progress=False)
+    # Sentinels last, extra_id_0 on top: T5's convention, which the span-corruption code relies on.
+    tok.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(num_sentinels))])
+    tok.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    for i, s in enumerate(SPECIALS):
+        assert tok.token_to_id(s) == i, f"{s} must have id {i}"
+    return T5TokenizerFast(tokenizer_object=tok._tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=num_sentinels)
+
+
+def sentinel_ids(tokenizer, num_sentinels: int = 100) -> np.ndarray:
+    """ids of <extra_id_0>, <extra_id_1>, ... in that order."""
+    return np.array(tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(num_sentinels)]), dtype=np.int64)
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _interleave(samples: dict[str, list[str]]) -> Iterator[str]:
+    """Round-robin over languages, so no language dominates the trainer's early statistics."""
+    its = [iter(v) for _, v in sorted(samples.items())]
+    while its:
+        for it in list(its):
+            try:
+                yield next(it)
+            except StopIteration:
+                its.remove(it)
+
+
+def run(task) -> None:
+    """Stage `tokenizer`: sample each language's text, train, save (tokenizer files + stats.json)."""
+    from pipeline.config import data_config
+    from pipeline.sources import get_source
+
+    spec = task.spec
+    cfg = spec["config"]["tokenizer"]
+    data = data_config(spec["data"])
+    source = get_source(data, Path(spec["cache"]))
+    samples = {}
+    for i, lang in enumerate(data.languages):
+        samples[lang] = sample_lines(source.iter_texts(lang, "train"), cfg["sample_lines_per_language"], seed=i)
+        log.info("tokenizer: %s lines of %s", f"{len(samples[lang]):,}", lang)
+    tokenizer = train_tokenizer(_interleave(samples), cfg["vocab_size"], cfg["num_sentinels"], cfg["algorithm"])
+    # Characters per token on the sample: how the plan estimates unique tokens before tokenizing everything.
+    stats = {"vocab_size": len(tokenizer), "lines": {k: len(v) for k, v in samples.items()}, "chars_per_token": {}}
+    for lang, lines in samples.items():
+        some = lines[:2000]
+        n_tok = sum(len(x) for x in tokenizer(some, add_special_tokens=False).input_ids)
+        stats["chars_per_token"][lang] = round(sum(map(len, some)) / max(1, n_tok), 3)
+    out = Path(task.dir)
+    with atomic_dir(out / "tokenizer") as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    atomic_write_json(out / "stats.json", stats)
+    log.info("tokenizer: vocabulary %d, chars/token %s", len(tokenizer), stats["chars_per_token"])
