@@ -31,6 +31,10 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {message}" if key else message)
 
 
+def _k(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
 def _req(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(key, message)
@@ -41,7 +45,7 @@ def _get(d: Mapping[str, Any], key: str, prefix: str, default: Any = dataclasses
         return d[key]
     if default is not dataclasses.MISSING:
         return default
-    raise ConfigError(f"{prefix}.{key}", "is required")
+    raise ConfigError(_k(prefix, key), "is required")
 
 
 def _num(d: Mapping[str, Any], key: str, prefix: str, *, kind=float, lo=None, hi=None, lo_open=False,
@@ -49,7 +53,7 @@ def _num(d: Mapping[str, Any], key: str, prefix: str, *, kind=float, lo=None, hi
     v = _get(d, key, prefix, default)
     if v is None:
         return None
-    k = f"{prefix}.{key}"
+    k = _k(prefix, key)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(k, f"must be a number, got {v!r}")
     if kind is int:
@@ -68,25 +72,25 @@ def _num(d: Mapping[str, Any], key: str, prefix: str, *, kind=float, lo=None, hi
 
 def _choice(d: Mapping[str, Any], key: str, prefix: str, allowed, default: Any = dataclasses.MISSING) -> str:
     v = _get(d, key, prefix, default)
-    _req(v in allowed, f"{prefix}.{key}", f"unknown value {v!r}; allowed: {', '.join(map(str, allowed))}")
+    _req(v in allowed, _k(prefix, key), f"unknown value {v!r}; allowed: {', '.join(map(str, allowed))}")
     return v
 
 
 def _bool(d: Mapping[str, Any], key: str, prefix: str, default: Any = dataclasses.MISSING) -> bool:
     v = _get(d, key, prefix, default)
-    _req(isinstance(v, bool), f"{prefix}.{key}", f"must be true or false, got {v!r}")
+    _req(isinstance(v, bool), _k(prefix, key), f"must be true or false, got {v!r}")
     return v
 
 
 def _list(d: Mapping[str, Any], key: str, prefix: str, default: Any = dataclasses.MISSING) -> list:
     v = _get(d, key, prefix, default)
-    _req(isinstance(v, (list, tuple)), f"{prefix}.{key}", f"must be a list, got {v!r}")
-    _req(len(v) > 0, f"{prefix}.{key}", "must not be empty")
+    _req(isinstance(v, (list, tuple)), _k(prefix, key), f"must be a list, got {v!r}")
+    _req(len(v) > 0, _k(prefix, key), "must not be empty")
     return list(v)
 
 
 def _ladder(d: Mapping[str, Any], key: str, prefix: str) -> tuple[int, ...]:
-    k = f"{prefix}.{key}"
+    k = _k(prefix, key)
     out = []
     for v in _list(d, key, prefix):
         _req(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v), k,

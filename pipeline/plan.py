@@ -277,7 +277,9 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                  "scale": {"name": cfg.scale, "description": cfg.scale_description}, "data_source": cfg.data.source}
     # collect/fit/report always rerun (cheap, and they must reflect whatever exists on disk): no hash identity.
     collect = Task(id=f"collect/{cfg.sweep.name}", stage="collect", name=f"collect-{cfg.sweep.name}", dir=str(reports),
-                   deps=tuple(e.id for e in evals), spec={**read_spec})
+                   deps=tuple(e.id for e in evals),
+                   spec={**read_spec, "cells": [dataclasses.asdict(c) for c in cells],
+                         "dirs": {x.id: x.dir for x in tasks.values() if x.stage in ("finetune", "evaluate")}})
     fit = Task(id=f"fit/{cfg.sweep.name}", stage="fit", name=f"fit-{cfg.sweep.name}", dir=str(reports),
                deps=(collect.id,), spec={**read_spec})
     report = Task(id=f"report/{cfg.sweep.name}", stage="report", name=f"report-{cfg.sweep.name}", dir=str(reports),

@@ -16,9 +16,9 @@ log = logging.getLogger("pipeline")
 
 def prepare(cfg_any: Any) -> tuple[Config, Plan]:
     """Everything that can refuse a run, before any compute or write (ConfigError -> one line, exit 2)."""
+    cfg = load_config(cfg_any)
     from pipeline.sources import get_source
 
-    cfg = load_config(cfg_any)
     source = get_source(cfg.data, cfg.paths.cache)
     langs = sorted({lang for t in cfg.sweep.tasks for m in t.mixtures for lang in m.languages}
                    | {lang for t in cfg.sweep.tasks for lang in (t.src, t.tgt)})

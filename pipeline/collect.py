@@ -1,0 +1,144 @@
+"""Stage `collect`: every evaluated cell of the sweep into one table, `<reports>/<sweep>/results.csv`.
+
+One row per planned cell, with provenance. A cell that is missing or failed keeps its row, with `status`
+and `reason`, and is listed on stdout: nothing is silently dropped. Each evaluate task writes only its
+own directory, so evaluate jobs finishing together cannot lose rows; collect itself holds a lock and
+replaces the table atomically, so two racing collects leave one complete table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.artifacts import atomic_write_text, dir_hash, read_json, read_status
+from pipeline.plan import Cell
+
+log = logging.getLogger(__name__)
+
+# The table's columns, in order (docs/ARCHITECTURE.md explains each). Old tables may lack later ones.
+COLUMNS = [
+    "task", "src", "tgt", "mixture", "alignment", "model", "params", "params_non_embedding",
+    "dp", "dp_rung", "pretrain_steps", "df", "df_tokens", "df_tokens_source", "df_tokens_target",
+    "seed", "method", "lr", "selected",
+    "bleu", "chrf", "ce", "bp", "p1", "p2", "p3", "p4", "sys_len", "ref_len", "gen_len", "n_test",
+    "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
+    "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
+    "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
+]
+
+
+def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
+    ev, ft = Path(dirs[cell.evaluate_id]), Path(dirs[cell.finetune_id])
+    row: dict[str, Any] = {
+        "task": cell.task, "src": cell.src, "tgt": cell.tgt, "mixture": cell.mixture, "alignment": cell.alignment,
+        "model": cell.model, "dp": cell.dp_tokens, "dp_rung": cell.dp_rung, "pretrain_steps": cell.pretrain_steps,
+        "df": cell.df, "seed": cell.seed, "method": cell.method, "lr": cell.lr, "config_hash": dir_hash(ev),
+    }
+    st = read_status(ev)
+    if st is None:
+        ft_st = read_status(ft)
+        if ft_st and ft_st.get("status") == "failed":
+            return {**row, "status": "failed", "reason": f"finetune failed: {ft_st.get('error')}"}
+        reason = "not evaluated yet" if ft.exists() else "not finetuned yet"
+        return {**row, "status": "missing", "reason": reason}
+    if st.get("status") != "ok":
+        return {**row, "status": "failed", "reason": f"evaluate failed: {st.get('error')}"}
+    m = read_json(ev / "metrics.json")
+    f = read_json(ft / "finetune.json")
+    ft_st = read_status(ft) or {}
+    p = m.get("precisions") or [None] * 4
+    row.update({
+        "bleu": m["bleu"], "chrf": m["chrf"], "ce": m["ce"], "bp": m["bp"], "p1": p[0], "p2": p[1], "p3": p[2],
+        "p4": p[3], "sys_len": m["sys_len"], "ref_len": m["ref_len"], "gen_len": m["gen_len_mean"],
+        "n_test": m["n_test"], "bleu_signature": m["bleu_signature"],
+        "df_tokens_source": f["df_tokens"]["source"], "df_tokens_target": f["df_tokens"]["target"],
+        "df_tokens": f["df_tokens"]["source"] + f["df_tokens"]["target"],
+        "finetune_steps": f["steps"], "best_step": f["best_step"], "best_val_ce": f["best_val_ce"],
+        "stopped": f["stopped"], "wall_seconds": round(f["seconds"] + m["seconds_ce"] + m["seconds_generate"], 3),
+        "device": m["device"], "checkpoint": f["checkpoint"], "git_sha": st.get("git_sha") or ft_st.get("git_sha"),
+        "status": "ok", "reason": "",
+    })
+    meta = _checkpoint_meta(f["checkpoint"])
+    if meta:
+        params = meta.get("params") or {}
+        row["params"], row["params_non_embedding"] = params.get("total"), params.get("non_embedding")
+        up = meta.get("upstream") or {}
+        losses = up.get("upstream") or {}
+        row["upstream_loss_mixture"] = up.get("upstream_mixture")
+        row["upstream_loss_src"] = losses.get(cell.src)
+        row["upstream_loss_tgt"] = losses.get(cell.tgt)
+    return row
+
+
+def _checkpoint_meta(path: str) -> dict[str, Any] | None:
+    """meta.json of the checkpoint a cell started from; rung checkpoints carry the upstream losses, and
+    parameter counts are read from the run's init checkpoint when the rung does not repeat them."""
+    p = Path(path) / "meta.json"
+    if not p.exists():
+        return None
+    meta = read_json(p)
+    if "params" not in meta:
+        init = _init_meta(Path(path))
+        if init:
+            meta["params"] = init.get("params")
+    return meta
+
+
+def _init_meta(ckpt: Path) -> dict[str, Any] | None:
+    cfg = ckpt.parent.parent / "config.yaml"  # <run>/checkpoints/step-N -> <run>/config.yaml
+    if not cfg.exists():
+        return None
+    import yaml
+
+    init_dir = yaml.safe_load(cfg.read_text()).get("init_dir")
+    p = Path(init_dir) / "model" / "meta.json" if init_dir else None
+    return read_json(p) if p and p.exists() else None
+
+
+def select_lr(df: pd.DataFrame) -> pd.Series:
+    """With a learning-rate grid, each cell keeps the rate with the best validation CE (Isik et al.)."""
+    keys = ["task", "mixture", "model", "dp_rung", "df", "seed", "method"]
+    ok = df[df["status"] == "ok"]
+    winners = ok.groupby(keys)["best_val_ce"].idxmin() if len(ok) else []
+    return pd.Series(df.index.isin(list(winners)), index=df.index)
+
+
+def collect(cells: list[Cell], dirs: dict[str, str]) -> pd.DataFrame:
+    rows = [_cell_row(c, dirs) for c in cells]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["selected"] = select_lr(df)
+    return df
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_results(df: pd.DataFrame, path: Path) -> None:
+    with locked(path.with_name(".results.lock")):
+        atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
+
+
+def run(task) -> None:
+    spec = task.spec
+    df = collect([Cell(**c) for c in spec["cells"]], spec["dirs"])
+    out = Path(spec["reports_dir"]) / "results.csv"
+    write_results(df, out)
+    bad = df[df["status"] != "ok"]
+    print(f"collect {spec['sweep']}: {int((df['status'] == 'ok').sum())} of {len(df)} cells evaluated -> {out}")
+    for _, r in bad.iterrows():
+        print(f"  {r['status']:<8} {r['task']} {r['mixture']} {r['model']} Dp={r['dp_rung']} Df={r['df']} "
+              f"seed={r['seed']} {r['method']}: {r['reason']}")

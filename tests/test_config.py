@@ -1,0 +1,104 @@
+"""The configuration: every group composes through Hydra's compose API and validates; bad values are
+refused with one line naming the key (exit status 2 from the command line), before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF, cli, compose
+
+from pipeline.config import ConfigError, Mixture, load_config
+
+SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
+SCALES = ["smoke", "cpu", "gpu", "paper"]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_and_scale_composes_and_validates(sweep, scale):
+    cfg = load_config(compose([f"+sweep={sweep}", f"scale={scale}"]))
+    assert cfg.scale == scale and cfg.sweep.name == sweep
+    assert cfg.sweep.tasks and all(t.mixtures for t in cfg.sweep.tasks)
+    assert list(cfg.pretrain.dp_ladder) == sorted(cfg.pretrain.dp_ladder)
+
+
+def test_scale_picks_a_model_and_the_command_line_overrides_it():
+    assert [m.name for m in load_config(compose(["+sweep=en_de", "scale=paper"])).models] == ["t5_3b"]
+    assert [m.name for m in load_config(compose(["+sweep=en_de"])).models] == ["t5_tiny"]
+    assert [m.name for m in load_config(compose(["+sweep=en_de", "model=t5_mini"])).models] == ["t5_mini"]
+    both = load_config(compose(["+sweep=en_de", "model=[t5_tiny,t5_mini]"]))
+    assert sorted(m.name for m in both.models) == ["t5_mini", "t5_tiny"]
+
+
+def test_all_sweep_shares_the_english_only_mixture():
+    cfg = load_config(compose(["+sweep=all"]))
+    assert sorted(t.pair for t in cfg.sweep.tasks) == ["en-de", "en-fr", "en-ro"]
+    mixes = cfg.sweep.mixtures()
+    assert sum(m.name == "en100" for m in mixes) == 1  # pretrained once, serves all three tasks
+    assert len(mixes) == 4
+
+
+@pytest.mark.parametrize("weights,src,tgt,expected", [
+    ({"en": 0.5, "de": 0.5}, "en", "de", 1.0),     # Isik et al.: 50/50 -> 1.0
+    ({"en": 1.0}, "en", "de", 0.7),                 # 100% source -> 0.7
+    ({"de": 1.0}, "en", "de", 0.8),                 # 100% target -> 0.8
+    ({"en": 0.3, "de": 0.7}, "en", "de", 0.3 * 0.7 + 0.7 * 0.3 + 0.8 * 0.7),
+    ({"fr": 1.0}, "en", "de", 0.0),                 # an unrelated language
+    ({"en": 0.5, "fr": 0.5}, "en", "de", 0.35),
+])
+def test_alignment_score_is_isik_eq2(weights, src, tgt, expected):
+    m = Mixture("m", tuple(sorted(weights.items())))
+    assert m.alignment(src, tgt) == pytest.approx(expected)
+
+
+BAD = [
+    (["sweep.tasks.en-de.mixtures.en50_de50.de=0.6"], "sweep.tasks.en-de.mixtures.en50_de50", "sum to 1"),
+    (["sweep.tasks.en-de.mixtures.en50_de50.de=-0.5", "sweep.tasks.en-de.mixtures.en50_de50.en=1.5"],
+     "sweep.tasks.en-de.mixtures.en50_de50.de", ">= 0"),
+    (["+sweep.tasks.en-de.mixtures.en50_de50.xx=0.0"], "sweep.tasks.en-de.mixtures.en50_de50", "unknown language 'xx'"),
+    (["+sweep.tasks.en-xx.mixtures.a.en=1.0"], "sweep.tasks.en-xx", "unknown language 'xx'"),
+    (["finetune.df_ladder=[1000,-5]"], "finetune.df_ladder", "positive"),
+    (["pretrain.dp_ladder=[-1]"], "pretrain.dp_ladder", "positive"),
+    (["pretrain.dp_ladder=[4096,1024]"], "pretrain.dp_ladder", "increasing"),
+    (["pretrain.micro_batch_size=7"], "pretrain.micro_batch_size", "divide"),
+    (["pretrain.lr=0"], "pretrain.lr", "> 0"),
+    (["stage=train"], "stage", "allowed: plan, all"),
+    (["pretrain.optimizer=sgd"], "pretrain.optimizer", "allowed: adamw, adafactor"),
+    (["finetune.methods=[full,prefix]"], "finetune.methods", "allowed: full, lora"),
+    (["evaluate.num_beams=0"], "evaluate.num_beams", ">= 1"),
+    (["+pretrain.learning_rate=1e-3"], "pretrain.learning_rate", "unknown key"),
+    (["tokenizer.vocab_size=50"], "tokenizer.vocab_size", ">="),
+]
+
+
+@pytest.mark.parametrize("overrides,key,words", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_values_name_the_key_and_what_is_allowed(overrides, key, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(compose(["+sweep=en_de", *overrides]))
+    assert e.value.key == key
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_sweep_is_refused():
+    with pytest.raises(ConfigError, match=r"\+sweep=NAME"):
+        load_config(compose([]))
+
+
+@pytest.mark.parametrize("args,words", [
+    (["+sweep=en_xx"], "sweep=en_xx: unknown sweep; allowed: all, en_de"),
+    (["+sweep=en_de", "scale=huge"], "scale=huge: unknown scale; allowed: cpu, gpu, paper, smoke"),
+    (["+sweep=en_de", "model=t5_giant"], "model=t5_giant: unknown model"),
+    (["+sweep=en_de", "data=s3"], "data=s3: unknown data; allowed: hub, l10n, local"),
+    (["+sweep=en_de", "executor=k8s"], "executor=k8s: unknown executor; allowed: local, slurm"),
+    (["+sweep=en_de", "pretrain.no_such_key=1"], "no_such_key"),
+    (["+sweep=en_de", "sweep.tasks.en-de.mixtures.en100.en=0.9"], "weights must sum to 1, got 0.9"),
+    (["+sweep=en_de", "finetune.df_ladder=[0]"], "finetune.df_ladder: sizes must be positive"),
+])
+def test_command_line_gives_one_line_and_exit_2_before_writing(tmp_path, args, words):
+    art = tmp_path / "artifacts"
+    r = cli(*args, f"paths.artifacts={art}", f"paths.reports={tmp_path / 'reports'}", "stage=plan")
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert words in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not art.exists() and not (tmp_path / "reports").exists()
