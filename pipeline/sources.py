@@ -20,9 +20,12 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ConfigError, DataConfig
+
+if TYPE_CHECKING:  # imported lazily at run time: `datasets` costs a second at start-up
+    import datasets
 
 SPLITS = ("train", "validation", "test")
 TEXT_SPLITS = ("train", "validation")
@@ -88,7 +91,7 @@ def _jsonl_texts(path: Path) -> Iterator[str]:
                 yield json.loads(line)["text"]
 
 
-def _load_json(files: list[Path] | Path, cache_dir: Path | None):
+def _load_json(files: list[Path] | Path, cache_dir: Path | None) -> datasets.Dataset:
     import datasets
 
     files = [str(f) for f in (files if isinstance(files, list) else [files])]
@@ -103,7 +106,7 @@ def _translation_langs(features: Any) -> set[str]:
     return set(getattr(t, "languages", None) or (t.keys() if isinstance(t, Mapping) else ()))
 
 
-def _as_pairs(ds, pair: str, where: str):
+def _as_pairs(ds: datasets.Dataset, pair: str, where: str) -> datasets.Dataset:
     """Keep the `translation` column and make sure both languages of the task are in it."""
     if "translation" not in ds.column_names:
         raise ConfigError(where, f"no 'translation' column (columns: {', '.join(ds.column_names)})")
@@ -140,7 +143,7 @@ class Source:
         """Monolingual documents; split "validation" is held-out text of the language (upstream loss)."""
         raise NotImplementedError
 
-    def parallel(self, pair: str, split: str):
+    def parallel(self, pair: str, split: str) -> datasets.Dataset:
         """A datasets.Dataset with a column "translation": {src: str, tgt: str, ...}."""
         raise NotImplementedError
 
@@ -238,7 +241,7 @@ class L10nSource(Source):
         for f in files:
             yield from _dedup_side(_load_json(f, cache_dir), lang, seen)
 
-    def parallel(self, pair: str, split: str):
+    def parallel(self, pair: str, split: str) -> datasets.Dataset:
         self._check_split(split, SPLITS)
         self.manifest()
         f = self.pair_file(pair, split)
@@ -357,7 +360,7 @@ class HubSource(Source):
                 n += 1
                 yield row["text"]
 
-    def parallel(self, pair: str, split: str):
+    def parallel(self, pair: str, split: str) -> datasets.Dataset:
         import datasets
 
         self._check_split(split, SPLITS)
@@ -457,7 +460,7 @@ class LocalSource(Source):
         for f in files:
             yield from _dedup_side(_load_json(f, cache_dir), lang, seen)
 
-    def parallel(self, pair: str, split: str):
+    def parallel(self, pair: str, split: str) -> datasets.Dataset:
         self._check_split(split, SPLITS)
         key = self._pair_key(pair, split)
         return _as_pairs(_load_json(self._file(key), self.cache / "datasets"), pair, key)

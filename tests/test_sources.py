@@ -288,6 +288,11 @@ def test_hub_wmt_pair_in_our_direction(tmp_path):
     assert sizes == {"train": 6, "validation": 2, "test": 3}
     row = s.parallel("en-de", "test")[1]["translation"]
     assert row["en"] == "Hello test 0.1" and row["de"] == "Hallo test 0.1"
+    # the dataset's README config name works as well as its directory
+    opts = hub_options(tmp_path / "by-name")
+    opts["parallel"]["en-de"] = {"path": opts["parallel"]["en-de"]["path"], "name": "de-en"}
+    by_name = get_source(data("hub", opts, ["en", "de"], ["en-de"]), tmp_path).parallel("en-de", "test")
+    assert list(by_name["translation"]) == list(s.parallel("en-de", "test")["translation"])
     # a dataset that lacks one of the task's languages is refused, naming the key
     with pytest.raises(ConfigError) as e:
         _as_pairs(s.parallel("en-de", "test"), "en-fr", "data.hub.parallel.en-fr")
