@@ -114,7 +114,10 @@ def test_inputs_and_targets_reconstruct_the_original(case):
     _, raw, indices, seed = case
     out = corrupt_batch(raw, indices, seed, SENTINELS, EOS)
     for b in range(len(raw)):
-        assert reconstruct(out["input_ids"][b], out["labels"][b], set(SENTINELS.tolist()), EOS) == raw[b].tolist()
+        assert (
+            reconstruct(out["input_ids"][b], out["labels"][b], set(SENTINELS.tolist()), EOS)
+            == raw[b].tolist()
+        )
 
 
 @FEW
