@@ -90,6 +90,8 @@ PRESETS: dict[str, ModelPreset] = {
 
 def load_preset(mapping: Mapping[str, Any]) -> ModelPreset:
     """A validated ModelPreset from a mapping (a YAML/Hydra node). One-line ValueError on bad input."""
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"model preset must be a mapping of fields, got {type(mapping).__name__}")
     name = mapping.get("name", "?")
     for key in mapping:
         if key not in PRESET_FIELDS:
@@ -157,6 +159,10 @@ def build_model(
             # std ~sqrt(d_model) and the initial loss is ~31 at d_model 64 instead of ~ln V.
             # Mesh-TF (T5 v1.1) builds the untied output layer with mtf.layers.dense and its default
             # VarianceScalingInitializer(scale=1, fan_in): std = d_model ** -0.5 (truncated normal).
+            if model.lm_head.weight is model.shared.weight:  # transformers 5.x always ties
+                raise RuntimeError(
+                    "this transformers ties T5's lm_head to the embedding: install transformers<5"
+                )
             with torch.no_grad():
                 model.lm_head.weight.normal_(0.0, preset.d_model**-0.5)
     return model

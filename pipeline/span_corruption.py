@@ -65,7 +65,8 @@ def compute_lengths(
     if not (1 <= num_spans <= min(num_noise, tokens_length - num_noise) and num_noise < tokens_length):
         raise ValueError(
             f"inputs_length={inputs_length} is too short for noise_density={noise_density} and "
-            f"mean_noise_span_length={mean_noise_span_length}: it leaves no whole noise span"
+            f"mean_noise_span_length={mean_noise_span_length}: T5's layout needs at least one whole "
+            "noise span and as many non-noise tokens as spans"
         )
     return tokens_length, targets
 
@@ -77,6 +78,11 @@ def noise_span_counts(
     (at least one noise and one non-noise token, at least one span)."""
     if length < 2:
         raise ValueError(f"span corruption needs at least 2 raw tokens per row, got {length}")
+    if not 0.0 < noise_density < 1.0 or mean_noise_span_length < 1.0:
+        raise ValueError(
+            f"need 0 < noise_density < 1 and mean_noise_span_length >= 1, "
+            f"got {noise_density} and {mean_noise_span_length}"
+        )
     num_noise = min(max(_t5_round(length * noise_density), 1), length - 1)
     num_spans = max(_t5_round(num_noise / mean_noise_span_length), 1)
     # T5 would build empty segments past this point; we cap instead (only reachable at extreme densities).

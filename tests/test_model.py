@@ -205,6 +205,11 @@ def test_load_preset_requires_fields_and_accepts_defaults():
     assert isinstance(load_preset(minimal), ModelPreset)
 
 
+def test_load_preset_rejects_a_non_mapping():
+    with pytest.raises(ValueError, match="mapping"):
+        load_preset(["t5_tiny"])
+
+
 def test_load_preset_takes_a_hydra_node():
     omegaconf = pytest.importorskip("omegaconf")
     node = omegaconf.OmegaConf.create(yaml.safe_load((CONF / "t5_770m.yaml").read_text()))
