@@ -1,0 +1,263 @@
+"""T5 model presets, construction, parameter counts and training FLOPs.
+
+Our own presets are T5 v1.1-style (gated-GELU feed-forward, untied lm_head, no dropout in
+pretraining); the paper's T5-3B keeps the original T5's ReLU feed-forward and tied embeddings.
+The model is `transformers.T5ForConditionalGeneration`; transformers is pinned below 5 because
+5.x always ties T5's lm_head to the input embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+FEED_FORWARD = ("gated-gelu", "relu")
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    d_model: int
+    d_kv: int
+    num_heads: int
+    d_ff: int
+    num_layers: int  # encoder layers
+    num_decoder_layers: int
+    feed_forward_proj: str  # "gated-gelu" (T5 v1.1) or "relu" (original T5)
+    tie_embeddings: bool  # lm_head shares the input embedding (original T5) or not (v1.1)
+    dropout_rate: float = 0.0
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+
+    def __post_init__(self) -> None:
+        def bad(key: str, allowed: str) -> ValueError:
+            return ValueError(
+                f"model preset {self.name!r}: {key} must be {allowed} (got {getattr(self, key)!r})"
+            )
+
+        if not isinstance(self.name, str) or not self.name:
+            raise bad("name", "a non-empty string")
+        for key in (
+            "d_model",
+            "d_kv",
+            "num_heads",
+            "d_ff",
+            "num_layers",
+            "num_decoder_layers",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        ):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise bad(key, "a positive integer")
+        if self.feed_forward_proj not in FEED_FORWARD:
+            raise bad("feed_forward_proj", "one of " + ", ".join(FEED_FORWARD))
+        if not isinstance(self.tie_embeddings, bool):
+            raise bad("tie_embeddings", "true or false")
+        if (
+            isinstance(self.dropout_rate, bool)
+            or not isinstance(self.dropout_rate, (int, float))
+            or not 0.0 <= self.dropout_rate < 1.0
+        ):
+            raise bad("dropout_rate", "a number in [0, 1)")
+
+
+PRESET_FIELDS = tuple(f.name for f in dataclasses.fields(ModelPreset))
+
+
+def _v11(name: str, d_model: int, heads: int, d_kv: int, d_ff: int, layers: int) -> ModelPreset:
+    return ModelPreset(name, d_model, d_kv, heads, d_ff, layers, layers, "gated-gelu", False)
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        _v11("t5_tiny", 64, 4, 16, 256, 2),  # ~27k tokens/s on 2 CPU cores
+        _v11("t5_mini", 128, 4, 32, 512, 4),
+        _v11("t5_small", 256, 4, 64, 1024, 4),  # ~2.3k tokens/s on 2 CPU cores
+        _v11("t5_base", 768, 12, 64, 2048, 12),  # T5 v1.1-base-like, for one GPU
+        _v11("t5_770m", 1024, 16, 64, 2816, 24),  # T5 v1.1-large-like: 717.4M non-embedding
+        # the original T5-3B: ReLU, tied embeddings, 32 heads of 128 on d_model 1024: 2,818.7M non-embedding
+        ModelPreset("t5_3b", 1024, 128, 32, 16384, 24, 24, "relu", True),
+    )
+}
+
+
+def load_preset(mapping: Mapping[str, Any]) -> ModelPreset:
+    """A validated ModelPreset from a mapping (a YAML/Hydra node). One-line ValueError on bad input."""
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"model preset must be a mapping of fields, got {type(mapping).__name__}")
+    name = mapping.get("name", "?")
+    for key in mapping:
+        if key not in PRESET_FIELDS:
+            raise ValueError(
+                f"model preset {name!r}: unknown field {key!r} (allowed: {', '.join(PRESET_FIELDS)})"
+            )
+    required = [f.name for f in dataclasses.fields(ModelPreset) if f.default is dataclasses.MISSING]
+    for key in required:
+        if key not in mapping:
+            raise ValueError(
+                f"model preset {name!r}: missing field {key!r} (required: {', '.join(required)})"
+            )
+    values = dict(mapping.items())
+    if isinstance(values.get("dropout_rate"), int) and not isinstance(values["dropout_rate"], bool):
+        values["dropout_rate"] = float(values["dropout_rate"])  # YAML `0` means 0.0
+    return ModelPreset(**values)
+
+
+# ----------------------------------------------------------------------------- construction
+
+
+def t5_config(preset: ModelPreset, vocab_size: int, *, pad_id: int = 0, eos_id: int = 1) -> T5Config:
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=preset.d_model,
+        d_kv=preset.d_kv,
+        d_ff=preset.d_ff,
+        num_layers=preset.num_layers,
+        num_decoder_layers=preset.num_decoder_layers,
+        num_heads=preset.num_heads,
+        relative_attention_num_buckets=preset.relative_attention_num_buckets,
+        relative_attention_max_distance=preset.relative_attention_max_distance,
+        dropout_rate=preset.dropout_rate,
+        layer_norm_epsilon=1e-6,
+        feed_forward_proj=preset.feed_forward_proj,  # "gated-gelu" -> gelu_new, as T5 v1.1
+        tie_word_embeddings=preset.tie_embeddings,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        decoder_start_token_id=pad_id,  # T5 starts decoding from pad
+    )
+
+
+def build_model(
+    preset: ModelPreset,
+    vocab_size: int,
+    *,
+    pad_id: int = 0,
+    eos_id: int = 1,
+    dropout_rate: float | None = None,
+    seed: int | None = None,
+) -> T5ForConditionalGeneration:
+    """A randomly initialised T5 for `preset`; `dropout_rate` overrides the preset's (e.g. for finetuning).
+
+    With `seed`, initialisation is reproducible and leaves the global torch RNG untouched.
+    """
+    if dropout_rate is not None:
+        preset = dataclasses.replace(preset, dropout_rate=float(dropout_rate))
+    config = t5_config(preset, vocab_size, pad_id=pad_id, eos_id=eos_id)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
+        if not preset.tie_embeddings:
+            # HF draws an untied lm_head with std 1.0 (as for the embedding), so logits start with
+            # std ~sqrt(d_model) and the initial loss is ~31 at d_model 64 instead of ~ln V.
+            # Mesh-TF (T5 v1.1) builds the untied output layer with mtf.layers.dense and its default
+            # VarianceScalingInitializer(scale=1, fan_in): std = d_model ** -0.5 (truncated normal).
+            if model.lm_head.weight is model.shared.weight:  # transformers 5.x always ties
+                raise RuntimeError(
+                    "this transformers ties T5's lm_head to the embedding: install transformers<5"
+                )
+            with torch.no_grad():
+                model.lm_head.weight.normal_(0.0, preset.d_model**-0.5)
+    return model
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+def _ff_params(p: ModelPreset) -> int:
+    # relu: wi, wo; gated-gelu: wi_0, wi_1, wo. No biases anywhere in T5.
+    return (3 if p.feed_forward_proj == "gated-gelu" else 2) * p.d_model * p.d_ff
+
+
+def _stack_params(p: ModelPreset, decoder: bool) -> int:
+    """Non-embedding parameters of the encoder (or decoder) stack."""
+    attention = 4 * p.d_model * p.num_heads * p.d_kv  # q, k, v, o
+    layers = p.num_decoder_layers if decoder else p.num_layers
+    per_layer = (
+        (2 if decoder else 1) * attention  # self-attention (+ cross-attention)
+        + _ff_params(p)
+        + (3 if decoder else 2) * p.d_model  # one RMS-norm scale per sub-layer
+    )
+    relative_bias = p.relative_attention_num_buckets * p.num_heads  # first layer's self-attention only
+    return layers * per_layer + relative_bias + p.d_model  # + final norm
+
+
+def count_params(preset: ModelPreset, vocab_size: int) -> dict[str, int]:
+    """Parameter counts from the architecture's formulas (nothing is instantiated).
+
+    non_embedding = encoder + decoder stacks (attention, feed-forward, norms, relative biases);
+    embedding = the input embedding shared by encoder and decoder; lm_head = the output layer when
+    untied (0 when tied: it is the embedding). total = the three, each shared tensor counted once.
+    """
+    non_embedding = _stack_params(preset, False) + _stack_params(preset, True)
+    embedding = vocab_size * preset.d_model
+    lm_head = 0 if preset.tie_embeddings else vocab_size * preset.d_model
+    return {
+        "total": non_embedding + embedding + lm_head,
+        "non_embedding": non_embedding,
+        "embedding": embedding,
+        "lm_head": lm_head,
+    }
+
+
+def flops_per_token(
+    preset: ModelPreset, vocab_size: int, inputs_length: int, targets_length: int
+) -> dict[str, float]:
+    """Training FLOPs (forward + backward = 3 x forward) of one span-corruption example, and per token.
+
+    With I, T = inputs_length, targets_length, V = vocab_size, h * d_kv = the attention width,
+    W_enc, W_dec = the stacks' matmul weights and W_xkv = the decoder's cross-attention K and V
+    projections (2 * d_model * h * d_kv per decoder layer), which read the encoder output:
+
+        per_example = 6 * (W_enc + W_xkv) * I                 weights applied per input token
+                    + 6 * (W_dec - W_xkv + V * d_model) * T   weights and output layer per target token
+                    + 12 * h * d_kv * (L_enc * I**2 + L_dec * (T**2 + T * I))   attention
+        per_token   = per_example / (I + T)
+
+    Attention: per layer the scores (Q K^T) and the weighted values (A V) each cost
+    2 * Lq * Lk * h * d_kv forward; encoder self (I x I), decoder self (T x T, counted in full
+    although causal, as the hardware computes it) and cross (T x I). The output layer's matmul is
+    paid whether or not it is tied. Norms, relative biases, softmax and lookups are left out; so
+    this equals torch's FlopCounterMode on forward + backward exactly (tested).
+
+    `approx_per_example` is the usual shorthand 6 * N_enc * I + 6 * (N_dec + V * d_model) * T
+    + attention (N = non-embedding parameters), which charges the cross-attention K/V projections
+    to target tokens: at I >> T it undercounts (by 8% for t5_3b at 512/114).
+    """
+    p = preset
+    inner = p.num_heads * p.d_kv
+    ff = _ff_params(p)
+    w_enc = p.num_layers * (4 * p.d_model * inner + ff)
+    w_dec = p.num_decoder_layers * (8 * p.d_model * inner + ff)
+    w_xkv = p.num_decoder_layers * 2 * p.d_model * inner
+    lm_head = vocab_size * p.d_model
+    I, T = inputs_length, targets_length  # noqa: E741 - the formula's names
+    weights = 6.0 * (w_enc + w_xkv) * I + 6.0 * (w_dec - w_xkv + lm_head) * T
+    attention = 12.0 * inner * (p.num_layers * I**2 + p.num_decoder_layers * (T**2 + T * I))
+    per_example = weights + attention
+    approx = 6.0 * _stack_params(p, False) * I + 6.0 * (_stack_params(p, True) + lm_head) * T + attention
+    return {
+        "per_example": per_example,
+        "per_token": per_example / (I + T),
+        "weights_per_example": weights,
+        "attention_per_example": attention,
+        "approx_per_example": approx,
+    }
+
+
+def describe(preset: ModelPreset, vocab_size: int) -> str:
+    """One line for logs and the plan: name, shape and counts."""
+    c = count_params(preset, vocab_size)
+    return (
+        f"{preset.name}: d_model {preset.d_model}, {preset.num_layers}+{preset.num_decoder_layers} layers, "
+        f"{preset.num_heads}x{preset.d_kv} heads, d_ff {preset.d_ff} ({preset.feed_forward_proj}), "
+        f"{c['non_embedding'] / 1e6:.1f}M non-embedding, {c['total'] / 1e6:.1f}M total"
+        + (", tied" if preset.tie_embeddings else "")
+    )
