@@ -26,10 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from pipeline.scaling import fit  # noqa: E402
 from pipeline.scaling.laws import hoffmann_grid  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chinchilla" / "chinchilla_nd_loss.csv"
+DATA = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chinchilla" / "chinchilla_nd_loss.csv"
+)
 
 
-def scipy_loop(ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, grid: np.ndarray) -> tuple[float, np.ndarray, int]:
+def scipy_loop(
+    ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, grid: np.ndarray
+) -> tuple[float, np.ndarray, int]:
     def huber_objective(p):
         a, b, e, alpha, beta = p
         pred = np.logaddexp(np.logaddexp(a - alpha * ln_n, b - beta * ln_d), e)
@@ -47,30 +51,40 @@ def scipy_loop(ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, grid: np.nd
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DS_SHARED_DATA", DATA.parents[1])) / DATA.parent.name / DATA.name)
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("DS_SHARED_DATA", DATA.parents[1])) / DATA.parent.name / DATA.name,
+    )
     ap.add_argument("--scipy-starts", type=int, default=4500)
     a = ap.parse_args()
     df = pd.read_csv(a.data)
     df = df[df.epoch_used == 1]
     x, y = df[["N_params", "D_tokens"]].to_numpy(), df["loss"].to_numpy()
     grid = hoffmann_grid()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    )
     print(f"data: {len(y)} points, grid: {len(grid)} starts")
 
     fit("power", x[:20, 0], y[:20])  # warm up torch's lazy initialisation, not part of the timing
     t0 = time.perf_counter()
     ours = fit("chinchilla", x, y)
     t_ours = time.perf_counter() - t0
-    print(f"ours : objective {ours.objective:.8e}  {t_ours:8.2f} s  E={ours.params['E']:.5f} "
-          f"alpha={ours.params['alpha']:.5f} beta={ours.params['beta']:.5f}")  # fmt: skip
+    print(
+        f"ours : objective {ours.objective:.8e}  {t_ours:8.2f} s  E={ours.params['E']:.5f} "
+        f"alpha={ours.params['alpha']:.5f} beta={ours.params['beta']:.5f}"
+    )
 
     k = min(a.scipy_starts, len(grid))
     t0 = time.perf_counter()
     best, bx, n_ok = scipy_loop(np.log(x[:, 0]), np.log(x[:, 1]), np.log(y), grid[:k])
     t_scipy = (time.perf_counter() - t0) * len(grid) / k
     label = "" if k == len(grid) else f" (first {k} starts, time scaled to {len(grid)})"
-    print(f"scipy: objective {best:.8e}  {t_scipy:8.2f} s  E={np.exp(bx[2]):.5f} alpha={bx[3]:.5f} "
-          f"beta={bx[4]:.5f}  successes {n_ok}/{k}{label}")  # fmt: skip
+    print(
+        f"scipy: objective {best:.8e}  {t_scipy:8.2f} s  E={np.exp(bx[2]):.5f} alpha={bx[3]:.5f} "
+        f"beta={bx[4]:.5f}  successes {n_ok}/{k}{label}"
+    )
     print(f"ratio: {t_scipy / t_ours:.1f}")
 
 

@@ -52,7 +52,9 @@ def _query(df: pd.DataFrame, expr: str, flag: str) -> pd.Series:
     try:
         mask = df.eval(expr)
     except Exception as e:  # pandas raises many kinds for a bad expression
-        raise BadInput(f"{flag} {expr!r} is not a valid expression: {type(e).__name__}: {e}".splitlines()[0]) from e
+        raise BadInput(
+            f"{flag} {expr!r} is not a valid expression: {type(e).__name__}: {e}".splitlines()[0]
+        ) from e
     if not isinstance(mask, pd.Series) or mask.dtype != bool:
         raise BadInput(f"{flag} {expr!r} does not give True/False per row")
     return mask
@@ -79,7 +81,9 @@ def _load(a: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
     xcols = [c.strip() for c in a.x.split(",") if c.strip()]
     missing = [c for c in [*xcols, a.y] if c not in df.columns]
     if missing:
-        raise BadInput(f"column(s) {', '.join(missing)} not in {a.csv}; it has: {', '.join(map(str, df.columns))}")
+        raise BadInput(
+            f"column(s) {', '.join(missing)} not in {a.csv}; it has: {', '.join(map(str, df.columns))}"
+        )
     if a.where:
         df = df[_query(df, a.where, "--where")]
     if len(df) == 0:
@@ -111,7 +115,9 @@ def _print(res) -> None:
     if res.holdout:
         print(f"held out {len(res.holdout)}:  x | y | pred | abs_err | rel_err")
         for h in res.holdout:
-            print(f"  {h['x']} | {_num(h['y'])} | {_num(h['pred'])} | {_num(h['abs_err'])} | {h['rel_err']:.2%}")
+            print(
+                f"  {h['x']} | {_num(h['y'])} | {_num(h['pred'])} | {_num(h['abs_err'])} | {h['rel_err']:.2%}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +129,16 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput("--bootstrap must be >= 0")
         x, y, hold = _load(a)
         try:
-            res = fit(a.law, x, y, holdout=hold, delta=a.delta, bootstrap=a.bootstrap, seed=a.seed, **_options(a.opt))
+            res = fit(
+                a.law,
+                x,
+                y,
+                holdout=hold,
+                delta=a.delta,
+                bootstrap=a.bootstrap,
+                seed=a.seed,
+                **_options(a.opt),
+            )
         except ValueError as e:  # unknown law option or a bad option value
             raise BadInput(str(e)) from e
     except BadInput as e:

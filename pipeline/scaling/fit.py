@@ -71,15 +71,18 @@ def _natural(law: Law, p: np.ndarray, q0: float) -> np.ndarray:
         return p
 
 
-def _objective_fn(law: Law, x: torch.Tensor, t: torch.Tensor, delta: float, w: torch.Tensor | None) -> Fun:
-    """Weighted summed Huber of every start; exact gradient for log-sum-exp laws, autograd otherwise."""
+def _objective_fn(law: Law, x: np.ndarray, t: np.ndarray, delta: float, w: np.ndarray | None) -> Fun:
+    """Weighted summed Huber of every start; exact gradient for log-sum-exp laws, autograd otherwise.
+
+    x (n, k), t (n,) the targets in residual space, w (S, n) per-start point weights (bootstrap) or None."""
+    x, t = torch.tensor(x, dtype=torch.float64), torch.tensor(t, dtype=torch.float64)
     if law.design is None:
 
-        def value(th: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        def value(th: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
             r = law.resid(th, x, t) if law.resid is not None else law.predict_t(th, x) - t
             h = huber(r, delta)
             h = h.sum(-1) if h.dim() == 3 else h
-            return (h * (1.0 if w is None else w[idx])).sum(1)
+            return (h if w is None else h * torch.from_numpy(w[idx])).sum(1)
 
         return autograd(value)
 
@@ -87,9 +90,8 @@ def _objective_fn(law: Law, x: torch.Tensor, t: torch.Tensor, delta: float, w: t
     phi_t = phi.transpose(1, 2).contiguous()
 
     # written in place: these (K, S, n) arrays are the whole cost of a fit, so no temporaries
-    def fun(th: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        wi = None if w is None else w[idx]
-        z = torch.matmul(th, phi_t)  # (K, S, n)
+    def fun(theta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = torch.matmul(torch.from_numpy(np.ascontiguousarray(theta)), phi_t)  # (K, S, n)
         if z.shape[0] == 1:
             r, s, e = z[0].sub_(t), None, None
         else:
@@ -101,13 +103,14 @@ def _objective_fn(law: Law, x: torch.Tensor, t: torch.Tensor, delta: float, w: t
         q = a.clamp(max=delta)
         h = a.sub_(q, alpha=0.5).mul_(q)
         psi = r.clamp_(-delta, delta)  # d huber / d pred
-        if wi is not None:
+        if w is not None:
+            wi = torch.from_numpy(w[idx])
             h.mul_(wi)
             psi.mul_(wi)
         if e is None:
-            return h.sum(1), psi @ phi[0]
+            return h.sum(1).numpy(), (psi @ phi[0]).numpy()
         e.mul_(psi.div_(s))  # d pred / d z_k = e_k / s
-        return h.sum(1), torch.matmul(e, phi).sum(0)
+        return h.sum(1).numpy(), torch.matmul(e, phi).sum(0).numpy()
 
     return fun
 
@@ -135,7 +138,7 @@ class FitResult:
         x = np.array(x, dtype=np.float64)
         x = x[:, None] if x.ndim == 1 else x
         with torch.no_grad(), np.errstate(all="ignore"):
-            p = self._law.predict_t(torch.as_tensor(np.atleast_2d(theta)), torch.as_tensor(x)).numpy()
+            p = self._law.predict_t(torch.tensor(np.atleast_2d(theta)), torch.tensor(x)).numpy()
         return _natural(self._law, p, self.options.get("q0", 0.0))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -165,9 +168,17 @@ class FitResult:
                 return v.item()
             return v
 
-        d = {k: getattr(self, k) for k in ("law", "ok", "reason", "params", "raw", "objective", "n_fit", "delta")}
-        d |= {"options": self.options, "holdout": self.holdout, "intervals": self.intervals,
-              "level": self.level, "bootstrap": self.n_boot}  # fmt: skip
+        d = {
+            k: getattr(self, k)
+            for k in ("law", "ok", "reason", "params", "raw", "objective", "n_fit", "delta")
+        }
+        d |= {
+            "options": self.options,
+            "holdout": self.holdout,
+            "intervals": self.intervals,
+            "level": self.level,
+            "bootstrap": self.n_boot,
+        }
         return clean(d)
 
 
@@ -209,24 +220,23 @@ def _check(law: Law, x: np.ndarray, y: np.ndarray, fit_mask: np.ndarray, opts: d
     return None
 
 
-def _minimise(law: Law, x: np.ndarray, t: np.ndarray, delta: float, starts: np.ndarray, w: np.ndarray | None):
-    x, t = torch.tensor(x, dtype=torch.float64), torch.tensor(t, dtype=torch.float64)
-    fun = _objective_fn(law, x, t, delta, None if w is None else torch.tensor(w))
-    theta0 = torch.as_tensor(starts, dtype=torch.float64)
+def _minimise(law: Law, x: np.ndarray, t: np.ndarray, delta: float, starts: np.ndarray, w=None, groups=None):
+    fun = _objective_fn(law, x, t, delta, w)
     # residuals below 1e-9 of the target's scale are rounding: a fit that good is exact
-    fatol = 0.5 * len(t) * (1e-9 * max(1.0, float(t.abs().max()))) ** 2
+    fatol = 0.5 * len(t) * (1e-9 * max(1.0, float(np.abs(t).max()))) ** 2
     if law.design is None:
-        return lbfgs(fun, theta0, fatol=fatol)
+        return lbfgs(fun, starts, fatol=fatol, groups=groups)
     # precondition: optimise u = T⁻¹θ, with T making the stacked design's columns orthogonal and of unit RMS,
-    # so that a (a, α) pair as correlated as a and α·ln N is not a narrow valley to the optimiser
-    phi = law.design(torch.log(x))
-    T = torch.linalg.inv(torch.linalg.qr(phi.reshape(-1, phi.shape[-1])).R) * math.sqrt(phi.shape[0] * phi.shape[1])
+    # so that a pair as correlated as a and α (through a − α·ln N) is not a narrow valley to the optimiser
+    phi = law.design(torch.log(torch.tensor(x))).numpy()
+    K, n, P = phi.shape
+    T = np.linalg.inv(np.linalg.qr(phi.reshape(-1, P), mode="r")) * math.sqrt(K * n)
 
-    def pre(u: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pre(u: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         f, g = fun(u @ T.T, idx)
         return f, g @ T
 
-    m = lbfgs(pre, theta0 @ torch.linalg.inv(T).T, fatol=fatol)
+    m = lbfgs(pre, starts @ np.linalg.inv(T).T, fatol=fatol, groups=groups)
     m.theta = m.theta @ T.T
     return m
 
@@ -235,19 +245,21 @@ def _identifiable(law: Law, x: np.ndarray) -> bool:
     """Whether the design of a log-sum-exp law has full rank at these x (else some parameter is free)."""
     if law.design is None:
         return True
-    sv = torch.linalg.svdvals(law.design(torch.log(torch.as_tensor(x))).reshape(-1, len(law.params)))
+    sv = torch.linalg.svdvals(law.design(torch.log(torch.tensor(x))).reshape(-1, len(law.params)))
     return bool(sv[-1] > 1e-10 * sv[0])
 
 
-def objective(law: str, x, y, raw, delta: float | None = None, reduction: str = "sum", **law_options) -> float:
+def objective(
+    law: str, x, y, raw, delta: float | None = None, reduction: str = "sum", **law_options
+) -> float:
     """The fitter's objective at coordinates `raw` (a sequence in LAWS[law].params order, or a dict)."""
     spec, opts, delta = _prepare(law, x, y, law_options, delta)
     x = np.array(x, dtype=np.float64)
     x = x[:, None] if x.ndim == 1 else x
     y = np.array(y, dtype=np.float64)
     theta = np.array([raw[p] for p in spec.params] if isinstance(raw, dict) else raw, dtype=np.float64)
-    fun = _objective_fn(spec, torch.as_tensor(x), torch.as_tensor(_target(spec, y, opts.get("q0", 0.0))), delta, None)
-    f = float(fun(torch.as_tensor(theta[None]), torch.zeros(1, dtype=torch.long))[0][0])
+    fun = _objective_fn(spec, x, _target(spec, y, opts.get("q0", 0.0)), delta, None)
+    f = float(fun(theta[None], np.zeros(1, dtype=np.int64))[0][0])
     return f / len(y) if reduction == "mean" else f
 
 
@@ -296,9 +308,9 @@ def fit(
     if len(starts) == 0:
         res.reason = "no finite starting point for this data"
         return res
-    m = _minimise(spec, xf, t, delta, starts, None)
-    best = int(torch.argmin(m.f))
-    theta, f = m.theta[best].numpy().copy(), float(m.f[best])
+    m = _minimise(spec, xf, t, delta, starts)
+    best = int(np.argmin(m.f))
+    theta, f = m.theta[best].copy(), float(m.f[best])
     if not math.isfinite(f):
         res.reason = "no start reached a finite objective"
         return res
@@ -309,10 +321,14 @@ def fit(
         return res
     res._theta = theta
     with torch.no_grad(), np.errstate(all="ignore"):
-        pt = spec.predict_t(torch.as_tensor(theta[None]), torch.as_tensor(x)).numpy()[0]
+        pt = spec.predict_t(torch.tensor(theta[None]), torch.tensor(x)).numpy()[0]
     if not np.isfinite(pt).all():
         where = x[~np.isfinite(pt)][0].tolist()
-        why = "ln(A·Dp^alpha) <= 0 there, so (ln(A·Dp^alpha))^beta is undefined" if spec.name == "bleu_log" else "overflow"
+        why = (
+            "ln(A·Dp^alpha) <= 0 there, so (ln(A·Dp^alpha))^beta is undefined"
+            if spec.name == "bleu_log"
+            else "overflow"
+        )
         res.reason = f"the fitted law has no finite prediction at x={where}: {why}"
         return res
 
@@ -323,14 +339,23 @@ def fit(
     for i in np.flatnonzero(hold):
         err = abs(pred[i] - y[i])
         xi = x[i].tolist()
-        res.holdout.append({"x": xi[0] if len(xi) == 1 else xi, "y": float(y[i]), "pred": float(pred[i]),
-                            "abs_err": float(err), "rel_err": float(err / abs(y[i])) if y[i] != 0 else math.inf})  # fmt: skip
+        res.holdout.append(
+            {
+                "x": xi[0] if len(xi) == 1 else xi,
+                "y": float(y[i]),
+                "pred": float(pred[i]),
+                "abs_err": float(err),
+                "rel_err": float(err / abs(y[i])) if y[i] != 0 else math.inf,
+            }
+        )
     if bootstrap > 0:
         _bootstrap(res, spec, xf, t, delta, m, bootstrap, seed)
     return res
 
 
-def _bootstrap(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray, delta: float, m, B: int, seed: int) -> None:
+def _bootstrap(
+    res: FitResult, law: Law, x: np.ndarray, t: np.ndarray, delta: float, m, B: int, seed: int
+) -> None:
     """Resample the fit points B times and refit each resample, all at once, from the best few optima."""
     n, P = len(t), len(law.params)
     rng = np.random.default_rng(seed)
@@ -339,18 +364,19 @@ def _bootstrap(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray, delta: fl
     keep = np.array([len(np.unique(x[c > 0], axis=0)) > P for c in counts])
     counts = counts[keep]
     # starts: the full-data optimum and up to three other distinct local optima
-    f, order = m.f.numpy(), np.argsort(m.f.numpy())
+    f, order = m.f, np.argsort(m.f)
     picked = [order[0]]
     for i in order[1:]:
         if len(picked) == 4 or not math.isfinite(f[i]):
             break
         if all(abs(f[i] - f[j]) > 1e-6 * abs(f[j]) for j in picked):
             picked.append(i)
-    starts = m.theta.numpy()[picked]
+    starts = m.theta[picked]
     k = len(starts)
-    mb = _minimise(law, x, t, delta, np.tile(starts, (len(counts), 1)), np.repeat(counts, k, axis=0))
-    fb = mb.f.numpy().reshape(-1, k)
-    theta = mb.theta.numpy().reshape(-1, k, P)[np.arange(len(fb)), fb.argmin(1)]
+    groups = np.repeat(np.arange(len(counts)), k)  # one problem per resample
+    mb = _minimise(law, x, t, delta, np.tile(starts, (len(counts), 1)), np.repeat(counts, k, axis=0), groups)
+    fb = mb.f.reshape(-1, k)
+    theta = mb.theta.reshape(-1, k, P)[np.arange(len(fb)), fb.argmin(1)]
     theta = theta[np.isfinite(fb.min(1)) & np.isfinite(theta).all(1)]
     res._boot, res.n_boot = theta, len(theta)
     if len(theta):

@@ -77,11 +77,17 @@ def _bleu_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 BLEU_LOG = Law(
-    "bleu_log", ("lnA", "alpha", "beta"), 1, "log", 0.1, _bleu_starts,
-    lambda p: {"A": math.exp(p[0]), "alpha": p[1], "beta": p[2]},
-    model=_bleu_model, options={"monotone_tol": 0.0},
+    name="bleu_log",
+    params=("lnA", "alpha", "beta"),
+    nx=1,
+    space="log",
+    delta=0.1,
+    starts=_bleu_starts,
+    public=lambda p: {"A": math.exp(p[0]), "alpha": p[1], "beta": p[2]},
+    model=_bleu_model,
+    options={"monotone_tol": 0.0},
     formula="BLEU(Dp) = (ln(A·Dp^alpha))^beta",
-)  # fmt: skip
+)
 
 
 def _power_starts(lx: np.ndarray, t: np.ndarray) -> list[tuple[float, float, float]]:
@@ -103,11 +109,16 @@ def _power_design(lx: torch.Tensor) -> torch.Tensor:  # (e, a, α): LSE(e, a −
 
 
 POWER = Law(
-    "power", ("e", "a", "alpha"), 1, "log", 1e-3,
-    lambda x, t: np.array(_power_starts(np.log(x[:, 0]), t)),
-    lambda p: {"E": math.exp(p[0]), "A": math.exp(p[1]), "alpha": p[2]},
-    design=_power_design, formula="L(Dp) = E + A/Dp^alpha",
-)  # fmt: skip
+    name="power",
+    params=("e", "a", "alpha"),
+    nx=1,
+    space="log",
+    delta=1e-3,
+    starts=lambda x, t: np.array(_power_starts(np.log(x[:, 0]), t)),
+    public=lambda p: {"E": math.exp(p[0]), "A": math.exp(p[1]), "alpha": p[2]},
+    design=_power_design,
+    formula="L(Dp) = E + A/Dp^alpha",
+)
 
 
 # --- Hoffmann et al. 2022 ---------------------------------------------------------------------------
@@ -116,26 +127,43 @@ POWER = Law(
 def hoffmann_grid() -> np.ndarray:
     """The 4,500 starts of Hoffmann et al. as Epoch describes them, as (a, b, e, α, β) rows."""
     grid = itertools.product(
-        np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5), np.arange(-1, 1.5, 0.5), np.arange(0, 30, 5), np.arange(0, 30, 5)
+        np.arange(0, 2.5, 0.5),
+        np.arange(0, 2.5, 0.5),
+        np.arange(-1, 1.5, 0.5),
+        np.arange(0, 30, 5),
+        np.arange(0, 30, 5),
     )
     return np.array([(a, b, e, alpha, beta) for alpha, beta, e, a, b in grid], dtype=float)
 
 
 def _chinchilla_design(lx: torch.Tensor) -> torch.Tensor:  # (a, b, e, α, β): LSE(a − α ln N, b − β ln D, e)
     one, zero = torch.ones_like(lx[:, 0]), torch.zeros_like(lx[:, 0])
-    return torch.stack([
-        torch.stack([one, zero, zero, -lx[:, 0], zero], 1),
-        torch.stack([zero, one, zero, zero, -lx[:, 1]], 1),
-        torch.stack([zero, zero, one, zero, zero], 1),
-    ])  # fmt: skip
+    return torch.stack(
+        [
+            torch.stack([one, zero, zero, -lx[:, 0], zero], 1),
+            torch.stack([zero, one, zero, zero, -lx[:, 1]], 1),
+            torch.stack([zero, zero, one, zero, zero], 1),
+        ]
+    )
 
 
 CHINCHILLA = Law(
-    "chinchilla", ("a", "b", "e", "alpha", "beta"), 2, "log", 1e-3,
-    lambda x, t: hoffmann_grid(),
-    lambda p: {"A": math.exp(p[0]), "B": math.exp(p[1]), "E": math.exp(p[2]), "alpha": p[3], "beta": p[4]},
-    design=_chinchilla_design, formula="L(N, D) = E + A/N^alpha + B/D^beta",
-)  # fmt: skip
+    name="chinchilla",
+    params=("a", "b", "e", "alpha", "beta"),
+    nx=2,
+    space="log",
+    delta=1e-3,
+    starts=lambda x, t: hoffmann_grid(),
+    public=lambda p: {
+        "A": math.exp(p[0]),
+        "B": math.exp(p[1]),
+        "E": math.exp(p[2]),
+        "alpha": p[3],
+        "beta": p[4],
+    },
+    design=_chinchilla_design,
+    formula="L(N, D) = E + A/N^alpha + B/D^beta",
+)
 
 
 # --- Zhang et al. 2024 ------------------------------------------------------------------------------
@@ -143,7 +171,9 @@ CHINCHILLA = Law(
 
 def _joint_design(lx: torch.Tensor) -> torch.Tensor:  # (a, α, β, e): LSE(a − α ln X − β ln Df, e)
     one, zero = torch.ones_like(lx[:, 0]), torch.zeros_like(lx[:, 0])
-    return torch.stack([torch.stack([one, -lx[:, 0], -lx[:, 1], zero], 1), torch.stack([zero, zero, zero, one], 1)])
+    return torch.stack(
+        [torch.stack([one, -lx[:, 0], -lx[:, 1], zero], 1), torch.stack([zero, zero, zero, one], 1)]
+    )
 
 
 def _joint_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -156,10 +186,16 @@ def _joint_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 JOINT = Law(
-    "joint", ("a", "alpha", "beta", "e"), 2, "log", 1e-3, _joint_starts,
-    lambda p: {"A": math.exp(p[0]), "alpha": p[1], "beta": p[2], "E": math.exp(p[3])},
-    design=_joint_design, formula="L(X, Df) = A·X^-alpha·Df^-beta + E",
-)  # fmt: skip
+    name="joint",
+    params=("a", "alpha", "beta", "e"),
+    nx=2,
+    space="log",
+    delta=1e-3,
+    starts=_joint_starts,
+    public=lambda p: {"A": math.exp(p[0]), "alpha": p[1], "beta": p[2], "E": math.exp(p[3])},
+    design=_joint_design,
+    formula="L(X, Df) = A·X^-alpha·Df^-beta + E",
+)
 
 
 # --- Krajewski et al. 2025: -ln Q̃ as a power law -----------------------------------------------------
@@ -178,38 +214,66 @@ def _direct_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 DIRECT = Law(
-    "direct", ("a", "alpha"), 1, "loglog", math.inf, _direct_starts,
-    lambda p: {"A": math.exp(p[0]), "alpha": p[1]},
-    design=_direct_design, options=dict(CHANCE), formula="-ln Q~ = A·C^-alpha",
-)  # fmt: skip
+    name="direct",
+    params=("a", "alpha"),
+    nx=1,
+    space="loglog",
+    delta=math.inf,
+    starts=_direct_starts,
+    public=lambda p: {"A": math.exp(p[0]), "alpha": p[1]},
+    design=_direct_design,
+    options=dict(CHANCE),
+    formula="-ln Q~ = A·C^-alpha",
+)
 
 DIRECT_SAT = Law(
-    "direct_sat", ("e", "a", "alpha"), 1, "loglog", 1e-3,
-    lambda x, t: np.array(_power_starts(np.log(x[:, 0]), t)),
-    lambda p: {"E": math.exp(p[0]), "A": math.exp(p[1]), "alpha": p[2]},
-    design=_power_design, options=dict(CHANCE), formula="-ln Q~ = A·C^-alpha + E",
-)  # fmt: skip
+    name="direct_sat",
+    params=("e", "a", "alpha"),
+    nx=1,
+    space="loglog",
+    delta=1e-3,
+    starts=lambda x, t: np.array(_power_starts(np.log(x[:, 0]), t)),
+    public=lambda p: {"E": math.exp(p[0]), "A": math.exp(p[1]), "alpha": p[2]},
+    design=_power_design,
+    options=dict(CHANCE),
+    formula="-ln Q~ = A·C^-alpha + E",
+)
 
 
 def _multi_design(lx: torch.Tensor) -> torch.Tensor:  # (a, α, b, β): LSE(a − α ln N, b − β ln D)
     one, zero = torch.ones_like(lx[:, 0]), torch.zeros_like(lx[:, 0])
-    return torch.stack([torch.stack([one, -lx[:, 0], zero, zero], 1), torch.stack([zero, zero, one, -lx[:, 1]], 1)])
+    return torch.stack(
+        [torch.stack([one, -lx[:, 0], zero, zero], 1), torch.stack([zero, zero, one, -lx[:, 1]], 1)]
+    )
 
 
 def _multi_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
     lx = np.log(x)
     rows = []
     for alpha, beta, w in itertools.product((0.1, 0.3, 0.6, 1.0), (0.1, 0.3, 0.6, 1.0), (0.2, 0.5, 0.8)):
-        rows.append((t.mean() + math.log(w) + alpha * lx[:, 0].mean(), alpha,
-                     t.mean() + math.log(1 - w) + beta * lx[:, 1].mean(), beta))  # fmt: skip
+        rows.append(
+            (
+                t.mean() + math.log(w) + alpha * lx[:, 0].mean(),
+                alpha,
+                t.mean() + math.log(1 - w) + beta * lx[:, 1].mean(),
+                beta,
+            )
+        )
     return np.array(rows)
 
 
 MULTI_TPR = Law(
-    "multi_tpr", ("a", "alpha", "b", "beta"), 2, "loglog", 1e-3, _multi_starts,
-    lambda p: {"A": math.exp(p[0]), "alpha": p[1], "B": math.exp(p[2]), "beta": p[3]},
-    design=_multi_design, options=dict(CHANCE), formula="-ln Q~ = A·N^-alpha + B·D^-beta",
-)  # fmt: skip
+    name="multi_tpr",
+    params=("a", "alpha", "b", "beta"),
+    nx=2,
+    space="loglog",
+    delta=1e-3,
+    starts=_multi_starts,
+    public=lambda p: {"A": math.exp(p[0]), "alpha": p[1], "B": math.exp(p[2]), "beta": p[3]},
+    design=_multi_design,
+    options=dict(CHANCE),
+    formula="-ln Q~ = A·N^-alpha + B·D^-beta",
+)
 
 
 def _passk_design(lx: torch.Tensor) -> torch.Tensor:  # (ln A, α, β, δ): ln A + α ln C + β ln k + δ ln C ln k
@@ -223,11 +287,17 @@ def _passk_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 PASSK = Law(
-    "passk", ("lnA", "alpha", "beta", "delta"), 2, "loglog", math.inf, _passk_starts,
-    lambda p: {"A": math.exp(p[0]), "alpha": p[1], "beta": p[2], "delta": p[3]},
-    design=_passk_design, options=dict(CHANCE),
+    name="passk",
+    params=("lnA", "alpha", "beta", "delta"),
+    nx=2,
+    space="loglog",
+    delta=math.inf,
+    starts=_passk_starts,
+    public=lambda p: {"A": math.exp(p[0]), "alpha": p[1], "beta": p[2], "delta": p[3]},
+    design=_passk_design,
+    options=dict(CHANCE),
     formula="ln(-ln pass@k) = ln A + alpha ln C + beta ln k + delta ln C ln k",
-)  # fmt: skip
+)
 
 
 # --- two-stage baseline: compute -> task loss (power law) -> accuracy (linear or logistic link) --------
@@ -271,7 +341,9 @@ def _two_logistic_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
     s1, nll = _stage1(x), x[:, 1]
     span = max(np.ptp(t), 1e-6)
     rows = []
-    for a, k, q in itertools.product((span, 2 * span, 4 * span), (-30.0, -10.0, -3.0, -1.0, 1.0), (0.1, 0.5, 0.9)):
+    for a, k, q in itertools.product(
+        (span, 2 * span, 4 * span), (-30.0, -10.0, -3.0, -1.0, 1.0), (0.1, 0.5, 0.9)
+    ):
         rows.append((*s1, a, t.min() - (a - span) / 2, k / max(np.ptp(nll), 1e-6), np.quantile(nll, q)))
     return np.array(rows)
 
@@ -282,16 +354,32 @@ def _two_public(names: tuple[str, ...]) -> Callable[[np.ndarray], dict[str, floa
 
 _m, _r = _two_stage(_link_linear)
 TWO_STAGE = Law(
-    "two_stage", ("lnA", "alpha", "a", "b"), 2, "linear", math.inf, _two_linear_starts, _two_public(("a", "b")),
-    model=_m, resid=_r, options={"link": "linear"},
+    name="two_stage",
+    params=("lnA", "alpha", "a", "b"),
+    nx=2,
+    space="linear",
+    delta=math.inf,
+    starts=_two_linear_starts,
+    public=_two_public(("a", "b")),
+    model=_m,
+    resid=_r,
+    options={"link": "linear"},
     formula="nll = A·C^-alpha (x = C, nll), acc = a + b·nll",
-)  # fmt: skip
+)
 _m, _r = _two_stage(_link_logistic)
 TWO_STAGE_LOGISTIC = Law(
-    "two_stage", ("lnA", "alpha", "a", "b", "k", "l0"), 2, "linear", math.inf, _two_logistic_starts,
-    _two_public(("a", "b", "k", "l0")), model=_m, resid=_r, options={"link": "logistic"},
+    name="two_stage",
+    params=("lnA", "alpha", "a", "b", "k", "l0"),
+    nx=2,
+    space="linear",
+    delta=math.inf,
+    starts=_two_logistic_starts,
+    public=_two_public(("a", "b", "k", "l0")),
+    model=_m,
+    resid=_r,
+    options={"link": "logistic"},
     formula="nll = A·C^-alpha (x = C, nll), acc = a·sigmoid(k·(nll - l0)) + b",
-)  # fmt: skip
+)
 
 
 # --- Gadre et al. 2024 ------------------------------------------------------------------------------
@@ -311,11 +399,22 @@ def _gadre_loss_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 GADRE_LOSS = Law(
-    "gadre_loss", ("lna", "lnc", "eta", "E"), 2, "linear", math.inf, _gadre_loss_starts,
-    lambda p: {"a": math.exp(p[0]), "c": math.exp(p[1]), "b": -p[2], "E": p[3],
-               "B": math.exp(p[1] - p[2] * LN6 / 2)},
-    model=_gadre_loss_model, formula="L(N, M) = E + a·N^b + c·6^(b/2)·(M·N)^b  (x = N, M = D/N)",
-)  # fmt: skip
+    name="gadre_loss",
+    params=("lna", "lnc", "eta", "E"),
+    nx=2,
+    space="linear",
+    delta=math.inf,
+    starts=_gadre_loss_starts,
+    public=lambda p: {
+        "a": math.exp(p[0]),
+        "c": math.exp(p[1]),
+        "b": -p[2],
+        "E": p[3],
+        "B": math.exp(p[1] - p[2] * LN6 / 2),
+    },
+    model=_gadre_loss_model,
+    formula="L(N, M) = E + a·N^b + c·6^(b/2)·(M·N)^b  (x = N, M = D/N)",
+)
 
 
 def _gadre_err_model(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -324,16 +423,36 @@ def _gadre_err_model(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 GADRE_ERR = Law(
-    "gadre_err", ("k", "gamma", "eps"), 1, "linear", math.inf,
-    lambda x, t: np.array(list(itertools.product((0.5, 1.0, 2.0, 4.0), (0.25, 0.5, 1.0, 2.0), (1.0, t.max())))),
-    lambda p: {"k": p[0], "gamma": p[1], "eps": p[2]},
-    model=_gadre_err_model, logx=False, formula="Err(L) = eps - k·exp(-gamma·L)",
-)  # fmt: skip
+    name="gadre_err",
+    params=("k", "gamma", "eps"),
+    nx=1,
+    space="linear",
+    delta=math.inf,
+    starts=lambda x, t: np.array(
+        list(itertools.product((0.5, 1.0, 2.0, 4.0), (0.25, 0.5, 1.0, 2.0), (1.0, t.max())))
+    ),
+    public=lambda p: {"k": p[0], "gamma": p[1], "eps": p[2]},
+    model=_gadre_err_model,
+    logx=False,
+    formula="Err(L) = eps - k·exp(-gamma·L)",
+)
 
 
 LAWS: dict[str, Law] = {
     law.name: law
-    for law in (BLEU_LOG, POWER, CHINCHILLA, DIRECT, DIRECT_SAT, MULTI_TPR, PASSK, TWO_STAGE, JOINT, GADRE_LOSS, GADRE_ERR)
+    for law in (
+        BLEU_LOG,
+        POWER,
+        CHINCHILLA,
+        DIRECT,
+        DIRECT_SAT,
+        MULTI_TPR,
+        PASSK,
+        TWO_STAGE,
+        JOINT,
+        GADRE_LOSS,
+        GADRE_ERR,
+    )
 }
 
 

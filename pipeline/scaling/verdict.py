@@ -27,7 +27,13 @@ class Misalignment:
 
 
 def misalignment(
-    dp: np.ndarray, bleu: np.ndarray, ce: np.ndarray, *, n_fit: int = 4, max_rel_err: float = 0.1, tol: float = 0.0
+    dp: np.ndarray,
+    bleu: np.ndarray,
+    ce: np.ndarray,
+    *,
+    n_fit: int = 4,
+    max_rel_err: float = 0.1,
+    tol: float = 0.0,
 ) -> Misalignment:
     """Verdict for one curve: BLEU and CE at each Dp (one Df). Dp <= 0 (the no-pretraining baseline) is ignored."""
     dp, bleu, ce = (np.asarray(v, dtype=np.float64) for v in (dp, bleu, ce))
