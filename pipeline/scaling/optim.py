@@ -173,10 +173,10 @@ def _lbfgs(fun, th, grp, max_iter, history, ftol, fatol, window, wtol, c1, max_b
         step = np.where(done[:, None], t[:, None] * d, 0.0)
         yv = gn - g
         sy, yy = np.einsum("ij,ij->i", step, yv), np.einsum("ij,ij->i", yv, yv)
-        good = done & (sy > 1e-12 * np.sqrt(np.einsum("ij,ij->i", step, step) * yy))
+        good = done & (sy > 1e-12 * np.sqrt(np.einsum("ij,ij->i", step, step) * yy)) & (sy > 1e-300)
         p = k % history
         sh[p], yh[p] = np.where(good[:, None], step, 0.0), np.where(good[:, None], yv, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(all="ignore"):
             rho[p] = np.where(good, 1.0 / sy, 0.0)
             gamma = np.where(good, sy / yy, gamma)
         has |= good
