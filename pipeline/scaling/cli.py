@@ -103,6 +103,7 @@ def _num(v: float) -> str:
 def _print(res) -> None:
     delta = "least squares" if math.isinf(res.delta) else f"Huber delta {res.delta:g}"
     print(f"law {res.law}: {'ok' if res.ok else 'FAILED: ' + str(res.reason)}")
+    print(f"  {res.to_dict()['formula']}")
     print(f"points fitted {res.n_fit}, objective {_num(res.objective)} ({delta})")
     if not res.ok:
         return

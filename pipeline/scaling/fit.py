@@ -173,6 +173,7 @@ class FitResult:
             for k in ("law", "ok", "reason", "params", "raw", "objective", "n_fit", "delta")
         }
         d |= {
+            "formula": self._law.formula if self._law else "",
             "options": self.options,
             "holdout": self.holdout,
             "intervals": self.intervals,
@@ -188,7 +189,10 @@ def _prepare(law: str, x, y, law_options: dict, delta: float | None) -> tuple[La
     q0 = opts.get("q0", 0.0)
     if not (isinstance(q0, int | float) and 0 <= q0 < 1):
         raise ValueError(f"q0 must be a number in [0, 1), not {q0!r}")
-    return spec, opts, spec.delta if delta is None else float(delta)
+    delta = spec.delta if delta is None else float(delta)
+    if not delta > 0:
+        raise ValueError(f"the Huber delta must be > 0, not {delta!r}")
+    return spec, opts, delta
 
 
 def _check(law: Law, x: np.ndarray, y: np.ndarray, fit_mask: np.ndarray, opts: dict) -> str | None:
@@ -280,6 +284,8 @@ def fit(
     spec, opts, delta = _prepare(law, x, y, law_options, delta)
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', not {reduction!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), not {level!r}")
     res = FitResult(law=law, delta=delta, options=opts, level=level, _law=spec)
     try:
         x = np.array(x, dtype=np.float64)
