@@ -35,7 +35,10 @@ def misalignment(
     max_rel_err: float = 0.1,
     tol: float = 0.0,
 ) -> Misalignment:
-    """Verdict for one curve: BLEU and CE at each Dp (one Df). Dp <= 0 (the no-pretraining baseline) is ignored."""
+    """Verdict for one curve: BLEU and CE at each Dp (one Df; average the seeds first).
+
+    Dp <= 0 (the no-pretraining baseline) is ignored; `tol` is the drop (BLEU) or rise (CE) still called noise.
+    """
     dp, bleu, ce = (np.asarray(v, dtype=np.float64) for v in (dp, bleu, ce))
     keep = (dp > 0) & np.isfinite(dp) & np.isfinite(bleu) & np.isfinite(ce)
     order = np.argsort(dp[keep], kind="stable")
