@@ -1,0 +1,7 @@
+"""Scaling laws and their fitter: see `fit.py` for the API, `laws.py` for the laws."""
+
+from .fit import FitResult, fit, objective
+from .laws import LAWS
+from .verdict import Misalignment, misalignment
+
+__all__ = ["LAWS", "FitResult", "Misalignment", "fit", "misalignment", "objective"]

@@ -1,0 +1,68 @@
+"""Misalignment verdict (Isik et al. 2024, §3.5): when does downstream cross-entropy stop predicting BLEU?
+
+With poorly aligned pretraining data, CE can keep falling with Dp while BLEU stalls, drops or zig-zags; then
+the BLEU log-law either cannot be fitted or extrapolates badly, and CE is a misleading proxy. Given one
+(mixture, task, Df) curve, `misalignment` fits the BLEU law on the smallest Dp points, scores the rest,
+and says so in a sentence the report can print as is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fit import fit
+
+
+@dataclass(frozen=True)
+class Misalignment:
+    bleu_monotone: bool  # BLEU never drops (by more than `tol`) as Dp grows
+    bleu_fit_ok: bool  # the bleu_log law could be fitted on the smallest points
+    bleu_err: float  # mean relative error of the bleu_log law on the held-out larger Dp (nan: none/failed)
+    ce_falling: bool  # CE never rises (by more than `tol`) and ends lower than it starts
+    flag: bool  # CE falls while BLEU is non-monotone or poorly predicted
+    message: str
+
+
+def misalignment(
+    dp: np.ndarray,
+    bleu: np.ndarray,
+    ce: np.ndarray,
+    *,
+    n_fit: int = 4,
+    max_rel_err: float = 0.1,
+    tol: float = 0.0,
+) -> Misalignment:
+    """Verdict for one curve: BLEU and CE at each Dp (one Df; average the seeds first).
+
+    Dp <= 0 (the no-pretraining baseline) is ignored; `tol` is the drop (BLEU) or rise (CE) still called noise.
+    """
+    dp, bleu, ce = (np.asarray(v, dtype=np.float64) for v in (dp, bleu, ce))
+    keep = (dp > 0) & np.isfinite(dp) & np.isfinite(bleu) & np.isfinite(ce)
+    order = np.argsort(dp[keep], kind="stable")
+    dp, bleu, ce = dp[keep][order], bleu[keep][order], ce[keep][order]
+
+    monotone = bool(np.all(np.diff(bleu) >= -tol))
+    falling = len(ce) > 1 and bool(np.all(np.diff(ce) <= tol)) and ce[-1] < ce[0]
+    res = fit("bleu_log", dp, bleu, holdout=np.arange(len(dp)) >= n_fit)
+    err = float(np.mean([h["rel_err"] for h in res.holdout])) if res.ok and res.holdout else math.nan
+
+    if not monotone:
+        why = "BLEU is not monotone in Dp"
+    elif not res.ok:
+        why = f"the BLEU law cannot be fitted ({res.reason})"
+    elif err > max_rel_err:
+        why = f"the BLEU law fitted on the {n_fit} smallest Dp misses the larger ones by {err:.0%} on average"
+    else:
+        why = None
+    flag = falling and why is not None
+    if flag:
+        message = f"CE does not predict BLEU here: CE keeps falling with Dp while {why}."
+    elif why is None:
+        tail = f" (held-out error {err:.0%})" if math.isfinite(err) else ""
+        message = f"BLEU follows its scaling law{tail}; CE and BLEU tell the same story."
+    else:
+        message = f"CE does not keep falling with Dp, and {why}: the pretraining data does not help here."
+    return Misalignment(monotone, res.ok, err, falling, flag, message)

@@ -1,0 +1,42 @@
+"""Misalignment verdict: flag "CE does not predict BLEU here" only when CE falls and BLEU does not follow."""
+
+import numpy as np
+
+from pipeline.scaling import misalignment
+
+DP = np.array([0.0, 1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7, 6.4e7, 1.28e8])  # Dp = 0 is the baseline, ignored
+CE = 2.0 + 50.0 / np.maximum(DP, 1.0) ** 0.3
+
+
+def law_bleu(dp):
+    return np.log(1e-3 * np.maximum(dp, 1e6) ** 0.6) ** 1.8  # (Dp = 0 is dropped by the verdict)
+
+
+def test_aligned_data_is_not_flagged():
+    v = misalignment(DP, law_bleu(DP), CE)
+    assert v.bleu_monotone and v.bleu_fit_ok and v.ce_falling
+    assert v.bleu_err < 0.01 and not v.flag
+    assert "CE does not predict BLEU" not in v.message
+
+
+def test_non_monotone_bleu_with_falling_ce_is_flagged():
+    bleu = law_bleu(DP)
+    bleu[6] = bleu[4] - 1.0  # a drop at larger Dp
+    v = misalignment(DP, bleu, CE)
+    assert not v.bleu_monotone and v.ce_falling and v.flag
+    assert v.message.startswith("CE does not predict BLEU here")
+
+
+def test_stalling_bleu_is_flagged_by_its_extrapolation_error():
+    bleu = law_bleu(DP)
+    bleu[5:] = bleu[4] + np.array([0.01, 0.02, 0.03, 0.04])  # flat: monotone, but the law overshoots
+    v = misalignment(DP, bleu, CE)
+    assert v.bleu_monotone and v.bleu_fit_ok and v.bleu_err > 0.1 and v.flag
+    assert "CE does not predict BLEU here" in v.message
+
+
+def test_rising_ce_is_not_a_misalignment_flag():
+    bleu = law_bleu(DP)
+    bleu[6] = bleu[4] - 1.0
+    v = misalignment(DP, bleu, CE[::-1])
+    assert not v.ce_falling and not v.flag
