@@ -1,0 +1,1 @@
+"""Offline l10n corpus."""
