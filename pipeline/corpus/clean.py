@@ -21,8 +21,8 @@ _PLACEHOLDER = re.compile(
         [
             r"%[A-Z][A-Z_]{2,}%?|\$\[[a-z]+\]",  # LibreOffice %PRODUCTVERSION, $[officeversion]
             r"%\([^)\s]+\)[-+#0]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa]",  # python %(name)s
-            r"%(?:\d+\$)?[-+#0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|Z|t|I64|I32)?"
-            r"(?:<PRI[a-zA-Z0-9]+>|[diouxXeEfFgGaAcCsSpnm@])",  # printf, positional %1$s, gettext's <PRIu64>
+            r"%(?:\d+\$)?[-+#0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|Z|t|w|I64|I32)?"
+            r"(?:<PRI[a-zA-Z0-9]+>|[A-Za-z@])",  # printf, %1$s, gettext's <PRIu64>, gcc's %qs %L %D
             r"%\d+|%\{[\w.-]+\}",  # Qt %1, ruby/perl %{name}
             r"\$\{[\w.-]+\}|\$\([\w.-]+\)|\$[A-Za-z_]\w*|\$\d+",  # shell $VAR ${VAR}, MediaWiki $1
             r"\{\{[^{}]*\}\}|\{[\w.:-]*\}",  # {{...}}, python/.NET {0} {name} {}
@@ -30,6 +30,8 @@ _PLACEHOLDER = re.compile(
         ]
     )
 )
+_GCC_QUOTE = re.compile(r"%[<>]")
+_PH_RUN = re.compile("\x03+")
 _TAG = re.compile(r"</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>")
 _AMP_ACCEL = re.compile(r"&(?=[^\W_])(?![A-Za-z]+;|#\d+;|#[xX][0-9a-fA-F]+;)")
 _TILDE_ACCEL = re.compile(r"~(?=[^\W_])")
@@ -63,7 +65,9 @@ def clean(s: str) -> str:
         s = html.unescape(_AMP_ACCEL.sub("", s)).replace("\x01", "&")
     if "%" in s or "$" in s or "{" in s or "@" in s:
         s = s.replace("%%", "\x02")  # a literal percent sign
-        s = _PLACEHOLDER.sub(PH, _PRODUCT.sub("LibreOffice", s)).replace("\x02", "%")
+        s = _GCC_QUOTE.sub("'", s)  # gcc's %< %> quote marks
+        s = _PLACEHOLDER.sub("\x03", _PRODUCT.sub("LibreOffice", s)).replace("\x02", "%")
+        s = _PH_RUN.sub(PH, s)  # "%s%s" is one placeholder, not "XX"
     if "~" in s:
         s = _TILDE_ACCEL.sub("", s)
     if "_" in s:
@@ -79,32 +83,28 @@ def clean_prose(s: str) -> str:
     return "\n".join(ln for ln in lines if ln)
 
 
-_WORD = re.compile(r"\w+")
+_NONWORD = re.compile(r"\W+")
+_XTOK = re.compile(r"(?:^| )x(?= |$)")  # the placeholder token
 _SPECIAL = re.compile(r"[<&%$~_{@\x00-\x1f]")  # strings without these are their own clean() up to the key
 
 
 def norm_key(s: str) -> str:
     """Comparison key for overlap removal: case, whitespace, placeholders, accelerators, markup and all
     punctuation ignored, so "Could not open _file %s." and "could not open file “{0}”" are one sentence."""
-    return key(clean(s) if _SPECIAL.search(s) else s)
+    return key(quick_clean(s))
+
+
+def quick_clean(s: str) -> str:
+    """clean(s), skipped for strings with nothing to clean (up to what key() ignores anyway)."""
+    return clean(s) if _SPECIAL.search(s) else s
 
 
 def key(cleaned: str) -> str:
     """norm_key of a string that has been through clean() already."""
     if not cleaned.isascii():
         cleaned = unicodedata.normalize("NFKC", cleaned)
-    return " ".join(t for t in _WORD.findall(cleaned.casefold()) if t != "x")
-
-
-_SENT = re.compile(r"(?<=[.!?。;:])\s+|\n+")
-
-
-def sentence_keys(s: str) -> set[str]:
-    """Keys of the whole text and of each sentence in it (a held-out sentence may hide inside a paragraph)."""
-    keys = {norm_key(s)}
-    keys.update(norm_key(p) for p in _SENT.split(s))
-    keys.discard("")
-    return keys
+    k = _NONWORD.sub(" ", cleaned.casefold())
+    return _XTOK.sub("", k).strip() if "x" in k else k.strip()
 
 
 _LETTERS = re.compile(r"[^\W\d_]")

@@ -11,17 +11,19 @@ import contextlib
 import difflib
 import gzip
 import html
+import io
 import json
 import re
 import struct
 import subprocess
 import tarfile
 import unicodedata
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .clean import clean, clean_prose, keep_pair, looks_like_code, n_words
+from .clean import PH, clean, clean_prose, keep_pair, looks_like_code, n_words
 from .mo import read_mo
 
 LANGS = ("de", "fr", "ro")
@@ -34,6 +36,7 @@ _LO_HELP = re.compile(r"/usr/share/libreoffice/help/(en-US|de|fr|ro)/(.+\.html)$
 _GIMP_HELP = re.compile(r"/usr/share/gimp/2\.0/help/(en|de|fr|ro)/(.+\.html)$")
 _MAN = re.compile(r"/usr/share/man/(?:(de|fr|ro)(?:\.UTF-8)?/)?man\d[^/]*/[^/]+\.gz$")
 _FORTUNE = re.compile(r"/usr/share/games/fortunes/(?:(de|fr|ro)/)?[^/.]+$")
+_LANGPACK = re.compile(r"/langpack-(de|fr|ro)@[^/]+\.xpi$")
 _DEBREF = re.compile(r"/usr/share/debian-reference/[^/]+\.(en|de|fr|ro)\.html$")
 
 
@@ -218,11 +221,15 @@ def pair_gimphelp(en: dict[str, list], tgt: dict[str, list]) -> tuple[list[tuple
     pairs, pages = [], {}
     for page, tsegs in tgt.items():
         esegs = en.get(page, [])
-        sm = difflib.SequenceMatcher(None, [s[0] for s in esegs], [s[0] for s in tsegs], autojunk=False)
-        aligned = {}
-        for a, b, n in sm.get_matching_blocks():
-            for k in range(n):
-                aligned[b + k] = esegs[a + k][2]
+        etags, ttags = [s[0] for s in esegs], [s[0] for s in tsegs]
+        if etags == ttags:  # the common case: same structure, pair block by block
+            aligned = {j: s[2] for j, s in enumerate(esegs)}
+        else:
+            aligned = {}
+            sm = difflib.SequenceMatcher(None, etags, ttags, autojunk=False)
+            for a, b, n in sm.get_matching_blocks():
+                for k in range(n):
+                    aligned[b + k] = esegs[a + k][2]
         etexts = {s[2] for s in esegs}
         lines = []
         for j, (_, _, t) in enumerate(tsegs):
@@ -542,6 +549,37 @@ def html_doc(text: str) -> str:
     return clean_prose("\n".join(s for _, _, s in html_segments(text) if n_words(s) >= MIN_MONO_WORDS))
 
 
+# ---------------------------------------------------------------- Mozilla language packs
+
+_FTL_VALUE = re.compile(r"^\s*-?[\w.-]+\s*=[ \t]*(.*)$|^[ \t]+([^\s\[*}.].*)$")
+
+
+def langpack(data: bytes) -> list[str]:
+    """A Firefox/Thunderbird .xpi: every Fluent (.ftl) and .properties value, one document per file."""
+    docs = []
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for name in sorted(z.namelist()):
+            if not name.endswith((".ftl", ".properties")):
+                continue
+            lines = []
+            for ln in _decode(z.read(name)).split("\n"):
+                if ln.lstrip().startswith("#"):
+                    continue
+                if name.endswith(".ftl"):
+                    m = _FTL_VALUE.match(ln)
+                    v = (m.group(1) or m.group(2) or "") if m else ""
+                    v = re.sub(r"\{[^{}]*\}", PH, v)  # placeables: { $count }, { -brand-short-name }
+                else:
+                    v = ln.partition("=")[2].split(";")[0]  # plural forms are ;-separated: the first
+                    v = re.sub(r"#\d", PH, v)
+                v = clean(v)
+                if not re.search(r"[{}|]", v) and n_words(v) >= MIN_MONO_WORDS:  # | : date-parser patterns
+                    lines.append(v)
+            if lines:
+                docs.append("\n".join(dict.fromkeys(lines)))
+    return docs
+
+
 # ---------------------------------------------------------------- one package
 
 
@@ -596,7 +634,9 @@ def extract_package(pkg: str, deb: Path, mono_lang: str | None = None) -> Extrac
                         continue
                     if not text.startswith(".so "):
                         ex.mono[mt.group(1) or "en"] += man_sections(text)
-                elif mono_lang and _FORTUNE.search(name):
+                elif name.endswith(".xpi") and (mt := _LANGPACK.search(name)):
+                    ex.mono[mt.group(1)] += langpack(tar.extractfile(m).read())
+                elif mono_lang and _FORTUNE.search(name) and "/off/" not in name:
                     ex.mono[mono_lang] += fortunes(_decode(tar.extractfile(m).read()))
                 elif mt := _DEBREF.search(name):
                     d = html_doc(_decode(tar.extractfile(m).read()))
