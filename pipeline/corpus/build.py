@@ -277,10 +277,10 @@ def _debian_release() -> str:
 def _licences_md(pkgs: dict) -> list[str]:
     lines = [
         "# Licences of the l10n corpus\n\n",
-        "Built locally from the translations shipped in Debian packages. The texts keep the licences of their\n",
-        "packages (GPL, LGPL, MPL-2.0, GFDL, CC-BY-SA, ...): use them for your own experiments, **never\n",
-        "redistribute** this directory and never commit it. Full texts: `/usr/share/common-licenses/` and each\n",
-        "package's `usr/share/doc/PKG/copyright`.\n\n",
+        "**Built locally, never redistribute.** These texts come from the translations shipped in Debian\n",
+        "packages and keep their packages' licences (GPL, LGPL, MPL-2.0, GFDL, CC-BY-SA, ...): use them for your\n",
+        "own experiments; do not publish or commit this directory. Full texts: `/usr/share/common-licenses/` and\n",
+        "each package's `usr/share/doc/PKG/copyright` (inside its .deb in the cache's l10n-debs/).\n\n",
         "| package | version | licence |\n|---|---|---|\n",
     ]
     lines += [
