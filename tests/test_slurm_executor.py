@@ -205,3 +205,22 @@ def test_sacct_states_parsing(monkeypatch):
     s = sacct_states(["7", "8", "9"])
     assert s == {("7", 0): "COMPLETED", ("7", 1): "FAILED", ("8", 0): "CANCELLED", ("8", 1): "CANCELLED",
                  ("8", 2): "CANCELLED", ("9", 1): "PENDING", ("9", 3): "PENDING", ("9", 0): "RUNNING"}
+
+
+def test_hand_commands_cover_each_level_once_in_order(tmp_path):
+    from pipeline.executors.slurm import hand_commands
+    from pipeline.plan import write_plan
+
+    plan = toy_plan(tmp_path / "art")
+    path = write_plan(plan, tmp_path / "art")
+    lines = hand_commands(path)
+    assert lines[0] == f"plan={path}"
+    arrays = [next(a for a in line.split() if a.startswith("--array=")) for line in lines[1:]]
+    # tokenizer 0, tokens 1-2, init 3, pretrain 4-5, finetune 6-8, collect 9: every index exactly once
+    assert arrays == ["--array=0-0", "--array=1-2", "--array=3-3", "--array=4-5", "--array=6-8", "--array=9-9"]
+    assert "slurm/pretrain.sbatch" in lines[4] and "slurm/stage.sbatch" in lines[5]
+    assert "--dependency" not in lines[1] and "--dependency=afterok:$j" in lines[2]
+    assert "--dependency=afterany:$j" in lines[-1]
+    for template in ("slurm/stage.sbatch", "slurm/pretrain.sbatch"):
+        assert subprocess.run(["bash", "-n", str(ROOT / template)]).returncode == 0
+        assert 'pipeline.task "$PLAN" "$SLURM_ARRAY_TASK_ID"' in (ROOT / template).read_text()

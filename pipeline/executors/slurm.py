@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import Config, ConfigError, _known, _num, to_dict
-from pipeline.plan import LEVELS, READ_STAGES, Plan, Task, write_plan
+from pipeline.plan import LEVELS, READ_STAGES, Plan, Task, load_plan, write_plan
 from pipeline.task import is_complete
 
 log = logging.getLogger("pipeline")
@@ -37,7 +37,7 @@ log = logging.getLogger("pipeline")
 ROOT = Path(__file__).resolve().parents[2]  # the project, put on PYTHONPATH in every job
 OPTIONS = {"kind", "folder", "partition", "account", "qos", "constraint", "setup", "max_array_parallelism",
            "signal_delay_s", "resources", "wait", "python"}
-RESOURCES = {"nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min", "tasks_per_node"}
+RESOURCES = {"nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min", "tasks_per_node", "gres"}
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
           "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 POLL_S = 5.0
@@ -75,6 +75,8 @@ def check(cfg: Config) -> None:
             _num(r, key, p, kind=int, lo=lo)
         _num(r, "mem_gb", p, lo=0, lo_open=True)
         _num(r, "tasks_per_node", p, kind=int, lo=1, default=None)
+        if r.get("gres") is not None and not isinstance(r["gres"], str):
+            raise ConfigError(f"{p}.gres", f"must be a GRES string such as shard:1, got {r['gres']!r}")
     if cfg.stage != "plan" and not shutil.which("sbatch"):
         raise ConfigError("executor", "slurm needs `sbatch` on the PATH (run on a cluster login node, or executor=local)")
 
@@ -108,7 +110,9 @@ def _sbatch_lines(name: str, n: int, r: Mapping[str, Any], opts: Mapping[str, An
         f"--mem={max(1, round(float(r['mem_gb']) * 1024))}M",
         f"--time={r['time_min']}",
     ]
-    if r["gpus_per_node"]:
+    if r.get("gres"):  # e.g. shard:1 or mps:25, to pack several small finetunes on one GPU
+        lines.append(f"--gres={r['gres']}")
+    elif r["gpus_per_node"]:
         lines.append(f"--gres=gpu:{r['gpus_per_node']}")
     lines += [f"--{k}={opts[k]}" for k in ("partition", "account", "qos", "constraint") if opts.get(k)]
     lines += [f"--output={log_pattern}", "--open-mode=append", "--requeue", f"--chdir={Path.cwd()}"]
@@ -288,6 +292,38 @@ def sacct_states(job_ids: list[str]) -> dict[tuple[str, int], str]:
     return out
 
 
+def hand_commands(plan_file: Path) -> list[str]:
+    """The sbatch lines that submit a whole plan by hand with the slurm/ templates: the planner orders tasks
+    by level, so each level is one contiguous index range of the plan, one array, afterok on the last."""
+    tasks = load_plan(plan_file).tasks
+    lines = [f"plan={shlex.quote(str(plan_file))}"]
+    for stage in LEVELS:
+        idx = [i for i, t in enumerate(tasks) if t.stage == stage]
+        if not idx:
+            continue
+        if idx != list(range(idx[0], idx[-1] + 1)):
+            raise ValueError(f"the {stage} tasks of {plan_file} are not contiguous: submit it with executor=slurm")
+        template = "slurm/pretrain.sbatch" if stage == "pretrain" else "slurm/stage.sbatch"
+        dep = "" if len(lines) == 1 else f" --dependency={'afterany' if stage in READ_STAGES else 'afterok'}:$j --kill-on-invalid-dep=yes"
+        lines.append(f"j=$(sbatch --parsable --job-name={stage} --array={idx[0]}-{idx[-1]}{dep} {template} \"$plan\")"
+                     f"  # {len(idx)} {stage}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m pipeline.executors.slurm <plan.json>   (prints the sbatch lines for slurm/*.sbatch)",
+              file=sys.stderr)
+        return 2
+    print("\n".join(hand_commands(Path(argv[0]))))
+    return 0
+
+
 def read_jobs(folder: Path) -> list[dict[str, Any]]:
     """The record a submission leaves in its folder (stage, job id, dependency, plan, script, tasks)."""
     return json.loads((Path(folder) / "jobs.json").read_text())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
