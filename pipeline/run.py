@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.artifacts import check_writable
 from pipeline.budget import check_disk, checkpoint_bytes, format_plan, measured_peak
 from pipeline.config import Config, load_config
+from pipeline.executors import check_executor
 from pipeline.plan import Plan, build_plan, task_state, write_plan
 
 log = logging.getLogger("pipeline")
@@ -17,6 +18,7 @@ log = logging.getLogger("pipeline")
 def prepare(cfg_any: Any) -> tuple[Config, Plan]:
     """Everything that can refuse a run, before any compute or write (ConfigError -> one line, exit 2)."""
     cfg = load_config(cfg_any)
+    check_executor(cfg)  # e.g. executor=slurm without sbatch, refused before the data is even looked at
     from pipeline.sources import get_source
 
     source = get_source(cfg.data, cfg.paths.cache)

@@ -5,6 +5,14 @@ from __future__ import annotations
 from pipeline.config import Config
 
 
+def check_executor(cfg: Config) -> None:
+    """Start-up checks of the chosen executor (ConfigError: one line, exit 2), before any planning or writing."""
+    if cfg.executor.kind == "slurm":
+        from pipeline.executors.slurm import check
+
+        check(cfg)
+
+
 def get_executor(cfg: Config):
     opts = cfg.executor.opts()
     if cfg.executor.kind == "slurm":
