@@ -111,8 +111,9 @@ def fit_table(df: pd.DataFrame, fit_cfg: dict[str, Any]) -> tuple[pd.DataFrame, 
             records.append(rec)
             rows.append(_row(rec))
         curve = g[g["dp"] > 0]
+        n_fit = max(len(curve) - fit_cfg["holdout_largest"], 1)
         verdict = misalignment(curve["dp"].to_numpy(float), curve["bleu"].to_numpy(float), curve["ce"].to_numpy(float),
-                               holdout=fit_cfg["holdout_largest"])
+                               n_fit=n_fit)
         records.append({**meta, "metric": "verdict", "law": "misalignment", **_as_dict(verdict)})
     # Zhang et al.'s joint law over (Dp, Df), per (task, mixture, model, method).
     for key, g in pts[pts["dp"] > 0].groupby(["task", "mixture", "model", "method"], dropna=False):
