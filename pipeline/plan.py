@@ -327,11 +327,12 @@ def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed,
             runs.append({"mixture": m.name, "weights": m.key(), "steps": steps,
                          "dp_max": steps * tokens_per_step, "flops": flops})
         models[preset.name] = {"params": params, "flops_per_example": f["per_example"], "runs": runs}
-    # Finetuning cost: upper bound at max_steps, target+source tokens ~ max lengths (early stopping cuts it).
-    ft_tokens = cfg.finetune.batch_size * (cfg.finetune.max_source_length + cfg.finetune.max_target_length)
+    # Finetuning cost: an upper bound (max_steps, full-length sequences); early stopping cuts it.
     n_ft = len({c.finetune_id for c in cells})
-    ft_flops = sum(6 * models[p.name]["params"]["total"] * ft_tokens * cfg.finetune.max_steps for p in presets) * (
-        n_ft / max(1, len(presets)))
+    ft_flops = 0.0
+    for preset in presets:
+        f = flops_per_token(preset, vocab, cfg.finetune.max_source_length, cfg.finetune.max_target_length)
+        ft_flops += f["per_example"] * cfg.finetune.batch_size * cfg.finetune.max_steps * n_ft / len(presets)
     return {
         "scale": cfg.scale,
         "scale_description": cfg.scale_description,
