@@ -37,6 +37,8 @@ corpus: $(DS_CACHE)/l10n/manifest.json
 
 run: install corpus
 	$(PY) -m pipeline +sweep=$(SWEEP) $(ARGS)
+	@if [ -f reports/$(SWEEP)/report.html ] && [[ "$(ARGS)" != *paths.reports=* ]]; then \
+		echo "report: $(CURDIR)/reports/$(SWEEP)/report.html"; fi
 
 plan: install corpus
 	$(PY) -m pipeline +sweep=$(SWEEP) stage=plan $(ARGS)
