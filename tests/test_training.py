@@ -72,11 +72,11 @@ SMALL = ["+sweep=en_de", "scale=smoke", "tokenizer.vocab_size=400", "tokenizer.s
          "finetune.validation_size=16", "evaluate.test_size=24"]
 
 
-def small_plan(root: Path, extra: list[str] = ()):
+def small_plan(root: Path, extra: list[str] = (), langs: tuple[str, ...] = LANGS):
     """(config, plan) of the small en-de sweep on the corpus slice, artifacts under root."""
     from pipeline.run import prepare
 
-    overrides = [*SMALL, *small_corpus(root), f"paths.artifacts={root / 'artifacts'}",
+    overrides = [*SMALL, *small_corpus(root, langs), f"paths.artifacts={root / 'artifacts'}",
                  f"paths.reports={root / 'reports'}", *extra]
     return prepare(compose(overrides))
 
