@@ -161,6 +161,10 @@ def run(task) -> None:
     opt = make_optimizer(dmodel.parameters(), cfg["optimizer"], cfg["lr"], cfg["betas"], cfg["weight_decay"])
     sched = make_schedule(opt, cfg["schedule"], cfg["warmup_steps"])
     step, history = 0, {}
+    # The loss logged every `log_every` steps is the mean over the window since the last log; a resume
+    # inside a window restores its partial sum, so the curve equals an uninterrupted run's.
+    running = torch.zeros((), device=rt.device)
+    n_run = 0
     if resume is not None:
         state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
         load_optimizer_state(dmodel, opt, state["optimizer"])
@@ -168,6 +172,9 @@ def run(task) -> None:
         restore_rng(state["rng"])
         step = state["step"]
         history = state.get("rungs", {})
+        if "running_loss" in state:
+            running = state["running_loss"].to(rt.device)
+            n_run = state["running_steps"]
         log.info("pretrain %s: resuming from %s (step %d, Dp %s)", task.name, resume.name, step, f"{step * tokens_per_step:,}")
     else:
         seed_all(seed)
@@ -183,7 +190,8 @@ def run(task) -> None:
     def checkpoint(rung: int | None) -> None:
         (inner, full_sd), opt_sd = full_state_for_save(dmodel, opt)
         state = {"step": step, "optimizer": opt_sd, "scheduler": sched.state_dict(),
-                 "rng": capture_rng(), "rungs": history, "dp_tokens": step * tokens_per_step}
+                 "rng": capture_rng(), "rungs": history, "dp_tokens": step * tokens_per_step,
+                 "running_loss": running.detach().cpu().clone(), "running_steps": n_run}
         meta = {"step": step, "dp_tokens": step * tokens_per_step, "dp_rung": rung, "mixture": spec["mixture"],
                 "model": preset.name, "rung": rung is not None, "upstream": history.get(str(rung)) if rung else None}
         if rt.is_main:
@@ -191,14 +199,13 @@ def run(task) -> None:
             # Time-based checkpoints are dropped once two newer ones exist; rungs keep their weights.
             newer = sorted(ckroot.glob("step-*"), reverse=True)
             for p in newer[2:]:
-                if not checkpoint_meta(p).get("rung"):
+                if not _is_rung(p):
                     shutil.rmtree(p, ignore_errors=True)
             prune_states(ckroot)
         barrier(rt)
 
     last_save = time.time()
-    running = torch.zeros((), device=rt.device)
-    n_run, t_run = 0, time.perf_counter()
+    t_run = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc=task.name, unit="step",
                disable=not (rt.is_main and sys.stderr.isatty()))
     try:
@@ -260,6 +267,7 @@ def run(task) -> None:
                              f"{rung:,}", step, {k: round(v, 4) for k, v in losses.items()}, mixed)
                     checkpoint(rung)
                     last_save = time.time()
+                    t_run = time.perf_counter()  # throughput counts training steps, not evaluation
                 elif time.time() - last_save > 60 * cfg["checkpoint_minutes"] or stop.requested:
                     checkpoint(None)
                     last_save = time.time()
@@ -274,6 +282,14 @@ def run(task) -> None:
             str(dp): {**rungs[dp], "checkpoint": str(step_dir(ckroot, rungs[dp]["step"]).relative_to(out))}
             for dp in sorted(rungs)})
         log.info("%s: done, %d steps, Dp %s", task.name, step, f"{step * tokens_per_step:,}")
+
+
+def _is_rung(ckpt: Path) -> bool:
+    """A rung checkpoint (kept for finetuning); an unreadable meta.json counts as one, to be safe."""
+    try:
+        return bool(checkpoint_meta(ckpt).get("rung"))
+    except (OSError, ValueError):
+        return True
 
 
 def _dp_mode(cfg: dict[str, Any]) -> str:

@@ -214,7 +214,8 @@ def latest_checkpoint(root: Path, deep: bool = True) -> Path | None:
     root = Path(root)
     if not root.is_dir():
         return None
-    clean_temporaries(root)
+    for p in clean_temporaries(root):
+        log.warning("removed %s, half-written by a process that was killed", p.name)
     for p in sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True):
         reason = verify_checkpoint(p, deep=deep)
         if reason is None and (p / STATE).exists():
