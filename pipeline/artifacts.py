@@ -205,14 +205,23 @@ def provenance() -> dict[str, Any]:
 
 
 def check_writable(directory: Path, key: str) -> None:
-    """Refuse an artifacts/reports directory we cannot write, before any compute."""
+    """Refuse an artifacts/reports directory we cannot write, before any compute.
+
+    The nearest existing ancestor is probed by creating (and removing) a file in it: permission bits say
+    nothing to root, a read-only mount or a pseudo-filesystem (/sys, /proc) refuses root too."""
     from pipeline.config import ConfigError
 
     d = Path(directory)
     probe = d
-    while not probe.exists():
+    while not probe.exists() and not probe.is_symlink():
         if probe.parent == probe:
             break
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(key, f"{d} is not writable (nearest existing directory: {probe})")
+    if not probe.is_dir():
+        raise ConfigError(key, f"{d} is not writable: {probe} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".ds-write-probe.", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ConfigError(key, f"{d} is not writable ({probe}: {e.strerror or e})") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -35,26 +36,72 @@ def measured_peak(device: str | None = None) -> tuple[str, float]:
     return dev, 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def checkpoint_bytes(summary: dict[str, Any], n_rungs: int) -> int:
-    """Weights of every rung (fp32) + the latest optimizer state per run (AdamW: two moments) + one best
-    checkpoint per finetuning cell."""
-    total = 0
+# Bytes a parameter takes on disk: fp32 weights (safetensors), AdamW's two fp32 moments (Adafactor keeps less).
+WEIGHT_BYTES = 4
+OPTIMIZER_BYTES = 8
+STATES_KEPT = 2  # pipeline.training.prune_states: the optimizer state of the two newest checkpoints stays
+
+
+def disk_estimate(summary: dict[str, Any], concurrent: int = 1) -> dict[str, int]:
+    """Bytes the sweep needs on the artifacts disk, by kind, and their `total`.
+
+    What stays: every rung's weights and the two newest training states of each pretraining run (older
+    optimizer states are pruned once a newer checkpoint is written), the init checkpoint, the best weights
+    of each finetuning cell, and the token streams. While running, each of `concurrent` finetuning tasks
+    also holds two resumable states (weights and optimizer), deleted when it finishes."""
+    out = {"pretrain": 0, "init": 0, "finetune": 0, "finetune_running": 0, "tokens": 0}
+    n_models = max(1, len(summary["models"]))
     for m in summary["models"].values():
         params = m["params"]["total"]
-        runs = len(m["runs"])
-        total += runs * (n_rungs * 4 * params + 3 * 4 * params) + 4 * params  # + the init checkpoint
-        total += summary["n_finetune"] // max(1, len(summary["models"])) * 4 * params
-    return total
+        weights, state = WEIGHT_BYTES * params, (WEIGHT_BYTES + OPTIMIZER_BYTES) * params
+        out["init"] += weights
+        for r in m["runs"]:
+            # every rung's weights; the newest checkpoints with their states may be time-based ones
+            out["pretrain"] += r.get("rungs", len(summary["dp_ladder"])) * weights + STATES_KEPT * state
+        out["finetune"] += summary["n_finetune"] // n_models * weights
+        out["finetune_running"] = max(out["finetune_running"], concurrent * STATES_KEPT * state)
+    token_bytes = 2 if summary.get("vocab_size", 0) <= 65536 else 4
+    out["tokens"] = sum(int(n) for n in summary.get("tokens_stored", {}).values()) * token_bytes
+    out["total"] = sum(out.values())
+    return out
 
 
-def check_disk(path: Path, need: int) -> None:
+def free_bytes(path: Path) -> tuple[Path, int]:
+    """(nearest existing directory, bytes free on its filesystem). Tests monkeypatch this."""
     probe = Path(path)
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if need > free:
-        raise ConfigError("paths.artifacts",
-                          f"the sweep needs about {human_bytes(need)} of checkpoints but {probe} has {human_bytes(free)} free")
+    return probe, shutil.disk_usage(probe).free
+
+
+def existing_bytes(dirs) -> int:
+    """Bytes already written in these stage directories (a resumed sweep has paid for part of its estimate)."""
+    total = 0
+    for d in dirs:
+        d = Path(d)
+        if d.is_dir():
+            for p in d.rglob("*"):
+                with contextlib.suppress(OSError):
+                    if p.is_file() and not p.is_symlink():
+                        total += p.stat().st_size
+    return total
+
+
+def disk_shortfall(path: Path, need: int, have: int = 0) -> str | None:
+    """Why the artifacts disk cannot take the sweep (one line), or None when it can."""
+    probe, free = free_bytes(path)
+    more = max(0, need - have)
+    if more <= free:
+        return None
+    done = f" ({human_bytes(have)} of it written already)" if have else ""
+    return (f"the sweep needs about {human_bytes(need)} of checkpoints and token files{done} but {probe} has "
+            f"{human_bytes(free)} free; free space, choose another paths.artifacts, or shrink the sweep")
+
+
+def check_disk(path: Path, need: int, have: int = 0) -> None:
+    reason = disk_shortfall(path, need, have)
+    if reason:
+        raise ConfigError("paths.artifacts", reason)
 
 
 def human_bytes(n: float) -> str:
@@ -82,12 +129,15 @@ def human_seconds(s: float) -> str:
     return f"{s / 86400:.1f} days"
 
 
-def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, float] | None = None) -> str:
-    """The plan as a researcher reads it: grid, alignment, models, budgets, time, disk, progress."""
+def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, float] | None = None,
+                disk: dict[str, Any] | None = None, failed: list[tuple[str, str, str]] | None = None) -> str:
+    """The plan as a researcher reads it: grid, alignment, models, budgets, time, disk, progress.
+
+    `disk`: {"estimate": disk_estimate(...), "free": bytes, "probe": path, "shortfall": reason or None};
+    `failed`: (task id, error, log path) of the tasks whose last attempt failed."""
     s = plan.summary
     lines = [f"sweep {plan.sweep} · scale {s['scale']} ({s['scale_description']}) · data {s['data_source']}", ""]
     lines.append("grid")
-    n_rungs = len(s["dp_ladder"])
     for t in s["tasks"]:
         mixes = ", ".join(f"{m['name']} {m['weights']} A={m['alignment']:.2f}" for m in t["mixtures"])
         lines.append(f"  task {t['pair']}: mixtures {mixes}")
@@ -124,8 +174,18 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
                      f"about {human_seconds(total / (flops * mfu))} of sequential training")
     gpu_h = total / (H100_BF16_PEAK * ASSUMED_MFU["cuda"]) / 3600
     lines.append(f"  on H100s (bf16, {ASSUMED_MFU['cuda']:.0%} MFU): about {gpu_h:,.1f} GPU-hours")
-    lines.append(f"disk: about {human_bytes(checkpoint_bytes(s, n_rungs))} of checkpoints")
+    est = (disk or {}).get("estimate") or disk_estimate(s)
+    lines.append(f"disk: about {human_bytes(est['total'])} (pretraining checkpoints {human_bytes(est['pretrain'])}, "
+                 f"finetuned models {human_bytes(est['finetune'])} + {human_bytes(est['finetune_running'])} while "
+                 f"running, token streams {human_bytes(est['tokens'])})"
+                 + (f"; {human_bytes(disk['free'])} free on {disk['probe']}" if disk else ""))
+    if disk and disk.get("shortfall"):
+        lines.append(f"  NOT ENOUGH DISK: {disk['shortfall']}; running this sweep would be refused")
     if states:
         lines.append("")
-        lines.append("tasks: " + ", ".join(f"{v} {k}" for k, v in states.items()))
+        order = ("done", "partial", "failed", "pending")
+        lines.append("tasks: " + ", ".join(f"{states[k]} {k}" for k in sorted(states, key=lambda k: (
+            order.index(k) if k in order else len(order), k))))
+        for tid, err, lp in failed or []:
+            lines.append(f"  failed {tid}: {err} (log: {lp})")
     return "\n".join(lines)

@@ -101,6 +101,13 @@ def _ladder(d: Mapping[str, Any], key: str, prefix: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _mapping(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """A config section that must be a mapping of its own keys (`pretrain=7` is refused, not a TypeError)."""
+    v = _get(d, key, "")
+    _req(isinstance(v, Mapping), key, f"must be a mapping of {key}.* settings, got {v!r}")
+    return v
+
+
 def _known(d: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
     extra = sorted(set(d) - allowed)
     _req(not extra, f"{prefix}.{extra[0]}" if extra else prefix,
@@ -546,6 +553,7 @@ def load_config(cfg: Any) -> Config:
     stage = _choice(d, "stage", "", STAGES) if "stage" in d else "all"
     data = _parse_data(d.get("data"))
     scale = d.get("scale") or {}
+    _req(isinstance(scale, Mapping), "scale", f"must be a scale preset (scale=NAME, see conf/scale/), got {scale!r}")
     return Config(
         stage=stage,
         seed=_num(d, "seed", "", kind=int, lo=0, default=0),
@@ -553,15 +561,15 @@ def load_config(cfg: Any) -> Config:
         scale_description=str(scale.get("description", "")),
         sweep=_parse_sweep(d.get("sweep"), data.languages, data.pairs),
         models=_parse_models(d.get("models")),
-        tokenizer=_parse_tokenizer(_get(d, "tokenizer", "")),
-        pretrain=_parse_pretrain(_get(d, "pretrain", "")),
-        finetune=_parse_finetune(_get(d, "finetune", "")),
-        evaluate=_parse_evaluate(_get(d, "evaluate", "")),
-        fit=_parse_fit(_get(d, "fit", "")),
+        tokenizer=_parse_tokenizer(_mapping(d, "tokenizer")),
+        pretrain=_parse_pretrain(_mapping(d, "pretrain")),
+        finetune=_parse_finetune(_mapping(d, "finetune")),
+        evaluate=_parse_evaluate(_mapping(d, "evaluate")),
+        fit=_parse_fit(_mapping(d, "fit")),
         data=data,
         executor=_parse_executor(d.get("executor")),
         tracking=_parse_tracking(d.get("tracking")),
-        paths=_parse_paths(_get(d, "paths", "")),
+        paths=_parse_paths(_mapping(d, "paths")),
         raw=_freeze(d),
     )
 

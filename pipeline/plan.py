@@ -146,7 +146,6 @@ def _finetune_identity(cfg: Config) -> dict[str, Any]:
 
 def build_plan(cfg: Config, source: Any) -> Plan:
     """Expand the sweep into tasks. `source` is a pipeline.sources.Source (for identity and sizes)."""
-    from pipeline.model import load_preset
     from pipeline.span_corruption import compute_lengths
 
     art = cfg.paths.artifacts
@@ -164,7 +163,6 @@ def build_plan(cfg: Config, source: Any) -> Plan:
     tok = add("tokenizer", f"tok-{cfg.tokenizer.algorithm}{cfg.tokenizer.vocab_size}", tok_slice, [],
               {"data": to_dict(cfg.data), "cache": str(cfg.paths.cache)})
 
-    presets = [load_preset(m.as_dict()) for m in cfg.models]
     raw_len, targets_len = compute_lengths(cfg.pretrain.inputs_length, cfg.pretrain.noise_density,
                                            cfg.pretrain.mean_noise_span_length)
     tokens_per_step = cfg.pretrain.batch_size * raw_len
@@ -203,6 +201,16 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                               f"the ladder would repeat {lang} text: it needs {needed[lang]:,} {lang} tokens but the "
                               f"{cfg.data.source} source has {'' if exact else 'about '}{unique:,} unique ones; lower "
                               f"the ladder or cap it with sweep.tasks.<pair>.dp_max")
+    for t in cfg.sweep.tasks:
+        pool = source.pool_size(t.pair, "train") if hasattr(source, "pool_size") else None
+        if pool is not None and cfg.finetune.df_ladder[-1] > pool:
+            raise ConfigError("finetune.df_ladder",
+                              f"Df {cfg.finetune.df_ladder[-1]:,} is larger than the {pool:,} training pairs of {t.pair}")
+
+    # The data is fine: now the model code (seconds to import) for parameter counts and FLOPs.
+    from pipeline.model import load_preset
+
+    presets = [load_preset(m.as_dict()) for m in cfg.models]
 
     vocab = cfg.tokenizer.vocab_size
     inits, pretrains = {}, {}
@@ -228,10 +236,6 @@ def build_plan(cfg: Config, source: Any) -> Plan:
     ft_id = _finetune_identity(cfg)
     cells: list[Cell] = []
     for t in cfg.sweep.tasks:
-        pool = source.pool_size(t.pair, "train") if hasattr(source, "pool_size") else None
-        if pool is not None and cfg.finetune.df_ladder[-1] > pool:
-            raise ConfigError("finetune.df_ladder",
-                              f"Df {cfg.finetune.df_ladder[-1]:,} is larger than the {pool:,} training pairs of {t.pair}")
         for preset in presets:
             p = dataclasses.asdict(preset)
             rungs: list[tuple[Mixture | None, int, Task]] = [(None, 0, inits[preset.name])]
@@ -270,24 +274,41 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                                         seed=seed, method=method, lr=lr, finetune_id=ft.id, evaluate_id=ev.id))
 
     evals = [x for x in tasks.values() if x.stage == "evaluate"]
-    reports = cfg.paths.reports / cfg.sweep.name
-    read_spec = {"sweep": cfg.sweep.name, "reports_dir": str(reports),
-                 "results": str(cfg.paths.results) if cfg.paths.results else None,
-                 "fit": to_dict(cfg.fit), "tracking": to_dict(cfg.tracking),
-                 "scale": {"name": cfg.scale, "description": cfg.scale_description}, "data_source": cfg.data.source}
-    # collect/fit/report always rerun (cheap, and they must reflect whatever exists on disk): no hash identity.
-    collect = Task(id=f"collect/{cfg.sweep.name}", stage="collect", name=f"collect-{cfg.sweep.name}", dir=str(reports),
-                   deps=tuple(e.id for e in evals),
-                   spec={**read_spec, "cells": [dataclasses.asdict(c) for c in cells],
+    collect = Task(id=f"collect/{cfg.sweep.name}", stage="collect", name=f"collect-{cfg.sweep.name}",
+                   dir=str(cfg.paths.reports / cfg.sweep.name), deps=tuple(e.id for e in evals),
+                   spec={**_read_spec(cfg), "cells": [dataclasses.asdict(c) for c in cells],
                          "dirs": {x.id: x.dir for x in tasks.values() if x.stage in ("finetune", "evaluate")}})
-    fit = Task(id=f"fit/{cfg.sweep.name}", stage="fit", name=f"fit-{cfg.sweep.name}", dir=str(reports),
-               deps=(collect.id,), spec={**read_spec})
-    report = Task(id=f"report/{cfg.sweep.name}", stage="report", name=f"report-{cfg.sweep.name}", dir=str(reports),
-                  deps=(fit.id,), spec={**read_spec})
-    ordered = sorted(tasks.values(), key=lambda x: LEVELS.index(x.stage)) + [collect, fit, report]
+    ordered = sorted(tasks.values(), key=lambda x: LEVELS.index(x.stage)) + [collect, *_fit_report(cfg, collect.id)]
 
+    stored = {lang: stored_tokens(source, lang, tokens[lang], needed[lang]) for lang in langs}
     summary = _summary(cfg, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells)
+    summary["tokens_stored"] = stored
     return Plan(sweep=cfg.sweep.name, tasks=ordered, cells=cells, summary=summary)
+
+
+def _read_spec(cfg: Config) -> dict[str, Any]:
+    return {"sweep": cfg.sweep.name, "reports_dir": str(cfg.paths.reports / cfg.sweep.name),
+            "results": str(cfg.paths.results) if cfg.paths.results else None,
+            "fit": to_dict(cfg.fit), "tracking": to_dict(cfg.tracking),
+            "scale": {"name": cfg.scale, "description": cfg.scale_description}, "data_source": cfg.data.source}
+
+
+def _fit_report(cfg: Config, collect_id: str | None) -> list[Task]:
+    """The fit and report tasks. collect/fit/report always rerun (cheap, and they must reflect whatever
+    exists on disk): no hash identity, their directory is the sweep's reports directory."""
+    reports, spec = str(cfg.paths.reports / cfg.sweep.name), _read_spec(cfg)
+    fit = Task(id=f"fit/{cfg.sweep.name}", stage="fit", name=f"fit-{cfg.sweep.name}", dir=reports,
+               deps=(collect_id,) if collect_id else (), spec=dict(spec))
+    report = Task(id=f"report/{cfg.sweep.name}", stage="report", name=f"report-{cfg.sweep.name}", dir=reports,
+                  deps=(fit.id,), spec=dict(spec))
+    return [fit, report]
+
+
+def build_read_plan(cfg: Config) -> Plan:
+    """`stage=fit|report paths.results=TABLE`: fit and report from a table copied back from a cluster. Nothing
+    of the data, the model code or the artifacts is needed."""
+    return Plan(sweep=cfg.sweep.name, tasks=_fit_report(cfg, None), cells=[],
+                summary={"scale": cfg.scale, "scale_description": cfg.scale_description, "from_results": True})
 
 
 # Conservative average for unique-token estimates before the tokenizer exists (8k-unigram on this corpus
@@ -303,6 +324,19 @@ def unique_tokens(source: Any, lang: str, tokens_task: Task) -> tuple[int | None
     if not stats:
         return None, False
     return int(stats["chars"] / CHARS_PER_TOKEN), False
+
+
+def stored_tokens(source: Any, lang: str, tokens_task: Task, needed: int) -> int:
+    """Tokens the tokens stage writes for a language (train + validation): exact once it has run; else all
+    of a bounded source's text (estimated from characters) or what the ladder takes from a stream."""
+    if is_done(Path(tokens_task.dir)):
+        meta = read_json(Path(tokens_task.dir) / "meta.json")
+        return int(meta["train_tokens"]) + int(meta.get("validation_tokens", 0))
+    cap = source_max_tokens(source, needed)
+    if cap is not None:
+        return cap
+    stats = source.text_stats(lang)
+    return int(stats["chars"] / CHARS_PER_TOKEN) if stats else needed
 
 
 def source_max_tokens(source: Any, needed: int) -> int | None:
@@ -324,7 +358,7 @@ def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed,
             steps = math.ceil(max(ladders[m.weights]) / tokens_per_step)
             flops = f["per_example"] * cfg.pretrain.batch_size * steps
             pretrain_flops += flops
-            runs.append({"mixture": m.name, "weights": m.key(), "steps": steps,
+            runs.append({"mixture": m.name, "weights": m.key(), "steps": steps, "rungs": len(ladders[m.weights]),
                          "dp_max": steps * tokens_per_step, "flops": flops})
         models[preset.name] = {"params": params, "flops_per_example": f["per_example"], "runs": runs}
     # Finetuning cost: an upper bound (max_steps, full-length sequences); early stopping cuts it.
@@ -335,6 +369,7 @@ def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed,
         ft_flops += f["per_example"] * cfg.finetune.batch_size * cfg.finetune.max_steps * n_ft / len(presets)
     return {
         "scale": cfg.scale,
+        "vocab_size": vocab,
         "scale_description": cfg.scale_description,
         "data_source": cfg.data.source,
         "tasks": [{"pair": t.pair, "mixtures": [{"name": m.name, "weights": m.key(),

@@ -4,21 +4,89 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import check_writable
-from pipeline.budget import check_disk, checkpoint_bytes, format_plan, measured_peak
-from pipeline.config import Config, load_config
+from pipeline.artifacts import check_writable, read_status
+from pipeline.budget import (
+    disk_estimate,
+    disk_shortfall,
+    existing_bytes,
+    format_plan,
+    free_bytes,
+    measured_peak,
+)
+from pipeline.config import Config, ConfigError, load_config
 from pipeline.executors import check_executor
-from pipeline.plan import Plan, build_plan, task_state, write_plan
+from pipeline.plan import READ_STAGES, Plan, build_plan, build_read_plan, task_state, write_plan
 
 log = logging.getLogger("pipeline")
+STORED = ("tokens", "init", "pretrain", "finetune")  # the stages whose directories hold the bytes of the estimate
+
+
+def from_results(cfg: Config) -> bool:
+    """`stage=fit|report paths.results=TABLE`: only the table is read; no data, no artifacts."""
+    return cfg.stage in ("fit", "report") and cfg.paths.results is not None
+
+
+def check_results(path: Path) -> None:
+    """A results table given on the command line must be readable and have the columns the fitter needs."""
+    from pipeline.fit import ResultsError, load_results
+
+    if not path.is_file():
+        raise ConfigError("paths.results", f"{path}: no such file")
+    try:
+        df = load_results(path)
+    except ResultsError as e:
+        raise ConfigError("paths.results", str(e)) from None
+    if len(df) == 0:
+        raise ConfigError("paths.results", f"{path}: the table has no rows")
+
+
+def check_device(cfg: Config) -> None:
+    """A CUDA request on a machine without CUDA. Only for the local executor: a login node has no GPU but
+    the nodes its jobs run on do."""
+    if cfg.executor.kind != "local" or cfg.stage == "plan" or cfg.stage in READ_STAGES:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if cfg.pretrain.dtype == "bf16":
+        log.warning("pretrain.dtype=bf16 without CUDA: pretraining runs bf16 autocast on the CPU (slower than fp32 on "
+                    "most processors, and its numbers differ from fp32); pretrain.dtype=auto uses fp32 here")
+    if cfg.pretrain.distributed in ("ddp", "fsdp"):
+        log.warning("pretrain.distributed=%s without CUDA: one process trains on the CPU (launch several with "
+                    "torchrun to use gloo)", cfg.pretrain.distributed)
+
+
+def disk_check(cfg: Config, plan: Plan) -> dict[str, Any]:
+    """The disk estimate against the free space of the artifacts filesystem, counting what is already written."""
+    opts = cfg.executor.opts()
+    n_ft = plan.summary["n_finetune"]
+    if cfg.executor.kind == "slurm":
+        concurrent = min(n_ft, int(opts.get("max_array_parallelism", 64)))
+    else:
+        concurrent = min(n_ft, int(opts.get("workers", 1)))
+    est = disk_estimate(plan.summary, max(1, concurrent))
+    have = existing_bytes(t.dir for t in plan.tasks if t.stage in STORED)
+    probe, free = free_bytes(cfg.paths.artifacts)
+    return {"estimate": est, "have": have, "probe": probe, "free": free,
+            "shortfall": disk_shortfall(cfg.paths.artifacts, est["total"], have)}
 
 
 def prepare(cfg_any: Any) -> tuple[Config, Plan]:
-    """Everything that can refuse a run, before any compute or write (ConfigError -> one line, exit 2)."""
+    """Everything that can refuse a run, before any compute or write (ConfigError -> one line, exit 2).
+
+    Cheapest first: the config, the executor, the output directories, the results table or the data,
+    then the plan (which imports the model code) and the disk."""
     cfg = load_config(cfg_any)
     check_executor(cfg)  # e.g. executor=slurm without sbatch, refused before the data is even looked at
+    check_writable(cfg.paths.reports, "paths.reports")
+    if from_results(cfg):
+        check_results(cfg.paths.results)
+        return cfg, build_read_plan(cfg)
+    check_writable(cfg.paths.artifacts, "paths.artifacts")
     from pipeline.sources import get_source
 
     source = get_source(cfg.data, cfg.paths.cache)
@@ -26,18 +94,33 @@ def prepare(cfg_any: Any) -> tuple[Config, Plan]:
                    | {lang for t in cfg.sweep.tasks for lang in (t.src, t.tgt)})
     source.validate(langs, [t.pair for t in cfg.sweep.tasks])
     plan = build_plan(cfg, source)
-    check_writable(cfg.paths.artifacts, "paths.artifacts")
-    check_writable(cfg.paths.reports, "paths.reports")
-    if cfg.stage not in ("collect", "fit", "report"):
-        check_disk(cfg.paths.artifacts, checkpoint_bytes(plan.summary, len(cfg.pretrain.dp_ladder)))
+    if cfg.stage not in ("plan", *READ_STAGES):
+        disk = disk_check(cfg, plan)
+        if disk["shortfall"]:
+            raise ConfigError("paths.artifacts", disk["shortfall"])
+    check_device(cfg)  # warnings only, once nothing can refuse the run any more
     return cfg, plan
+
+
+def failed_tasks(plan: Plan) -> list[tuple[str, str, str]]:
+    """(task id, error, log path) of every task whose last attempt failed."""
+    from pipeline.task import log_path
+
+    out = []
+    for t in plan.tasks:
+        if t.stage in READ_STAGES:
+            continue
+        st = read_status(Path(t.dir))
+        if st and st.get("status") not in (None, "ok"):
+            out.append((t.id, str(st.get("error") or st.get("status")), str(log_path(t))))
+    return out
 
 
 def run(cfg_any: Any) -> int:
     cfg, plan = prepare(cfg_any)
     if cfg.stage == "plan":
         states = Counter(task_state(t) for t in plan.tasks)
-        print(format_plan(plan, dict(states), measured_peak()))
+        print(format_plan(plan, dict(states), measured_peak(), disk_check(cfg, plan), failed_tasks(plan)))
         path = write_plan(plan, cfg.paths.artifacts)
         print(f"\nplan written to {path}")
         return 0

@@ -245,6 +245,14 @@ def _minimise(law: Law, x: np.ndarray, t: np.ndarray, delta: float, starts: np.n
     return m
 
 
+MAX_COORDINATE = 500.0
+
+
+def _bounded(theta: np.ndarray) -> bool:
+    """Finite optimised coordinates small enough that the natural parameters (exp of some) stay finite."""
+    return bool(np.isfinite(theta).all() and np.abs(theta).max() <= MAX_COORDINATE)
+
+
 def _identifiable(law: Law, x: np.ndarray) -> bool:
     """Whether the design of a log-sum-exp law has full rank at these x (else some parameter is free)."""
     if law.design is None:
@@ -320,9 +328,10 @@ def fit(
     if not math.isfinite(f):
         res.reason = "no start reached a finite objective"
         return res
-    params = {k: float(v) for k, v in spec.public(theta).items()}
-    # coordinates are logs and exponents: beyond ±500 the natural parameters over- or underflow
-    if not all(math.isfinite(v) for v in params.values()) or np.abs(theta).max() > 500:
+    # coordinates are logs and exponents: beyond ±500 the natural parameters over- or underflow (checked
+    # before mapping them: math.exp raises OverflowError past ~709)
+    params = {k: float(v) for k, v in spec.public(theta).items()} if _bounded(theta) else {}
+    if not params or not all(math.isfinite(v) for v in params.values()):
         res.reason = f"the optimiser diverged: {dict(zip(spec.params, theta.round(3).tolist()))}"
         return res
     res._theta = theta
@@ -369,6 +378,8 @@ def _bootstrap(
     # a resample needs P + 1 distinct x among its points, like any fit
     keep = np.array([len(np.unique(x[c > 0], axis=0)) > P for c in counts])
     counts = counts[keep]
+    if len(counts) == 0:  # no resample has enough distinct x: no intervals, the fit itself stands
+        return
     # starts: the full-data optimum and up to three other distinct local optima
     f, order = m.f, np.argsort(m.f)
     picked = [order[0]]
@@ -383,10 +394,12 @@ def _bootstrap(
     mb = _minimise(law, x, t, delta, np.tile(starts, (len(counts), 1)), np.repeat(counts, k, axis=0), groups)
     fb = mb.f.reshape(-1, k)
     theta = mb.theta.reshape(-1, k, P)[np.arange(len(fb)), fb.argmin(1)]
-    theta = theta[np.isfinite(fb.min(1)) & np.isfinite(theta).all(1)]
+    theta = theta[np.isfinite(fb.min(1)) & np.array([_bounded(th) for th in theta], dtype=bool)]
+    pub = [law.public(th) for th in theta]
+    finite = np.array([all(math.isfinite(v) for v in p.values()) for p in pub], dtype=bool)
+    theta, pub = theta[finite] if len(theta) else theta, [p for p, f in zip(pub, finite) if f]
     res._boot, res.n_boot = theta, len(theta)
     if len(theta):
-        pub = [law.public(th) for th in theta]
         q = ((1 - res.level) / 2, (1 + res.level) / 2)
         for name in res.params:
             lo, hi = np.nanquantile([p[name] for p in pub], q)
