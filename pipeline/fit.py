@@ -1,10 +1,19 @@
-"""Stage `fit`: the scaling laws of a results table, per (task, mixture, model, method, Df).
+"""Stage `fit`: the scaling laws of a results table, and the three research questions of issue #10.
 
-BLEU vs Dp with Isik et al.'s log-law, CE vs Dp with the power law, each fitted on the smaller rungs and
-scored on the `holdout_largest` largest (extrapolation error), with bootstrap intervals; the misalignment
-verdict where BLEU and CE disagree; Zhang et al.'s joint Dp x Df law where there are enough Df values.
-Reads only the results table, so it runs anywhere (on a table copied back from a cluster). A fit that
-cannot be made is a row with `ok = False` and its reason, never an exception.
+Per curve (task, mixture, model, method, Df): BLEU vs Dp with Isik et al.'s log-law, CE vs Dp with the power
+law, each fitted on the smaller rungs and scored on the `holdout_largest` largest (extrapolation error), with
+bootstrap intervals, and the misalignment verdict where BLEU and CE disagree. Then:
+  1. upstream loss -> downstream: Pearson and Spearman correlations of BLEU, chrF and CE with the upstream
+     (pretraining held-out) loss, with bootstrap intervals (`correlations.csv`); and the two-stage route to
+     the held-out BLEU (Dp -> upstream loss by the power law, upstream loss -> BLEU by a linear link) beside
+     the direct log-law, both fitted on the same rungs;
+  2. model size: Chinchilla's E + A/N^α + B/Dp^β on the upstream loss against (params, Dp), and Zhang et al.'s
+     A·N^-α·Df^-β + E on CE against (params, Df) at the largest Dp, where there are two or more sizes;
+  3. finetuning method: the gap between each method and full finetuning per curve (`methods.csv`), and
+     whether their fitted exponents' bootstrap intervals overlap.
+Zhang et al.'s joint law over (Dp, Df) is fitted per (task, mixture, model, method) where there are enough Df.
+Reads only the results table, so it runs anywhere (on a table copied back from a cluster). A fit that cannot
+be made is a row with `ok = False` and its reason, never an exception; rows that cannot be used are listed.
 """
 
 from __future__ import annotations
@@ -25,6 +34,11 @@ log = logging.getLogger(__name__)
 GROUP = ["task", "mixture", "model", "method", "df"]
 REQUIRED = ["task", "mixture", "model", "dp", "df", "bleu", "ce", "status"]
 MIN_DF_FOR_JOINT = 3
+MIN_MODELS_FOR_SIZE = 2
+# seed_means column of each upstream loss, and its name in fits.csv / correlations.csv
+UPSTREAM = {"mixture": "upstream", "tgt": "upstream_tgt"}
+CORR_METRICS = ("bleu", "chrf", "ce")
+REFERENCE_METHOD = "full"
 
 
 class ResultsError(ValueError):
@@ -41,28 +55,49 @@ def load_results(path: Path) -> pd.DataFrame:
     if missing:
         raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}; a results table has {', '.join(REQUIRED)}")
     defaults = {"method": "full", "seed": 0, "selected": True, "alignment": np.nan, "src": None, "tgt": None,
-                "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan}
+                "chrf": np.nan, "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan,
+                "reason": ""}
     for k, v in defaults.items():
         if k not in df.columns:
             df[k] = v
+    df["method"] = df["method"].fillna("full")
     df["selected"] = df["selected"].astype(str).str.lower().isin(["true", "1"])
     return df
 
 
 def usable(df: pd.DataFrame) -> pd.DataFrame:
     """Evaluated, selected (learning-rate grid) rows with finite metrics; the rest is reported, not fitted."""
-    ok = (df["status"] == "ok") & df["selected"]
-    for c in ("bleu", "ce", "dp"):
-        ok &= np.isfinite(pd.to_numeric(df[c], errors="coerce"))
-    return df[ok].copy()
+    return df[_exclusion(df).isna()].copy()
+
+
+def _exclusion(df: pd.DataFrame) -> pd.Series:
+    """Why each row is left out of the fits (NaN: it is used)."""
+    why = pd.Series(np.nan, index=df.index, dtype=object)
+    # later assignments win: a failed status explains its missing metrics better than "bleu is NaN" would
+    for c in ("dp", "ce", "bleu"):
+        why[~np.isfinite(pd.to_numeric(df[c], errors="coerce"))] = f"{c} is not a finite number"
+    why[~df["selected"]] = "not selected (another learning rate had the better validation CE)"
+    bad = df["status"] != "ok"
+    why[bad] = "status " + df.loc[bad, "status"].astype(str)
+    return why
+
+
+def excluded(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows `usable` leaves out, each with the reason; listed in the report, never silently dropped."""
+    why = _exclusion(df)
+    cols = [c for c in ("task", "mixture", "model", "method", "dp", "df", "seed") if c in df.columns]
+    out = df.loc[why.notna(), cols].copy()
+    out["why"] = why[why.notna()]
+    return out
 
 
 def seed_means(df: pd.DataFrame) -> pd.DataFrame:
     """One point per Dp: the mean over seeds, with its spread."""
     agg = df.groupby([*GROUP, "dp"], dropna=False).agg(
         bleu=("bleu", "mean"), bleu_sd=("bleu", "std"), ce=("ce", "mean"), ce_sd=("ce", "std"),
-        n_seeds=("bleu", "size"), alignment=("alignment", "first"),
-        upstream=("upstream_loss_mixture", "mean"), upstream_tgt=("upstream_loss_tgt", "mean")).reset_index()
+        chrf=("chrf", "mean"), n_seeds=("bleu", "size"), alignment=("alignment", "first"),
+        params=("params", "first"), upstream=("upstream_loss_mixture", "mean"),
+        upstream_tgt=("upstream_loss_tgt", "mean")).reset_index()
     return agg.sort_values([*GROUP, "dp"])
 
 
@@ -71,6 +106,10 @@ def _holdout_mask(n: int, k: int) -> np.ndarray:
     if 0 < k < n:
         mask[n - k:] = True
     return mask
+
+
+def _curve_grid(x: np.ndarray) -> np.ndarray:
+    return np.geomspace(max(x.min() / 2, 1.0), x.max() * 4, 60) if len(x) else np.array([])
 
 
 def fit_group(points: pd.DataFrame, metric: str, law: str, delta: float, holdout: int, bootstrap: int,
@@ -83,7 +122,8 @@ def fit_group(points: pd.DataFrame, metric: str, law: str, delta: float, holdout
     y = pts[metric].to_numpy(float)
     res = fit(law, x, y, holdout=_holdout_mask(len(x), holdout), delta=delta, bootstrap=bootstrap, seed=seed)
     d = res.to_dict()
-    grid = np.geomspace(max(x.min() / 2, 1.0), x.max() * 4, 60) if len(x) else np.array([])
+    grid = _curve_grid(x)
+    d["x"] = "dp"
     d["curve"] = {"x": grid.tolist(), "y": res.predict(grid).tolist() if res.ok else []}
     if res.ok and bootstrap:
         lo, hi = res.band(grid)
@@ -95,42 +135,243 @@ def fit_group(points: pd.DataFrame, metric: str, law: str, delta: float, holdout
     return d
 
 
+def two_stage_route(points: pd.DataFrame, upstream: str, delta: float, holdout: int) -> dict[str, Any]:
+    """BLEU from Dp through the upstream loss: Dp -> loss by the power law, loss -> BLEU by a linear link,
+    both fitted on the same smaller rungs as the direct log-law; a held-out prediction uses no measurement
+    at its Dp (the loss there is the stage-1 prediction too), so the two routes are compared fairly."""
+    from pipeline.scaling import fit
+
+    pts = points[points["dp"] > 0]
+    x, up, y = (pts[c].to_numpy(float) for c in ("dp", UPSTREAM[upstream], "bleu"))
+    hold = _holdout_mask(len(x), holdout)
+    f = ~hold
+    rec: dict[str, Any] = {"law": "two_stage", "x": f"dp>upstream_{upstream}", "ok": False, "n_fit": int(f.sum()),
+                           "params": {}, "holdout": [], "points": {"x": x.tolist(), "y": y.tolist(),
+                                                                   "holdout": hold.tolist()},
+                           "formula": "L(Dp) = E + A/Dp^alpha; BLEU = a + b·L"}
+    if not np.isfinite(up).all():
+        rec["reason"] = f"no upstream loss ({upstream}) at every rung (a table from before it was recorded?)"
+        return rec
+    s1 = fit("power", x, up, holdout=hold, delta=delta)
+    if not s1.ok:
+        rec["reason"] = f"stage 1 (Dp -> upstream loss): {s1.reason}"
+        return rec
+    if np.ptp(up[f]) == 0:
+        rec["reason"] = "stage 2 (upstream loss -> BLEU): the upstream loss does not vary over the fit points"
+        return rec
+    b, a = np.polyfit(up[f], y[f], 1)
+    pred = a + b * s1.predict(x)
+    rec.update(ok=True, reason=None, params={**s1.params, "a": float(a), "b": float(b)},
+               objective=float(np.sum((a + b * up[f] - y[f]) ** 2)))
+    rec["holdout"] = [{"x": float(x[i]), "y": float(y[i]), "pred": float(pred[i]), "abs_err": float(abs(pred[i] - y[i])),
+                       "rel_err": float(abs(pred[i] - y[i]) / abs(y[i])) if y[i] != 0 else math.inf}
+                      for i in np.flatnonzero(hold)]
+    grid = _curve_grid(x)
+    rec["curve"] = {"x": grid.tolist(), "y": (a + b * s1.predict(grid)).tolist()}
+    return rec
+
+
 def fit_table(df: pd.DataFrame, fit_cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """fits.csv rows and the full fit records (curves, points, verdicts) for the report."""
+    """fits.csv rows and the full fit records (curves, points, verdicts, excluded rows) for the report."""
     from pipeline.scaling import misalignment
 
+    bad = excluded(df)
+    records: list[dict[str, Any]] = [{"metric": "excluded", "law": None, **r} for r in bad.to_dict("records")]
+    if len(bad):
+        log.warning("fit: %d row(s) left out: %s", len(bad), "; ".join(sorted(set(bad["why"]))))
     pts = seed_means(usable(df))
-    rows, records = [], []
+    rows = []
+    hold = fit_cfg["holdout_largest"]
     for key, g in pts.groupby(GROUP, dropna=False):
-        meta = dict(zip(GROUP, key))
+        meta = {**dict(zip(GROUP, key)), "alignment": float(g["alignment"].iloc[0])}
         base = g[g["dp"] == 0]
         for metric, law, delta in (("bleu", "bleu_log", fit_cfg["bleu_delta"]), ("ce", "power", fit_cfg["ce_delta"])):
-            rec = fit_group(g, metric, law, delta, fit_cfg["holdout_largest"], fit_cfg["bootstrap"])
-            rec.update(meta, metric=metric, alignment=float(g["alignment"].iloc[0]),
-                       baseline=float(base[metric].iloc[0]) if len(base) else math.nan)
+            rec = fit_group(g, metric, law, delta, hold, fit_cfg["bootstrap"])
+            rec.update(meta, metric=metric, baseline=float(base[metric].iloc[0]) if len(base) else math.nan)
+            records.append(rec)
+            rows.append(_row(rec))
+        for up in UPSTREAM:
+            rec = {**two_stage_route(g, up, fit_cfg["ce_delta"], hold), **meta, "metric": "bleu"}
             records.append(rec)
             rows.append(_row(rec))
         curve = g[g["dp"] > 0]
-        n_fit = max(len(curve) - fit_cfg["holdout_largest"], 1)
+        n_fit = max(len(curve) - hold, 1)
         verdict = misalignment(curve["dp"].to_numpy(float), curve["bleu"].to_numpy(float), curve["ce"].to_numpy(float),
                                n_fit=n_fit)
         records.append({**meta, "metric": "verdict", "law": "misalignment", **_as_dict(verdict)})
-    # Zhang et al.'s joint law over (Dp, Df), per (task, mixture, model, method).
-    for key, g in pts[pts["dp"] > 0].groupby(["task", "mixture", "model", "method"], dropna=False):
-        meta = dict(zip(["task", "mixture", "model", "method"], key))
-        rec = {**meta, "df": "all", "metric": "ce", "law": "joint"}
+    for rec in _joint_fits(pts, fit_cfg):
+        records.append(rec)
+        rows.append(_row(rec))
+    return pd.DataFrame(rows), records
+
+
+def _joint_fits(pts: pd.DataFrame, fit_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The laws over two inputs: Zhang et al. over (Dp, Df) per model; Chinchilla over (params, Dp) on the
+    upstream loss and Zhang et al. over (params, Df) at the largest Dp, across model sizes."""
+    from pipeline.scaling import fit
+
+    def attempt(rec: dict[str, Any], law: str, x: np.ndarray, y: np.ndarray, holdout: np.ndarray | None = None) -> None:
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            rec.update(ok=False, reason="missing values (parameter counts or upstream losses) in the results table")
+            return
+        res = fit(law, x, y, holdout=holdout, delta=fit_cfg["ce_delta"], bootstrap=fit_cfg["bootstrap"])
+        rec.update(res.to_dict())
+
+    out = []
+    curves = pts[pts["dp"] > 0]
+    for key, g in curves.groupby(["task", "mixture", "model", "method"], dropna=False):
+        rec = {**dict(zip(["task", "mixture", "model", "method"], key)), "df": "all", "metric": "ce", "law": "joint",
+               "x": "dp,df", "alignment": float(g["alignment"].iloc[0])}
         n_df = g["df"].nunique()
         if n_df < MIN_DF_FOR_JOINT:
             rec.update(ok=False, reason=f"needs at least {MIN_DF_FOR_JOINT} Df values, the sweep has {n_df}")
         else:
-            from pipeline.scaling import fit
+            attempt(rec, "joint", g[["dp", "df"]].to_numpy(float), g["ce"].to_numpy(float))
+        out.append(rec)
+    for (task, mix), g in curves.groupby(["task", "mixture"], dropna=False):
+        meta = {"task": task, "mixture": mix, "alignment": float(g["alignment"].iloc[0])}
+        n_models = g["model"].nunique()
+        too_few = f"needs at least {MIN_MODELS_FOR_SIZE} model sizes, the sweep has {n_models}"
+        # The upstream loss depends on (model, Dp) only: one point each, whatever the method and Df.
+        up = g.groupby(["model", "dp"]).agg(params=("params", "first"), upstream=("upstream", "mean")).reset_index()
+        rec = {**meta, "model": "all", "method": "all", "df": "all", "metric": "upstream", "law": "chinchilla",
+               "x": "params,dp"}
+        if n_models < MIN_MODELS_FOR_SIZE:
+            rec.update(ok=False, reason=too_few)
+        else:
+            # hold out each size's largest Dp when the rest still over-determines the 5 parameters
+            largest = up["dp"] == up.groupby("model")["dp"].transform("max")
+            holdout = largest.to_numpy() if (~largest).sum() >= 6 else None
+            attempt(rec, "chinchilla", up[["params", "dp"]].to_numpy(float), up["upstream"].to_numpy(float), holdout)
+        out.append(rec)
+        for method, gm in g.groupby("method", dropna=False):
+            top = gm[gm["dp"] == gm.groupby("model")["dp"].transform("max")]
+            rec = {**meta, "model": "all", "method": method, "df": "all", "metric": "ce", "law": "joint",
+                   "x": "params,df"}
+            n_df = top["df"].nunique()
+            if n_models < MIN_MODELS_FOR_SIZE:
+                rec.update(ok=False, reason=too_few)
+            elif n_df < 2:
+                rec.update(ok=False, reason=f"needs at least 2 Df values, the sweep has {n_df}")
+            else:
+                attempt(rec, "joint", top[["params", "df"]].to_numpy(float), top["ce"].to_numpy(float))
+            out.append(rec)
+    return out
 
-            res = fit("joint", g[["dp", "df"]].to_numpy(float), g["ce"].to_numpy(float), delta=fit_cfg["ce_delta"],
-                      bootstrap=fit_cfg["bootstrap"])
-            rec.update(res.to_dict())
-        records.append(rec)
-        rows.append(_row(rec))
-    return pd.DataFrame(rows), records
+
+# ------------------------------------------------------------------------------ correlations (Q1)
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of (B, n) arrays; NaN where either row is constant."""
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(all="ignore"):
+        return np.where(den > 1e-12, (a * b).sum(1) / den, np.nan)
+
+
+def correlation(x: np.ndarray, y: np.ndarray, bootstrap: int, seed: int = 0, level: float = 0.9) -> dict[str, Any]:
+    """Pearson and Spearman correlation of y with x, with bootstrap percentile intervals (pairs resampled)."""
+    from scipy.stats import rankdata
+
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = np.asarray(x, float)[keep], np.asarray(y, float)[keep]
+    out: dict[str, Any] = {"n": int(len(x)), "reason": None}
+    for k in ("pearson", "spearman"):
+        out |= {k: math.nan, f"{k}_lo": math.nan, f"{k}_hi": math.nan}
+    out["n_boot"] = 0
+    if len(x) < 3:
+        out["reason"] = f"needs at least 3 points, has {len(x)}"
+        return out
+    if np.ptp(y) <= 1e-12 * max(1.0, np.abs(y).max()) or np.ptp(x) <= 1e-12 * max(1.0, np.abs(x).max()):
+        out["reason"] = "constant over these points" + (f" ({y[0]:.4g})" if np.ptp(y) == 0 else "")
+        return out
+    out["pearson"] = float(_pearson_rows(x[None], y[None])[0])
+    out["spearman"] = float(_pearson_rows(rankdata(x)[None], rankdata(y)[None])[0])
+    if bootstrap > 0:
+        idx = np.random.default_rng(seed).integers(0, len(x), (bootstrap, len(x)))
+        bx, by = x[idx], y[idx]
+        boots = {"pearson": _pearson_rows(bx, by),
+                 "spearman": _pearson_rows(rankdata(bx, axis=1), rankdata(by, axis=1))}
+        q = ((1 - level) / 2, (1 + level) / 2)
+        for k, v in boots.items():
+            v = v[np.isfinite(v)]
+            out["n_boot"] = int(len(v))
+            if len(v):
+                out[f"{k}_lo"], out[f"{k}_hi"] = (float(u) for u in np.quantile(v, q))
+    return out
+
+
+def correlation_table(df: pd.DataFrame, bootstrap: int, seed: int = 0) -> pd.DataFrame:
+    """correlations.csv: each downstream metric against each upstream loss over the Dp > 0 points, per curve
+    (task, mixture, model, method, Df) and pooled over mixtures and Df per (task, model, method)."""
+    pts = seed_means(usable(df))
+    pts = pts[pts["dp"] > 0]
+    rows = []
+    pooled = pts.assign(mixture="all", df="all")
+    for g_key, g in [*pts.groupby(GROUP, dropna=False), *pooled.groupby(GROUP, dropna=False)]:
+        for up, col in UPSTREAM.items():
+            for metric in CORR_METRICS:
+                rows.append({**dict(zip(GROUP, g_key)), "upstream": up, "metric": metric,
+                             **correlation(g[col].to_numpy(float), g[metric].to_numpy(float), bootstrap, seed)})
+    cols = [*GROUP, "upstream", "metric", "n", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo",
+            "spearman_hi", "n_boot", "reason"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ------------------------------------------------------------------------------ methods (Q3)
+
+
+def _ok(v: Any) -> bool:
+    return str(v).lower() == "true"
+
+
+def method_table(df: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
+    """methods.csv: per curve (task, mixture, model, Df) and metric, each method against full finetuning:
+    the gap (method − full) at Dp = 0, at the smallest and the largest Dp > 0, where it is largest, and
+    whether the two fitted laws' exponents have disjoint bootstrap intervals."""
+    pts = seed_means(usable(df))
+    rows = []
+    laws = {"bleu": "bleu_log", "ce": "power"}
+    for key, g in pts.groupby(["task", "mixture", "model", "df"], dropna=False):
+        methods = sorted(g["method"].unique())
+        ref = REFERENCE_METHOD if REFERENCE_METHOD in methods else methods[0]
+        for method in (m for m in methods if m != ref):
+            a = g[g["method"] == ref].set_index("dp")
+            b = g[g["method"] == method].set_index("dp")
+            common = sorted(set(a.index) & set(b.index))
+            for metric in ("bleu", "ce"):
+                row = {**dict(zip(["task", "mixture", "model", "df"], key)), "metric": metric, "method": method,
+                       "reference": ref, "n_dp": len(common)}
+                d = pd.Series({dp: b.at[dp, metric] - a.at[dp, metric] for dp in common}, dtype=float).dropna()
+                pos = d[d.index > 0]
+                row["delta_dp0"] = float(d.get(0, math.nan))
+                row["delta_first"] = float(pos.iloc[0]) if len(pos) else math.nan
+                row["delta_last"] = float(pos.iloc[-1]) if len(pos) else math.nan
+                row["delta_mean"] = float(pos.mean()) if len(pos) else math.nan
+                row["dp_maxabs"] = float(d.abs().idxmax()) if len(d) else math.nan
+                row["delta_maxabs"] = float(d[row["dp_maxabs"]]) if len(d) else math.nan
+                row["law"] = laws[metric]
+                for who, m in (("ref", ref), ("", method)):
+                    f = fits[(fits["law"] == laws[metric]) & (fits["task"] == key[0]) & (fits["mixture"] == key[1])
+                             & (fits["model"] == key[2]) & (fits["method"] == m)
+                             & (fits["df"].astype(str) == str(key[3]))]
+                    r = f.iloc[0] if len(f) else {}
+                    ok = len(f) and _ok(r["ok"])
+                    pre = f"{who}_" if who else ""
+                    row[f"{pre}ok"] = bool(ok)
+                    for c in ("alpha", "ci_alpha_lo", "ci_alpha_hi", "holdout_mre"):
+                        src = "p_alpha" if c == "alpha" else c
+                        row[f"{pre}{c}"] = float(r[src]) if ok and src in f.columns else math.nan
+                lo = [row["ref_ci_alpha_lo"], row["ci_alpha_lo"]]
+                hi = [row["ref_ci_alpha_hi"], row["ci_alpha_hi"]]
+                if all(math.isfinite(v) for v in lo + hi):
+                    row["alpha_differs"] = bool(lo[0] > hi[1] or lo[1] > hi[0])
+                else:
+                    row["alpha_differs"] = None
+                rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -140,12 +381,18 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
-    row = {k: rec.get(k) for k in ("task", "mixture", "alignment", "model", "method", "df", "metric", "law", "ok",
+    row = {k: rec.get(k) for k in ("task", "mixture", "alignment", "model", "method", "df", "metric", "law", "x", "ok",
                                    "reason", "n_fit", "objective")}
     hold = rec.get("holdout") or []
     row["n_holdout"] = len(hold)
     row["holdout_mae"] = float(np.mean([h["abs_err"] for h in hold])) if hold else math.nan
     row["holdout_mre"] = float(np.mean([h["rel_err"] for h in hold])) if hold else math.nan
+    # the largest held-out Dp: where the routes to BLEU are compared
+    last = max(hold, key=lambda h: np.atleast_1d(h["x"])[-1]) if hold and rec.get("x") != "params,dp" else None
+    row["largest_dp"] = float(np.atleast_1d(last["x"])[0]) if last else math.nan
+    row["largest_obs"] = last["y"] if last else math.nan
+    row["largest_pred"] = last["pred"] if last else math.nan
+    row["largest_abs_err"] = last["abs_err"] if last else math.nan
     for name, v in (rec.get("params") or {}).items():
         row[f"p_{name}"] = v
         lo_hi = (rec.get("intervals") or {}).get(name)
@@ -164,7 +411,10 @@ def run(task) -> None:
         raise ResultsError(f"no results table at {results}: run the sweep (or `stage=collect`) first")
     df = load_results(results)
     table, records = fit_table(df, spec["fit"])
-    atomic_write_text(out / "fits.csv", table.to_csv(index=False, float_format="%.10g"))
+    corr = correlation_table(df, spec["fit"]["bootstrap"])
+    methods = method_table(df, table)
+    for name, t in (("fits.csv", table), ("correlations.csv", corr), ("methods.csv", methods)):
+        atomic_write_text(out / name, t.to_csv(index=False, float_format="%.10g"))
     atomic_write_json(out / "fits.json", json.loads(json.dumps(records, default=_json_default)))
     n_ok = int(table["ok"].fillna(False).astype(bool).sum()) if len(table) else 0
     log.info("fit %s: %d of %d fits succeeded -> %s", spec["sweep"], n_ok, len(table), out / "fits.csv")
