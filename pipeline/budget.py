@@ -126,7 +126,9 @@ def human_seconds(s: float) -> str:
         return f"{s / 60:.1f} min"
     if s < 3 * 86400:
         return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
+    if s < 2 * 365 * 86400:
+        return f"{s / 86400:.1f} days"
+    return f"{s / (365 * 86400):,.0f} years"
 
 
 def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, float] | None = None,
@@ -181,6 +183,8 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
                  + (f"; {human_bytes(disk['free'])} free on {disk['probe']}" if disk else ""))
     if disk and disk.get("shortfall"):
         lines.append(f"  NOT ENOUGH DISK: {disk['shortfall']}; running this sweep would be refused")
+    for problem in s.get("data_problems", []):
+        lines.append(f"  NOT ENOUGH DATA: {problem}; running this sweep would be refused")
     if states:
         lines.append("")
         order = ("done", "partial", "failed", "pending")

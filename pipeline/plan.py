@@ -194,18 +194,25 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                           "max_tokens": source_max_tokens(source, needed[lang]), "seed": cfg.seed})
         for lang in langs
     }
+    # Data too small for the sweep: refused before any compute, except by stage=plan, which prints the budget
+    # anyway (the paper's scale planned against the offline corpus) and says what running it would meet.
+    problems: list[ConfigError] = []
     for lang in langs:
         unique, exact = unique_tokens(source, lang, tokens[lang])
         if unique is not None and needed[lang] > unique:
-            raise ConfigError("pretrain.dp_ladder",
-                              f"the ladder would repeat {lang} text: it needs {needed[lang]:,} {lang} tokens but the "
-                              f"{cfg.data.source} source has {'' if exact else 'about '}{unique:,} unique ones; lower "
-                              f"the ladder or cap it with sweep.tasks.<pair>.dp_max")
+            problems.append(ConfigError(
+                "pretrain.dp_ladder",
+                f"the ladder would repeat {lang} text: it needs {needed[lang]:,} {lang} tokens but the "
+                f"{cfg.data.source} source has {'' if exact else 'about '}{unique:,} unique ones; lower "
+                f"the ladder, cap it with sweep.tasks.<pair>.dp_max, or use a larger source (data=hub)"))
     for t in cfg.sweep.tasks:
         pool = source.pool_size(t.pair, "train") if hasattr(source, "pool_size") else None
         if pool is not None and cfg.finetune.df_ladder[-1] > pool:
-            raise ConfigError("finetune.df_ladder",
-                              f"Df {cfg.finetune.df_ladder[-1]:,} is larger than the {pool:,} training pairs of {t.pair}")
+            problems.append(ConfigError(
+                "finetune.df_ladder",
+                f"Df {cfg.finetune.df_ladder[-1]:,} is larger than the {pool:,} training pairs of {t.pair}"))
+    if problems and cfg.stage != "plan":
+        raise problems[0]
 
     # The data is fine: now the model code (seconds to import) for parameter counts and FLOPs.
     from pipeline.model import load_preset
@@ -282,6 +289,7 @@ def build_plan(cfg: Config, source: Any) -> Plan:
 
     stored = {lang: stored_tokens(source, lang, tokens[lang], needed[lang]) for lang in langs}
     summary = _summary(cfg, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells)
+    summary["data_problems"] = [str(e) for e in problems]
     summary["tokens_stored"] = stored
     return Plan(sweep=cfg.sweep.name, tasks=ordered, cells=cells, summary=summary)
 

@@ -67,10 +67,21 @@ def test_mixture_share_not_a_whole_number_of_sequences(tmp_path, needs_corpus):
     nothing_written(tmp_path)
 
 
+# Data too small for the sweep: a run is refused before anything is written; stage=plan still prints the
+# budget (the paper's scale planned on a laptop) and says what a run would meet.
 def test_dp_ladder_that_would_repeat_text(tmp_path, needs_corpus):
-    r, _, _ = run_plan(tmp_path, *SMOKE, "stage=plan", "pretrain.dp_ladder=[1e6,1e9]")
+    r, _, _ = run_plan(tmp_path, *SMOKE, "pretrain.dp_ladder=[1e6,1e9]")
     refused(r, "pretrain.dp_ladder", "would repeat de text", "dp_max")
     nothing_written(tmp_path)
+
+
+def test_plan_of_a_sweep_too_big_for_the_data_prints_the_budget_and_the_problem(tmp_path, needs_corpus):
+    r, _, _ = run_plan(tmp_path, *SMOKE, "stage=plan", "pretrain.dp_ladder=[1e6,1e9]", "finetune.df_ladder=[100,1e8]")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "GPU-hours" in r.stdout
+    problems = [x for x in r.stdout.splitlines() if "NOT ENOUGH DATA" in x]
+    assert len(problems) == 3, r.stdout  # en and de text, and the en-de finetuning pool
+    assert "would repeat de text" in r.stdout and "larger than the" in r.stdout
 
 
 def test_dp_max_below_the_smallest_rung(tmp_path, needs_corpus):
@@ -80,7 +91,7 @@ def test_dp_max_below_the_smallest_rung(tmp_path, needs_corpus):
 
 
 def test_df_larger_than_the_finetuning_pool(tmp_path, needs_corpus):
-    r, _, _ = run_plan(tmp_path, *SMOKE, "stage=plan", "finetune.df_ladder=[100,1e8]")
+    r, _, _ = run_plan(tmp_path, *SMOKE, "finetune.df_ladder=[100,1e8]")
     refused(r, "finetune.df_ladder", "larger than the", "training pairs of en-de")
     nothing_written(tmp_path)
 

@@ -116,13 +116,16 @@ def test_the_fit_stage_on_a_table_with_bad_numbers_never_raises(n, data):
     metric = st.one_of(positive, bad)
     dps = [0] + sorted(set(data.draw(st.lists(st.integers(1, 10**9), min_size=n, max_size=n))))
     rows = [{"task": "en-de", "mixture": "m", "model": "t", "method": "full", "df": 100, "dp": dp,
-             "bleu": data.draw(metric), "ce": data.draw(metric), "status": "ok", "selected": True,
+             "bleu": data.draw(metric), "ce": data.draw(metric), "chrf": data.draw(metric), "params": 1e6,
+             "status": "ok", "selected": True,
              "alignment": 1.0, "upstream_loss_mixture": math.nan, "upstream_loss_tgt": math.nan}
             for dp in dps]
     table, records = fit_table(pd.DataFrame(rows), {"bleu_delta": 0.1, "ce_delta": 1e-3, "holdout_largest": 1,
                                                      "bootstrap": 0})
     for r in records:
-        if r.get("ok"):
+        if r.get("metric") == "excluded":  # a row left out of the fits: listed with its reason
+            assert r.get("why"), r
+        elif r.get("ok"):
             assert all(v is not None and math.isfinite(v) for v in r["params"].values()), r
         elif r.get("law") != "misalignment":
             assert r.get("reason"), r
