@@ -158,6 +158,9 @@ def run(task) -> None:
 
     # Wrap before building the optimizer: FSDP shards the parameters the optimizer holds.
     dmodel = wrap_data_parallel(model, rt, _dp_mode(cfg), T5Block)
+    if rt.world > 1 and rt.is_main:
+        log.info("pretrain %s: data-parallel over %d processes (%s, %s), %d of the %d rows of a step each", task.name,
+                 rt.world, _dp_mode(cfg), torch.distributed.get_backend(), per_rank, B)
     opt = make_optimizer(dmodel.parameters(), cfg["optimizer"], cfg["lr"], cfg["betas"], cfg["weight_decay"])
     sched = make_schedule(opt, cfg["schedule"], cfg["warmup_steps"])
     step, history = 0, {}
