@@ -2,8 +2,9 @@
 
 One row per planned cell, with provenance. A cell that is missing or failed keeps its row, with `status`
 and `reason`, and is listed on stdout: nothing is silently dropped. Each evaluate task writes only its
-own directory, so evaluate jobs finishing together cannot lose rows; collect itself holds a lock and
-replaces the table atomically, so two racing collects leave one complete table.
+own directory (atomically), so evaluate jobs finishing together cannot lose rows. collect holds a lock
+while it reads the cells and replaces the table (temp file + rename): racing collects run one after the
+other, so the last table written is also the last one read, and a reader never sees a torn file.
 """
 
 from __future__ import annotations
@@ -128,15 +129,17 @@ def locked(path: Path):
 
 
 def write_results(df: pd.DataFrame, path: Path) -> None:
-    with locked(path.with_name(".results.lock")):
-        atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
 
 
 def run(task) -> None:
     spec = task.spec
-    df = collect([Cell(**c) for c in spec["cells"]], spec["dirs"])
     out = Path(spec["reports_dir"]) / "results.csv"
-    write_results(df, out)
+    # Read and write under one lock: with the lock around the write alone, a collect that read the cells
+    # earlier could replace a newer table with its older snapshot.
+    with locked(out.with_name(".results.lock")):
+        df = collect([Cell(**c) for c in spec["cells"]], spec["dirs"])
+        write_results(df, out)
     bad = df[df["status"] != "ok"]
     print(f"collect {spec['sweep']}: {int((df['status'] == 'ok').sum())} of {len(df)} cells evaluated -> {out}")
     for _, r in bad.iterrows():

@@ -3,7 +3,7 @@ cross-entropy of a finetuned cell on the held-out test set; predictions written 
 
 The test sample is the same for every cell (a fixed seed, independent of the cell). Generation runs in
 length-sorted batches with an explicit `max_new_tokens` (never the library's silent 20-token default);
--100 never reaches a decoder (labels are built separately from generation inputs).
+-100 (the label padding) is replaced by pad before anything is decoded.
 """
 
 from __future__ import annotations
@@ -35,23 +35,40 @@ def test_rows(source, pair: str, size: int | None) -> list[dict[str, str]]:
     return [r["translation"] for r in test]
 
 
-def generate(model, tokenizer, sources: list[list[int]], batch_size: int, max_new_tokens: int, num_beams: int,
-             device, autocast) -> list[str]:
-    """Decoded hypotheses in the input order; batches sorted by source length to keep padding small."""
+def decode(tokenizer, ids) -> list[str]:
+    """Texts of a batch of token ids. Labels carry -100 where they are padded (the loss ignores it); the
+    tokenizer cannot decode it, so it becomes pad, which skip_special_tokens drops."""
+    ids = torch.as_tensor(ids)
+    ids = torch.where(ids == -100, torch.full_like(ids, tokenizer.pad_token_id), ids)
+    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def generate_ids(model, sources: list[list[int]], pad_id: int, eos_id: int, batch_size: int, max_new_tokens: int,
+                 num_beams: int, device, autocast) -> list[list[int]]:
+    """Generated token ids per source, in the input order, without the decoder start and cut after EOS.
+    Batches are sorted by source length (longest first) so padding stays small."""
     order = np.argsort([len(s) for s in sources], kind="stable")[::-1]
-    out: list[str] = [""] * len(sources)
-    pad = tokenizer.pad_token_id
+    out: list[list[int]] = [[] for _ in sources]
     model.eval()
     with torch.no_grad():
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            ids = pad_batch([sources[j] for j in idx], pad).to(device)
+            ids = pad_batch([sources[j] for j in idx], pad_id).to(device)
             with autocast():
-                gen = model.generate(input_ids=ids, attention_mask=(ids != pad).long(), max_new_tokens=max_new_tokens,
-                                     num_beams=num_beams, do_sample=False, early_stopping=num_beams > 1)
-            for j, text in zip(idx, tokenizer.batch_decode(gen, skip_special_tokens=True)):
-                out[j] = text.strip()
+                gen = model.generate(input_ids=ids, attention_mask=(ids != pad_id).long(), max_new_tokens=max_new_tokens,
+                                     min_new_tokens=0, num_beams=num_beams, do_sample=False,
+                                     early_stopping=num_beams > 1)
+            for j, row in zip(idx, gen[:, 1:].tolist()):
+                out[j] = row[: row.index(eos_id) + 1] if eos_id in row else row
     return out
+
+
+def generate(model, tokenizer, sources: list[list[int]], batch_size: int, max_new_tokens: int, num_beams: int,
+             device, autocast) -> list[str]:
+    """Decoded hypotheses in the input order (see generate_ids)."""
+    ids = generate_ids(model, sources, tokenizer.pad_token_id, tokenizer.eos_token_id, batch_size, max_new_tokens,
+                       num_beams, device, autocast)
+    return decode(tokenizer, pad_batch(ids, tokenizer.pad_token_id)) if ids else []
 
 
 def score(hyps: list[str], refs: list[str], tokenize: str) -> dict[str, Any]:
@@ -86,22 +103,28 @@ def run(task) -> None:
     t0 = time.time()
     ce, n_tok = reference_ce(model, s_ids, t_ids, tokenizer.pad_token_id, cfg["batch_size"], rt.device, rt.autocast)
     t_ce = time.time() - t0
-    hyps = generate(model, tokenizer, s_ids, cfg["batch_size"], cfg["max_new_tokens"], cfg["num_beams"], rt.device,
-                    rt.autocast)
+    gen = generate_ids(model, s_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg["batch_size"],
+                       cfg["max_new_tokens"], cfg["num_beams"], rt.device, rt.autocast)
+    hyps = decode(tokenizer, pad_batch(gen, tokenizer.pad_token_id))
     t_gen = time.time() - t0 - t_ce
     refs = [r[tgt] for r in rows]
     metrics = score(hyps, refs, cfg["bleu_tokenize"])
-    gen_len = [len(x) for x in tokenizer(hyps, add_special_tokens=False).input_ids]
+    gen_len = [len(g) for g in gen]
     metrics.update({
         "ce": ce, "ce_tokens": n_tok, "n_test": len(rows), "gen_len_mean": float(np.mean(gen_len)) if gen_len else 0.0,
-        "hit_max_new_tokens": int(sum(n >= cfg["max_new_tokens"] for n in gen_len)),
+        "hit_max_new_tokens": int(sum(tokenizer.eos_token_id not in g for g in gen)),
         "num_beams": cfg["num_beams"], "max_new_tokens": cfg["max_new_tokens"],
         "seconds_ce": t_ce, "seconds_generate": t_gen, "sentences_per_s": len(rows) / max(t_gen, 1e-9),
         "device": str(rt.device),
     })
-    atomic_write_text(out / "predictions.jsonl", "".join(
-        json.dumps({"source": r[src], "reference": r[tgt], "hypothesis": h}, ensure_ascii=False) + "\n"
-        for r, h in zip(rows, hyps)))
-    atomic_write_json(out / "metrics.json", metrics)
+    write_outputs(out, [r[src] for r in rows], refs, hyps, metrics)
     log.info("%s: BLEU %.2f chrF %.2f CE %.4f (%d sentences, %.1f sentences/s)", task.name, metrics["bleu"],
              metrics["chrf"], ce, len(rows), metrics["sentences_per_s"])
+
+
+def write_outputs(out: Path, sources: list[str], refs: list[str], hyps: list[str], metrics: dict[str, Any]) -> None:
+    """predictions.jsonl (for a person to read) and metrics.json, each replaced atomically; metrics last."""
+    atomic_write_text(Path(out) / "predictions.jsonl", "".join(
+        json.dumps({"source": s, "reference": r, "hypothesis": h}, ensure_ascii=False) + "\n"
+        for s, r, h in zip(sources, refs, hyps)))
+    atomic_write_json(Path(out) / "metrics.json", metrics)

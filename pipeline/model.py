@@ -261,3 +261,36 @@ def describe(preset: ModelPreset, vocab_size: int) -> str:
         f"{c['non_embedding'] / 1e6:.1f}M non-embedding, {c['total'] / 1e6:.1f}M total"
         + (", tied" if preset.tie_embeddings else "")
     )
+
+
+# ----------------------------------------------------------------------------- fast kernels
+
+
+class _RMSNorm(torch.nn.Module):
+    """T5LayerNorm as one fused kernel; the same `weight` parameter (state-dict keys unchanged) and the
+    same fp32 arithmetic as transformers' version for fp32 weights."""
+
+    def __init__(self, norm: torch.nn.Module):
+        super().__init__()
+        self.weight, self.eps = norm.weight, norm.variance_epsilon
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps)
+
+
+def use_fused_kernels(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
+    """Swap transformers' composite gelu_new (six element-wise kernels each way) for torch's tanh GELU and
+    T5LayerNorm for torch's rms_norm: the same functions, ~20-30% less time per step for small presets on a
+    CPU. Only with fp32 weights (transformers' norm casts to half weights, which this would not)."""
+    from transformers.activations import NewGELUActivation
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return model
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, torch.nn.GELU(approximate="tanh"))
+            elif isinstance(child, T5LayerNorm):
+                setattr(module, name, _RMSNorm(child))
+    return model

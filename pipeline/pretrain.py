@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pipeline.artifacts import atomic_write_json, dir_hash
 from pipeline.config import Mixture
 from pipeline.mixture import DataExhausted, MixtureSampler
-from pipeline.model import build_model, count_params, flops_per_token, load_preset
+from pipeline.model import build_model, count_params, flops_per_token, load_preset, use_fused_kernels
 from pipeline.plan import mixture_counts
 from pipeline.span_corruption import corrupt_batch
 from pipeline.tokenizer import load_tokenizer, sentinel_ids
@@ -148,7 +148,7 @@ def run(task) -> None:
     start = resume or init_path(spec["init_dir"])
     from transformers import T5ForConditionalGeneration
 
-    model = T5ForConditionalGeneration.from_pretrained(str(start)).to(rt.device)
+    model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(start))).to(rt.device)
     model.config.dropout_rate = 0.0  # no dropout in pretraining (T5 v1.1)
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -158,6 +158,9 @@ def run(task) -> None:
 
     # Wrap before building the optimizer: FSDP shards the parameters the optimizer holds.
     dmodel = wrap_data_parallel(model, rt, _dp_mode(cfg), T5Block)
+    if rt.world > 1 and rt.is_main:
+        log.info("pretrain %s: data-parallel over %d processes (%s, %s), %d of the %d rows of a step each", task.name,
+                 rt.world, _dp_mode(cfg), torch.distributed.get_backend(), per_rank, B)
     opt = make_optimizer(dmodel.parameters(), cfg["optimizer"], cfg["lr"], cfg["betas"], cfg["weight_decay"])
     sched = make_schedule(opt, cfg["schedule"], cfg["warmup_steps"])
     step, history = 0, {}

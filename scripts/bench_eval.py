@@ -1,0 +1,125 @@
+"""Evaluation throughput: our generation (pipeline.evaluate) vs Seq2SeqTrainer.predict(predict_with_generate=True).
+
+    DS_CACHE=... python scripts/bench_eval.py [--checkpoint DIR] [--repeats 2] [scale=cpu ...Hydra overrides]
+
+Same model (a finetuned `best/` checkpoint: --checkpoint, else the plan's first finished finetune cell, else
+the Dp = 0, smallest-Df cell finetuned here for 40 steps), same test sentences (the evaluate stage's sample,
+tokenized once with the task prefix), greedy decoding with the config's `max_new_tokens` and batch size,
+fp32 on the CPU. Ours: length-sorted batches through `generate_ids`, decoded with `decode`. The Trainer:
+`predict` on the same ids in dataset order, padded by DataCollatorForSeq2Seq. Both sides' hypotheses are
+scored with sacreBLEU; the script fails unless the two BLEU scores are identical. Each side runs
+`--repeats` times, alternating; the fastest run counts. Last line: `ratio: X` (ours / Trainer sentences/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def find_or_finetune(plan, checkpoint: str | None) -> tuple[Path, object]:
+    from pipeline.artifacts import is_done, write_status
+    from pipeline.finetune import run as finetune
+    from pipeline.task import execute
+
+    evals = [t for t in plan.tasks if t.stage == "evaluate"]
+    ft_of = {t.id: t for t in plan.tasks if t.stage == "finetune"}
+    ev = next((t for t in evals if is_done(Path(ft_of[t.deps[0]].dir))), evals[0])
+    if checkpoint:
+        return Path(checkpoint), ev
+    ft = ft_of[ev.deps[0]]
+    if not is_done(Path(ft.dir)):
+        for t in plan.tasks:
+            if t.stage in ("tokenizer", "init"):
+                execute(t)
+        short = dataclasses.replace(ft, dir=str(ROOT / "artifacts" / "bench" / "ft-eval"),
+                                    spec={**ft.spec, "finetune": {**ft.spec["finetune"], "max_steps": 40}})
+        if not is_done(Path(short.dir)):
+            finetune(short)
+            write_status(Path(short.dir), "ok", started=time.time())
+        ft = short
+    return Path(ft.dir) / "best", ev
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None, help="a finetuned best/ directory")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides (default: the cpu scale)")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from bench_train import build_plan  # noqa: I001 - the plan of the real config
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+    from transformers import T5ForConditionalGeneration
+
+    from pipeline.config import data_config
+    from pipeline.evaluate import decode, generate_ids, score, test_rows
+    from pipeline.finetune import encode_pairs, pad_batch
+    from pipeline.sources import get_source
+    from pipeline.tokenizer import load_tokenizer
+
+    plan = build_plan(a.overrides)
+    best, ev = find_or_finetune(plan, a.checkpoint)
+    spec, cfg = ev.spec, ev.spec["evaluate"]
+    tok = load_tokenizer(best)
+    model = T5ForConditionalGeneration.from_pretrained(str(best)).eval()
+    rows = test_rows(get_source(data_config(spec["data"]), Path(spec["cache"])), spec["pair"], cfg["test_size"])
+    src, _ = encode_pairs(tok, rows, spec["src"], spec["tgt"], spec["task_prefix"], spec["max_source_length"], 1024)
+    refs = [r[spec["tgt"]] for r in rows]
+    B, max_new = cfg["batch_size"], cfg["max_new_tokens"]
+    cpu = torch.device("cpu")
+
+    def ours() -> list[str]:
+        ids = generate_ids(model, src, tok.pad_token_id, tok.eos_token_id, B, max_new, 1, cpu, contextlib.nullcontext)
+        return decode(tok, pad_batch(ids, tok.pad_token_id))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = Seq2SeqTrainingArguments(output_dir=tmp, per_device_eval_batch_size=B, predict_with_generate=True,
+                                        use_cpu=True, report_to=[], disable_tqdm=True, dataloader_num_workers=0)
+        trainer = Seq2SeqTrainer(model=model, args=args, data_collator=DataCollatorForSeq2Seq(tok, model=model),
+                                 processing_class=tok)
+        ds = Dataset.from_dict({"input_ids": src})
+
+        def hf() -> list[str]:
+            out = trainer.predict(ds, max_new_tokens=max_new, num_beams=1, do_sample=False)
+            return decode(tok, out.predictions)  # padded with -100: decode turns it into pad first
+
+        times: dict[str, list[float]] = {"ours": [], "trainer": []}
+        hyps = {}
+        for _ in range(a.repeats):
+            for name, fn in (("ours", ours), ("trainer", hf)):
+                t0 = time.perf_counter()
+                hyps[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+    bleu = {k: score(h, refs, cfg["bleu_tokenize"]) for k, h in hyps.items()}
+    sps = {k: len(src) / min(v) for k, v in times.items()}
+    print(f"date: {datetime.date.today()}  machine: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
+    print(f"model: {best}  test sentences: {len(src)}  batch {B}  greedy, max_new_tokens {max_new}")
+    for k, name in (("ours", "ours (pipeline.evaluate)"), ("trainer", "Seq2SeqTrainer.predict")):
+        print(f"{name}: {sps[k]:,.1f} sentences/s  BLEU {bleu[k]['bleu']:.4f}  runs: "
+              f"{[round(x, 2) for x in times[k]]} s")
+    same = sum(x == y for x, y in zip(hyps["ours"], hyps["trainer"]))
+    print(f"identical hypotheses: {same} of {len(src)}; signature {bleu['ours']['bleu_signature']}")
+    assert bleu["ours"]["bleu"] == bleu["trainer"]["bleu"], "BLEU differs between the two sides"
+    print(f"ratio: {sps['ours'] / sps['trainer']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

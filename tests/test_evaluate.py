@@ -1,0 +1,177 @@
+"""The evaluate stage: -100 never reaches a decoder, sacreBLEU/chrF stored with everything needed to recompute
+them from the predictions file, downstream CE equal to a plain-torch teacher-forcing computation, an explicit
+`max_new_tokens`, and length-sorted batches that give the predictions back in the input order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import sacrebleu
+import torch
+from test_training import first, small_plan, with_spec
+
+from pipeline.evaluate import decode, generate, generate_ids, score
+from pipeline.finetune import collate, encode_pairs, reference_ce
+
+CPU = torch.device("cpu")
+no_autocast = contextlib.nullcontext
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    """The small en-de plan with its tokenizer and random init built (what evaluation needs around it)."""
+    from pipeline.task import execute
+    from pipeline.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("ev")
+    _, plan = small_plan(root)
+    for s in ("tokenizer", "init"):
+        assert execute(first(plan, s)) == "ok"
+    tok = load_tokenizer(first(plan, "init").dir + "/model")
+    return {"root": root, "plan": plan, "tok": tok}
+
+
+def tiny_t5(vocab: int, seed: int = 0):
+    """A randomly initialised t5_tiny from the repo's model code (the real config's preset)."""
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    from pipeline.model import build_model, load_preset
+
+    preset = load_preset(OmegaConf.to_container(compose(["scale=smoke"]).models.t5_tiny))
+    return build_model(preset, vocab, seed=seed).eval()
+
+
+def pairs(stage, n: int = 12, prefix: str = ""):
+    from pipeline.config import data_config
+    from pipeline.sources import get_source
+
+    spec = first(stage["plan"], "evaluate").spec
+    rows = [r["translation"] for r in get_source(data_config(spec["data"]), stage["root"] / "cache")
+            .parallel("en-de", "test").select(range(n))]
+    src, tgt = encode_pairs(stage["tok"], rows, "en", "de", prefix, 32, 64)
+    return rows, src, tgt
+
+
+def test_label_padding_becomes_pad_before_decoding(stage):
+    tok = stage["tok"]
+    rows, src, tgt = pairs(stage)
+    labels = collate(src, tgt, tok.pad_token_id)["labels"]
+    assert (labels == -100).any()  # the batch really has padded labels
+    want = [tok.decode(t, skip_special_tokens=True).strip() for t in tgt]
+    assert decode(tok, labels) == want
+    assert decode(tok, labels.tolist()) == want
+    with pytest.raises((OverflowError, TypeError, IndexError)):  # what a raw decode of -100 does
+        tok.batch_decode(labels, skip_special_tokens=True)
+
+
+def test_score_stores_what_sacrebleu_computes():
+    refs = ["Die Datei wurde nicht gefunden.", "Öffnen Sie das Menü Bearbeiten.", "Klicken Sie auf Speichern."]
+    hyps = ["Die Datei wurde gefunden.", "Öffnen Sie das Menü Bearbeiten jetzt.", "Klicken Sie Speichern."]
+    m = score(hyps, refs, "13a")
+    b, c = sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a"), sacrebleu.corpus_chrf(hyps, [refs])
+    assert 0 < m["bleu"] < 100 and m["bp"] < 1  # a non-trivial case: every field means something
+    assert m["bleu"] == b.score and m["bp"] == b.bp and m["precisions"] == list(b.precisions)
+    assert (m["sys_len"], m["ref_len"]) == (b.sys_len, b.ref_len)
+    assert m["chrf"] == c.score
+    assert m["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    assert m["chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:")
+
+
+def test_metrics_file_equals_sacrebleu_on_the_predictions_file(stage, tmp_path):
+    """The stage end to end (a finetuned Dp = 0 cell): metrics.json holds BLEU with signature, BP, the
+    four precisions and the lengths, and chrF, all equal to sacreBLEU recomputed from predictions.jsonl."""
+    from pipeline.evaluate import run as evaluate
+    from pipeline.finetune import run as finetune
+
+    ft = with_spec(first(stage["plan"], "finetune", "dp0-df64"), tmp_path / "ft")
+    finetune(ft)
+    ev = with_spec(first(stage["plan"], "evaluate", "dp0-df64"), tmp_path / "ev", finetune_dir=str(tmp_path / "ft"))
+    (tmp_path / "ev").mkdir()
+    evaluate(ev)
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    preds = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == m["n_test"] == ev.spec["evaluate"]["test_size"]
+    hyps, refs = [p["hypothesis"] for p in preds], [p["reference"] for p in preds]
+    b = sacrebleu.corpus_bleu(hyps, [refs], tokenize=ev.spec["evaluate"]["bleu_tokenize"])
+    assert m["bleu"] == b.score and m["bp"] == b.bp and m["precisions"] == list(b.precisions)
+    assert (m["sys_len"], m["ref_len"]) == (b.sys_len, b.ref_len) and m["sys_len"] > 0
+    assert m["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert "tok:13a" in m["bleu_signature"] and "version:" in m["bleu_signature"]
+    assert m["max_new_tokens"] == ev.spec["evaluate"]["max_new_tokens"]
+    assert m["ce"] > 0 and m["ce_tokens"] > m["n_test"]
+
+
+def hand_ce(model, src: list[list[int]], tgt: list[list[int]], pad: int) -> float:
+    """Token-mean NLL of the references, one pair at a time (no padding, no HF loss): the decoder reads
+    [pad] + reference[:-1] and is scored on every reference token, EOS included."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s, t in zip(src, tgt):
+            t = torch.tensor([t])
+            dec_in = torch.cat([torch.full((1, 1), pad), t[:, :-1]], dim=1)
+            logits = model(input_ids=torch.tensor([s]), decoder_input_ids=dec_in).logits[0].double()
+            total -= logits.log_softmax(-1).gather(1, t[0, :, None]).sum().item()
+            count += t.shape[1]
+    return total / count
+
+
+def test_downstream_ce_equals_a_hand_computation(stage):
+    tok = stage["tok"]
+    _, src, tgt = pairs(stage, n=13)
+    assert len({len(s) for s in src}) > 3 and len({len(t) for t in tgt}) > 3  # padding is exercised
+    model = tiny_t5(len(tok))
+    ce, n = reference_ce(model, src, tgt, tok.pad_token_id, 4, CPU, no_autocast)
+    assert n == sum(map(len, tgt))
+    assert ce == pytest.approx(hand_ce(model, src, tgt, tok.pad_token_id), rel=1e-5)
+
+
+def never_eos(vocab: int):
+    """A tiny T5 whose greedy choice is always token 10 or 11: the output layer sees one feature only."""
+    model = tiny_t5(vocab)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[10, 0], model.lm_head.weight[11, 0] = 50.0, -50.0
+    return model
+
+
+@pytest.mark.parametrize("max_new", [7, 37])  # 37: past transformers' silent 20-token default
+def test_generation_uses_the_explicit_max_new_tokens(stage, max_new):
+    tok = stage["tok"]
+    _, src, _ = pairs(stage, n=5)
+    ids = generate_ids(never_eos(len(tok)), src, tok.pad_token_id, tok.eos_token_id, 2, max_new, 1,
+                       CPU, no_autocast)
+    assert [len(x) for x in ids] == [max_new] * len(src)
+    assert all(set(x) <= {10, 11} for x in ids)
+
+
+def test_length_sorted_batches_come_back_in_input_order(stage):
+    tok = stage["tok"]
+    _, src, _ = pairs(stage, n=11)
+    assert sorted(src, key=len) != src  # sorting really reorders them
+    model = tiny_t5(len(tok), seed=3)
+    batched = generate(model, tok, src, 4, 12, 1, CPU, no_autocast)
+    one_by_one = [generate(model, tok, [s], 1, 12, 1, CPU, no_autocast)[0] for s in src]
+    assert len(set(one_by_one)) > 3  # different inputs give different outputs, so an order bug shows
+    assert batched == one_by_one
+
+
+def test_predictions_file_is_readable_next_to_metrics(stage, tmp_path):
+    from pipeline.evaluate import write_outputs
+
+    write_outputs(tmp_path, ["a"], ["b"], ["ç"], {"bleu": 0.0})
+    assert json.loads((tmp_path / "predictions.jsonl").read_text()) == {"source": "a", "reference": "b",
+                                                                       "hypothesis": "ç"}
+    assert "ç" in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8")  # not \\u-escaped
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
