@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,7 @@ def run(task) -> None:
     for dep in task.spec.get("dep_dirs", []):
         if not (Path(dep) / "status.json").exists():
             raise RuntimeError(f"started before its dependency {dep} finished")
+    first = not (d / "runs").exists()
     with open(d / "runs", "a") as f:
         f.write(f"{os.getpid()}\\n")
     (d / "started").touch()
@@ -48,6 +51,21 @@ def run(task) -> None:
         time.sleep(0.02)
     if task.spec.get("fail"):
         explode_on_purpose()
+    if task.spec.get("until_signal") and first:  # a training loop: checkpoint and stop on SIGTERM/SIGUSR1
+        from pipeline.training import Preempted, StopFlag
+
+        with StopFlag() as stop:
+            (d / "in_loop").touch()
+            while not stop.requested:
+                if time.time() - t0 > 60:
+                    raise RuntimeError("no signal came")
+                time.sleep(0.02)
+        (d / "preempted").touch()
+        raise Preempted(f"{task.name}: stopped by signal; rerun to continue")
+    while task.spec.get("hold") and not (d / "go").exists():  # outside a loop: a signal must not kill it
+        if time.time() - t0 > 60:
+            raise RuntimeError("never released")
+        time.sleep(0.02)
     payload = {"task": task.id, "inputs": sorted(json.loads((Path(p) / "out.json").read_text())["task"]
                                                  for p in task.spec.get("dep_dirs", []))}
     (d / "out.json").write_text(json.dumps(payload))
@@ -90,16 +108,18 @@ def fake_stages(tmp_path_factory, monkeypatch):
     return mod
 
 
-def toy_plan(root: Path, fail: str | None = None, peers: bool = False, wait_s: float = 60) -> Plan:
+def toy_plan(root: Path, fail: str | None = None, peers: bool = False, wait_s: float = 60, **flags: str) -> Plan:
     """tokenizer -> tokens-de, tokens-en -> pretrain -> finetune-a, finetune-b -> evaluate-a, evaluate-b;
     an unrelated branch (init -> finetune-c); collect after the evaluates. `peers`: the two tokens tasks
-    and the two finetune tasks each wait for the other to start. `fail`: that task raises."""
+    and the two finetune tasks each wait for the other to start. `fail`: that task raises. `flags`:
+    spec flag -> the task that gets it (until_signal: loops until SIGTERM/SIGUSR1; hold: waits for `go`)."""
     tasks: dict[str, Task] = {}
 
     def add(stage: str, name: str, deps: list[str], **spec) -> str:
         t = Task(id=f"{stage}/{name}", stage=stage, name=name, dir=str(root / stage / name), deps=tuple(deps),
                  spec={"dep_dirs": [tasks[x].dir for x in deps] if stage != "collect" else [],
-                       "fail": name == fail, "dp_ladder": [1], "wait_s": wait_s, **spec})
+                       "fail": name == fail, "dp_ladder": [1], "wait_s": wait_s,
+                       **{flag: True for flag, who in flags.items() if who == name}, **spec})
         tasks[t.id] = t
         return t.id
 
@@ -120,16 +140,28 @@ def toy_plan(root: Path, fail: str | None = None, peers: bool = False, wait_s: f
     return Plan(sweep="toy", tasks=sorted(tasks.values(), key=lambda t: order.index(t.stage)), cells=[], summary={})
 
 
+def wait_for(pred, proc: subprocess.Popen, timeout: float = 60) -> None:
+    t0 = time.time()
+    while not pred():
+        assert proc.poll() is None, f"the process ended (rc {proc.returncode}) before the condition held"
+        assert time.time() - t0 < timeout, "timed out waiting"
+        time.sleep(0.02)
+
+
 def run_local(plan: Plan, caplog, workers: int = 1) -> tuple[int, dict[str, int]]:
     from pipeline.executors.local import LocalExecutor
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pipeline"):
         rc = LocalExecutor(workers=workers, threads_per_worker=1).run(plan, plan.tasks)
-    summary = [r.getMessage() for r in caplog.records if re.match(r"sweep toy finished in \d+ s: ", r.getMessage())]
-    assert len(summary) == 1, [r.getMessage() for r in caplog.records]
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (\w+)", summary[0].split(": ", 1)[1])}
-    return rc, counts
+    return rc, summary_counts([r.getMessage() for r in caplog.records])
+
+
+def summary_counts(lines: list[str]) -> dict[str, int]:
+    """{state: count} from the executor's one summary line."""
+    summary = [x.split("sweep toy finished in ", 1)[1] for x in lines if "sweep toy finished in " in x]
+    assert len(summary) == 1 and re.match(r"\d+ s: ", summary[0]), lines
+    return {k: int(v) for v, k in (x.split(" ", 1) for x in summary[0].split(": ", 1)[1].split(", "))}
 
 
 def runs(plan: Plan, name: str) -> int:
@@ -224,3 +256,49 @@ def test_a_failed_read_stage_logs_its_traceback(tmp_path, fake_stages):
     assert e.value.log_path == tmp_path / "collect" / "collect" / "collect.log"
     text = e.value.log_path.read_text()
     assert "Traceback (most recent call last):" in text and "in explode_on_purpose" in text
+
+
+RUN_PLAN = """
+import json, sys
+from pipeline.__main__ import setup_logging
+from pipeline.executors.local import LocalExecutor
+from pipeline.plan import Plan
+setup_logging()
+plan = Plan.from_dict(json.load(open(sys.argv[1])))
+sys.exit(LocalExecutor(workers=int(sys.argv[2]), threads_per_worker=1).run(plan, plan.tasks))
+"""
+
+
+@pytest.mark.parametrize("workers,sig", [(1, signal.SIGTERM), (2, signal.SIGUSR1)], ids=["1-SIGTERM", "2-SIGUSR1"])
+def test_a_stop_signal_stops_the_sweep_with_exit_zero_and_the_rerun_finishes(tmp_path, fake_stages, workers, sig):
+    """A signal to the sweep's process: the task in a training loop checkpoints (preempted), a task outside
+    one finishes, nothing new starts, exit 0 with a message; the same command then finishes the sweep."""
+    plan = toy_plan(tmp_path / "art", until_signal="ft-a", **({"hold": "ft-b"} if workers > 1 else {}))
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan.to_dict()))
+    cmd = [sys.executable, "-c", RUN_PLAN, str(plan_file), str(workers)]
+    ft_a, ft_b = (tmp_path / "art" / "finetune" / x for x in ("ft-a", "ft-b"))
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (ft_a / "in_loop").exists() and (workers == 1 or (ft_b / "started").exists()), proc)
+        proc.send_signal(sig)
+        if workers > 1:
+            wait_for(lambda: (ft_a / "preempted").exists(), proc)
+            (ft_b / "go").touch()
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    text = (tmp_path / "first.log").read_text()
+    counts = summary_counts(text.splitlines())
+    assert counts["preempted"] == 1 and "failed" not in counts and "blocked" not in counts, counts
+    never = ["ev-a", "ev-b", "collect"] + ([] if workers > 1 else ["ft-b", "ft-c"])
+    assert counts["not started"] >= len(never) and all(runs(plan, n) == 0 for n in never), counts
+    if workers > 1:
+        assert runs(plan, "ft-b") == 1 and (ft_b / "status.json").exists()  # finished, not killed
+    assert "rerun the same command to continue" in text and "Traceback" not in text
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = summary_counts(r.stderr.splitlines())
+    assert set(counts) == {"ok", "skipped"} and counts["ok"] + counts["skipped"] == 11, counts
+    assert runs(plan, "ft-a") == 2 and all(runs(plan, n) == 1 for n in never if n != "collect")
