@@ -18,6 +18,7 @@ does. Both sweeps use one torch thread per task: the same numerics in every proc
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -139,8 +140,13 @@ def test_sigkill_during_tokenizer_training_then_rerun_gives_the_same_tokenizer(r
     assert r.returncode == 0, log.read_text()[-3000:]
     (want,) = (reference["ref"] / "artifacts" / "tokenizer").glob("tok-*")
     got = tmp_path / "artifacts" / "tokenizer" / want.name
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        assert (got / "tokenizer" / f).read_bytes() == (want / "tokenizer" / f).read_bytes(), f
+    vocab = lambda d: json.loads((d / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]  # noqa: E731
+    g, w = vocab(got), vocab(want)
+    first_diff = next((i for i, (a, b) in enumerate(zip(g, w)) if a[0] != b[0]), None)
+    assert len(g) == len(w) and first_diff is None, (
+        f"token ids differ from id {first_diff} on ({g[first_diff][0]!r} vs {w[first_diff][0]!r}): the retrained "
+        f"tokenizer is not the uninterrupted run's, so every later stage computes other numbers")
+    np.testing.assert_allclose([s for _, s in g], [s for _, s in w], rtol=0, atol=1e-6)
 
 
 def test_sigkill_at_five_moments_then_rerun_equals_an_uninterrupted_sweep(reference, tmp_path):
