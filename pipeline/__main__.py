@@ -50,7 +50,8 @@ def _expand(overrides: list[str]) -> list[list[str]]:
 
 def precheck(argv: list[str]) -> None:
     """Unknown group options and keys, and bad values, in one line and exit 2 (Hydra would print a block and
-    exit 1), before Hydra creates anything. A multirun (`-m`) is checked run by run before any starts."""
+    exit 1), before Hydra creates anything. A multirun (`-m`) is prepared run by run (config, data, disk)
+    before any starts."""
     overrides = [a for a in argv if not a.startswith("-") and "=" in a or a.startswith("~")]
     for a in overrides:
         key, _, value = a.lstrip("+~").partition("=")
@@ -67,7 +68,7 @@ def precheck(argv: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from pipeline.config import load_config
+    from pipeline.run import prepare
 
     try:
         runs = _expand(overrides) if multirun else [overrides]
@@ -84,8 +85,8 @@ def precheck(argv: list[str]) -> None:
             except (HydraException, OmegaConfBaseException, ValueError) as e:
                 fail(" ".join(str(e).split())[:300] + where)
             if multirun:  # a single run validates in main(); a sweep must not start a run before a bad one
-                try:
-                    load_config(cfg)
+                try:  # everything that can refuse a run, the checks against the data included (Df vs pool)
+                    prepare(cfg)
                 except ConfigError as e:
                     fail(f"{e}{where}")
 

@@ -61,6 +61,16 @@ def log_path(task: Task) -> Path:
     return Path(task.dir) / (f"{task.stage}.log" if task.stage in READ_STAGES else "task.log")
 
 
+class _TracebackFormatter(logging.Formatter):
+    """Appends a record's `traceback` attribute: the task's log gets the whole traceback while the console,
+    formatted without it, keeps the one-line error."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        tb = getattr(record, "traceback", None)
+        return f"{text}\n{tb.rstrip()}" if tb else text
+
+
 @contextlib.contextmanager
 def _task_log(path: Path, enabled: bool):
     """Mirror the pipeline's log records of this task into its own file."""
@@ -69,7 +79,7 @@ def _task_log(path: Path, enabled: bool):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_TracebackFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     old_level = root.level
@@ -111,9 +121,10 @@ def execute(task: Task) -> str:
             return "preempted"
         except (Exception, KeyboardInterrupt) as e:
             err = f"{type(e).__name__}: {e}"
+            tb = traceback.format_exc()
             if main and task.stage not in READ_STAGES:
-                write_status(d, "failed", started=started, error=err, extra={"traceback": traceback.format_exc()})
-            log.error("%s failed: %s", task.id, err)
+                write_status(d, "failed", started=started, error=err, extra={"traceback": tb})
+            log.error("%s failed: %s", task.id, err, extra={"traceback": tb})
             if isinstance(e, KeyboardInterrupt):
                 raise
             raise TaskFailed(task, err, lp if main else None) from e

@@ -1,12 +1,19 @@
 """The local executor: tasks in dependency order with an overall progress bar; `workers > 1` runs
 independent tasks in parallel processes. A failed task blocks only what depends on it, and the summary
-lists every failure with the path of its log."""
+lists every failure with the path of its log.
+
+SIGTERM or SIGUSR1 stops the sweep: a task in a training loop checkpoints and returns "preempted", any
+other running task finishes, nothing new starts, and the exit status is 0 (rerun to continue). With
+workers, the signal is passed on to them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -20,6 +27,9 @@ from pipeline.task import TaskFailed, execute, is_complete
 log = logging.getLogger("pipeline")
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -27,6 +37,35 @@ def _init_worker(threads: int) -> None:
 
     torch.set_num_threads(threads)
     setup_logging()
+    # Outside a training loop (whose StopFlag takes the signal over) a worker finishes its task; the parent
+    # starts nothing new after a stop signal.
+    for s in STOP_SIGNALS:
+        signal.signal(s, lambda signum, frame: None)
+
+
+class _SweepStop:
+    """The sweep-level stop flag: set by SIGTERM/SIGUSR1 to this process, or by a task that was preempted."""
+
+    def __init__(self, forward=None):
+        self.signal: str | None = None
+        self.forward = forward  # called with the signal number: pass it on to worker processes
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _SweepStop:
+        for s in STOP_SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers, tasks still stop themselves
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name
+        log.warning("received %s: no new task starts; running tasks checkpoint or finish", self.signal)
+        if self.forward:
+            self.forward(signum)
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
 
 
 def _run_in_worker(task: Task) -> tuple[str, str | None, str | None]:
@@ -78,53 +117,74 @@ class LocalExecutor:
             import torch
 
             torch.set_num_threads(self.threads)
-            while pending:
-                progressed = False
-                for t in list(pending):
-                    r = ready(t)
-                    if r == "wait":
-                        continue
-                    pending.remove(t)
-                    progressed = True
-                    if r == "blocked":
-                        finish(t, "blocked")
-                        continue
-                    try:
-                        finish(t, execute(t))
-                    except TaskFailed as e:
-                        finish(t, "failed", e.error, str(e.log_path) if e.log_path else None)
-                if not progressed:  # a dependency outside the plan: cannot happen with a planner-built plan
-                    for t in pending:
-                        finish(t, "blocked")
-                    pending.clear()
+            with _SweepStop() as stop:
+                while pending and not stop.signal:
+                    progressed = False
+                    for t in list(pending):
+                        r = ready(t)
+                        if r == "wait":
+                            continue
+                        pending.remove(t)
+                        progressed = True
+                        if r == "blocked":
+                            finish(t, "blocked")
+                            continue
+                        try:
+                            state = execute(t)
+                        except TaskFailed as e:
+                            finish(t, "failed", e.error, str(e.log_path) if e.log_path else None)
+                            continue
+                        finish(t, state)
+                        if state == "preempted":  # the task's own StopFlag took the signal: the sweep stops too
+                            stop.signal = stop.signal or "a stop signal"
+                        if stop.signal:
+                            break
+                    if not progressed:  # a dependency outside the plan: cannot happen with a planner-built plan
+                        for t in pending:
+                            finish(t, "blocked")
+                        pending.clear()
         else:
             ctx = mp.get_context("spawn")  # fork after torch's thread pools start is unsafe
             with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(self.threads,)) as pool:
+
+                def forward(signum: int) -> None:
+                    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public handle
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(proc.pid, signum)
+
                 running: dict[Future, Task] = {}
-                while pending or running:
-                    for t in list(pending):
-                        r = ready(t)
-                        if r == "blocked":
-                            pending.remove(t)
-                            finish(t, "blocked")
-                        elif r == "run" and len(running) < self.workers:
-                            pending.remove(t)
-                            running[pool.submit(_run_in_worker, t)] = t
-                    if not running:
-                        if pending:
-                            for t in pending:
+                with _SweepStop(forward) as stop:
+                    while running or (pending and not stop.signal):
+                        for t in list(pending):
+                            if stop.signal:
+                                break
+                            r = ready(t)
+                            if r == "blocked":
+                                pending.remove(t)
                                 finish(t, "blocked")
-                            pending.clear()
-                        break
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        t = running.pop(f)
-                        try:
-                            state, err, lp = f.result()
-                        except Exception as e:  # the worker process died (OOM, segfault)
-                            state, err, lp = "failed", f"worker died: {e}", None
-                        finish(t, state, err, lp)
+                            elif r == "run" and len(running) < self.workers:
+                                pending.remove(t)
+                                running[pool.submit(_run_in_worker, t)] = t
+                        if not running:
+                            if pending and not stop.signal:
+                                for t in pending:
+                                    finish(t, "blocked")
+                                pending.clear()
+                            break
+                        done, _ = wait(running, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            t = running.pop(f)
+                            try:
+                                state, err, lp = f.result()
+                            except Exception as e:  # the worker process died (OOM, segfault)
+                                state, err, lp = "failed", f"worker died: {e}", None
+                            finish(t, state, err, lp)
+                            if state == "preempted" and not stop.signal:
+                                stop.signal = "a stop signal"
+                                forward(signal.SIGTERM)  # the others checkpoint too
+        for t in pending:  # never started because the sweep was stopped
+            results[t.id] = "not started"
         bar.close()
         return self._summary(plan, results, failures, time.time() - t0)
 
@@ -137,8 +197,8 @@ class LocalExecutor:
         for t, err, lp in failures:
             log.error("FAILED %s: %s (log: %s)", t.id, err, lp or Path(t.dir) / "task.log")
         if counts.get("blocked"):
-            log.error("%d task(s) not run because a dependency failed or was preempted", counts["blocked"])
-        if counts.get("preempted"):
-            log.warning("%d task(s) stopped by a signal after checkpointing: rerun the same command to continue",
-                        counts["preempted"])
+            log.error("%d task(s) not run because a dependency failed", counts["blocked"])
+        if counts.get("preempted") or counts.get("not started"):
+            log.warning("sweep %s stopped by a signal (%d task(s) checkpointed, %d not started): rerun the same "
+                        "command to continue", plan.sweep, counts.get("preempted", 0), counts.get("not started", 0))
         return 1 if failures or counts.get("blocked") else 0

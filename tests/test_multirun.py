@@ -1,0 +1,55 @@
+"""Hydra multirun (`python -m pipeline -m a=1,2 b=x,y`): every combination is validated before the first one
+starts, so a bad value anywhere in the sweep is refused in one line (exit 2) with nothing run or written; a
+good multirun runs every combination. `stage=plan` keeps it cheap. (test_bad_input.py covers a value that is
+bad in every run and an unknown key.)
+"""
+
+from __future__ import annotations
+
+import re
+
+from conftest import cli
+
+SMOKE = ["scale=smoke", "stage=plan"]
+
+
+def refused_before_anything(r, tmp_path, *words: str) -> None:
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert "plan written to" not in r.stdout  # not even the good first run started
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "reports").exists()
+
+
+def paths(tmp_path) -> list[str]:
+    return [f"paths.artifacts={tmp_path / 'artifacts'}", f"paths.reports={tmp_path / 'reports'}"]
+
+
+def test_a_bad_value_in_the_last_run_refuses_the_whole_multirun(tmp_path, l10n_corpus):
+    r = cli("-m", "+sweep=en_de", *SMOKE, "pretrain.lr=1e-3,2e-3,0", *paths(tmp_path))
+    refused_before_anything(r, tmp_path, "pretrain.lr", "must be > 0", "(in the run with pretrain.lr=0)")
+
+
+def test_a_bad_value_in_one_combination_is_named(tmp_path, l10n_corpus):
+    # valid apart, invalid together: a Df ladder larger than en-ro's pool only in the en_ro run
+    r = cli("-m", "+sweep=en_de,en_ro", *SMOKE, "finetune.df_ladder=[200],[200,10000000]", *paths(tmp_path))
+    refused_before_anything(r, tmp_path, "finetune.df_ladder", "larger than the", "(in the run with +sweep=en_de finetune.df_ladder=[200,10000000])")
+
+
+def test_an_unknown_option_in_a_sweep_list(tmp_path):
+    r = cli("-m", "+sweep=en_de", "scale=smoke,huge", "stage=plan", *paths(tmp_path))
+    refused_before_anything(r, tmp_path, "scale=huge", "unknown scale", "allowed: ", "smoke")
+
+
+def test_a_good_multirun_runs_every_combination(tmp_path, l10n_corpus):
+    r = cli("-m", "+sweep=en_de,en_fr", *SMOKE, "tokenizer.vocab_size=2000,1000", *paths(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    heads = re.findall(r"^sweep (en_\w\w) · scale smoke", r.stdout, re.M)
+    assert sorted(heads) == ["en_de", "en_de", "en_fr", "en_fr"], r.stdout[-3000:]
+    written = re.findall(r"^plan written to (\S+)$", r.stdout, re.M)
+    assert len(set(written)) == 4 and all(p.startswith(str(tmp_path / "artifacts" / "plans")) for p in written)
+    # the vocabulary shows in the parameter count: two models a sweep
+    params = re.findall(r"^  model t5_tiny: (\S+) parameters", r.stdout, re.M)
+    assert len(params) == 4 and len(set(params)) == 2, params
