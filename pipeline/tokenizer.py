@@ -8,6 +8,7 @@ as the LAST id (so sentinel i = vocab_size - 1 - i, as in T5). Saved as a T5Toke
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -40,19 +41,54 @@ def train_tokenizer(lines: Iterable[str], vocab_size: int, num_sentinels: int = 
 
     n_learned = vocab_size - num_sentinels
     if algorithm == "unigram":
-        tok = SentencePieceUnigramTokenizer()
-        tok.train_from_iterator(lines, vocab_size=n_learned, special_tokens=list(SPECIALS), unk_token="<unk>",
-                                show_progress=False)
+        trainer = SentencePieceUnigramTokenizer()
+        trainer.train_from_iterator(lines, vocab_size=n_learned, special_tokens=list(SPECIALS), unk_token="<unk>",
+                                    show_progress=False)
+        tok = canonical_unigram(trainer._tokenizer)
     else:
-        tok = SentencePieceBPETokenizer(unk_token="<unk>")
-        tok.train_from_iterator(lines, vocab_size=n_learned, special_tokens=list(SPECIALS), show_progress=False)
+        trainer = SentencePieceBPETokenizer(unk_token="<unk>")
+        trainer.train_from_iterator(lines, vocab_size=n_learned, special_tokens=list(SPECIALS), show_progress=False)
+        tok = trainer._tokenizer
     # Sentinels last, extra_id_0 on top: T5's convention, which the span-corruption code relies on.
     tok.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(num_sentinels))])
     tok.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
     for i, s in enumerate(SPECIALS):
         assert tok.token_to_id(s) == i, f"{s} must have id {i}"
-    return T5TokenizerFast(tokenizer_object=tok._tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                            extra_ids=num_sentinels)
+
+
+SCORE_DECIMALS = 4
+
+
+def canonical_unigram(tok):
+    """The trained Unigram vocabulary in a fixed order with rounded scores.
+
+    The `tokenizers` Unigram trainer is multi-threaded and hash-ordered: the same input gives the same
+    pieces, but scores ~1e-11 apart and rare characters paired with different scores, so a different id
+    order from run to run, which changes every token id downstream (a rerun after a kill would not equal
+    an uninterrupted run). Re-dealing those characters, rounding the log-probabilities (a 1e-4 change does
+    not matter to segmentation) and ordering the pieces by (score, piece) makes the tokenizer a function
+    of its input."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    head = vocab[:len(SPECIALS)]
+    assert [p for p, _ in head] == list(SPECIALS), head
+    rest = [[p, float(sc)] for p, sc in vocab[len(SPECIALS):]]
+    # The trainer gives the characters it must cover, but that no learned piece beats, scores below every
+    # learned piece, dealt in hash-set order (ties and 1e-4 steps): the same characters and the same scores
+    # each run, paired differently. Re-deal them in character order.
+    floor = min((sc for p, sc in rest if len(p) > 1), default=math.inf)
+    tail = [i for i, (p, sc) in enumerate(rest) if len(p) == 1 and sc < floor - 1e-6]  # ties: ~1e-11 noise
+    for i, c, sc in zip(tail, sorted(rest[i][0] for i in tail), sorted((rest[i][1] for i in tail), reverse=True)):
+        rest[i] = [c, sc]
+    rest = [[p, round(sc, SCORE_DECIMALS)] for p, sc in rest]
+    spec["model"]["vocab"] = head + sorted(rest, key=lambda ps: (-ps[1], ps[0]))
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def sentinel_ids(tokenizer, num_sentinels: int = 100) -> np.ndarray:
