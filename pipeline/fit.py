@@ -74,7 +74,7 @@ def _exclusion(df: pd.DataFrame) -> pd.Series:
     """Why each row is left out of the fits (NaN: it is used)."""
     why = pd.Series(np.nan, index=df.index, dtype=object)
     # later assignments win: a failed status explains its missing metrics better than "bleu is NaN" would
-    for c in ("dp", "ce", "bleu"):
+    for c in ("df", "dp", "ce", "bleu"):
         why[~np.isfinite(pd.to_numeric(df[c], errors="coerce"))] = f"{c} is not a finite number"
     why[~df["selected"]] = "not selected (another learning rate had the better validation CE)"
     bad = df["status"] != "ok"

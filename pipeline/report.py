@@ -235,7 +235,11 @@ def _holdout_of(rec: dict[str, Any] | None, n: int) -> np.ndarray:
 
 
 def _style_dp_axis(ax, ylabel: str, title: str) -> None:
-    ax.set_xscale("log")
+    # a log axis with no positive x raises at draw time: say what is missing instead
+    if np.isfinite(ax.dataLim.x1) and ax.dataLim.x1 > 0:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no evaluated Dp > 0 point", transform=ax.transAxes, ha="center", va="center", color="gray")
     ax.set_xlabel(DP_LABEL)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -254,7 +258,8 @@ def _legend_keys(extra: list[tuple[str, dict]] | None = None) -> list:
 
 
 def _save(fig, path: Path, legend: list, n_rows: int) -> None:
-    fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), 6), frameon=False, fontsize=9)
+    if legend:
+        fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), 6), frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, 0.1 / max(n_rows, 1) + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     _plt().close(fig)
@@ -475,7 +480,10 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                        f"values; the worst held-out relative error is {fmt_pct(worst['holdout_mre'])} at Df = "
                        f"{fmt_df(worst['df'])}.")
         for _, r in ok.iterrows():
-            last = gm[(gm["df"].astype(str) == str(r["df"])) & (gm["dp"] > 0)].sort_values("dp").iloc[-1]
+            curve = gm[(gm["df"].astype(str) == str(r["df"])) & (gm["dp"] > 0)].sort_values("dp")
+            if curve.empty:  # fits.csv from another table than this one
+                continue
+            last = curve.iloc[-1]
             gain = r["next_rung_pred"] - last["bleu"]
             out.append(f"**{mix}**, Df = {fmt_df(r['df'])}: doubling Dp to {fmt_tokens(r['next_rung'])} tokens is "
                        f"predicted to move BLEU from {fmt(last['bleu'], 3)} to {fmt(r['next_rung_pred'], 3)} "
