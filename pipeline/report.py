@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import logging
 import math
 import re
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,7 +236,7 @@ def _holdout_of(rec: dict[str, Any] | None, n: int) -> np.ndarray:
     return hold if len(hold) == n else np.zeros(n, bool)
 
 
-def _style_dp_axis(ax, ylabel: str, title: str) -> None:
+def _style_dp_axis(ax, ylabel: str, title: str, bleu: bool = False) -> None:
     # a log axis with no positive x raises at draw time: say what is missing instead
     if np.isfinite(ax.dataLim.x1) and ax.dataLim.x1 > 0:
         ax.set_xscale("log")
@@ -243,7 +245,23 @@ def _style_dp_axis(ax, ylabel: str, title: str) -> None:
     ax.set_xlabel(DP_LABEL)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
+    ax.grid(True, alpha=0.25)
+    if bleu:
+        _bleu_ylim(ax)
+
+
+def _bleu_ylim(ax) -> None:
+    # BLEU is on [0, 100]: from 0, and at least one point tall, so a flat 0 is not drawn as 1e-17 noise
+    top = ax.dataLim.y1 if np.isfinite(ax.dataLim.y1) else 1.0
+    ax.set_ylim(0, max(1.0, top * 1.08))
+
+
+def _no_fit_note(ax, reasons: list[str]) -> None:
+    """A failed fit says why inside its panel (a reader of the figure alone should not think it was forgotten)."""
+    if reasons:
+        text = "no law: " + "; ".join(dict.fromkeys(reasons))
+        ax.text(0.02, 0.97, textwrap.fill(text, 60), transform=ax.transAxes, ha="left", va="top", fontsize=7.5,
+                color="dimgray", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
 
 
 def _legend_keys(extra: list[tuple[str, dict]] | None = None) -> list:
@@ -251,18 +269,40 @@ def _legend_keys(extra: list[tuple[str, dict]] | None = None) -> list:
 
     keys = [Line2D([], [], marker="o", ls="", color="gray", label="fit point"),
             Line2D([], [], marker="o", ls="", mfc="white", color="gray", label="held-out point"),
-            Line2D([], [], ls="-", color="gray", label="fitted law"),
+            Line2D([], [], ls="-", color="gray", label="fitted law (band: 90% bootstrap)"),
             Line2D([], [], ls="--", color="gray", label="law extrapolated"),
             Line2D([], [], ls=":", color="gray", label="no pretraining (Dp = 0)")]
     return keys + [Line2D([], [], label=label, **kw) for label, kw in (extra or [])]
 
 
-def _save(fig, path: Path, legend: list, n_rows: int) -> None:
+def _save(fig, path: Path, legend: list, title: str, ncol: int = 5) -> None:
+    """Suptitle on top, the legend below the panels (never over data), PNG at 100 dpi in 128 colours:
+    the reports are committed as examples, so a figure is a few tens of kB. Margins are fixed in inches
+    (tight_layout costs seconds a figure on a busy CPU)."""
+    from PIL import Image
+
+    w, h = fig.get_size_inches()
+    nrows, ncols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    fig.suptitle(title, fontsize=11, y=1 - 0.1 / h, va="top")
+    rows = math.ceil(len(legend) / ncol) if legend else 0
     if legend:
-        fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), 6), frameon=False, fontsize=9)
-    fig.tight_layout(rect=(0, 0.1 / max(n_rows, 1) + 0.02, 1, 1))
-    fig.savefig(path, dpi=110)
+        fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), ncol), frameon=False, fontsize=9)
+    top, bottom, left, right, gap_v, gap_h = 0.75, 0.75 + 0.25 * rows, 0.8, 0.2, 0.95, 0.9
+    ax_h = (h - top - bottom - (nrows - 1) * gap_v) / nrows
+    ax_w = (w - left - right - (ncols - 1) * gap_h) / ncols
+    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h,
+                        hspace=gap_v / ax_h, wspace=gap_h / ax_w)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100)
     _plt().close(fig)
+    im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    buf = io.BytesIO()
+    im.save(buf, "PNG", optimize=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _dp_fit_reasons(recs: list[dict[str, Any] | None], metric: str) -> list[str]:
+    return [plain_reason(r.get("reason"), metric) for r in recs if r and not r.get("ok")]
 
 
 def plot_task(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Path, model: str, method: str) -> None:
@@ -272,58 +312,66 @@ def plot_task(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Pa
     mixes = list(dict.fromkeys(pts["mixture"]))
     dfs = sorted(pts["df"].unique())
     colors = plt.cm.viridis(np.linspace(0.05, 0.85, max(len(dfs), 2)))
-    fig, axes = plt.subplots(len(mixes), 2, figsize=(11, 3.6 * len(mixes)), squeeze=False)
+    fig, axes = plt.subplots(len(mixes), 2, figsize=(10, 3.6 * len(mixes) + 1.2), squeeze=False)
     for i, mix in enumerate(mixes):
         g = pts[pts["mixture"] == mix]
         align = g["alignment"].iloc[0]
         for j, (metric, label) in enumerate((("bleu", "BLEU"), ("ce", CE_LABEL))):
-            ax = axes[i][j]
+            ax, recs = axes[i][j], []
             for c, df_ in zip(colors, dfs):
                 d = g[(g["df"] == df_) & (g["dp"] > 0)].sort_values("dp")
                 base = g[(g["df"] == df_) & (g["dp"] == 0)]
                 rec = next(iter(_records(fits, task=task, mixture=mix, df=df_, model=model, method=method,
                                          law={"bleu": "bleu_log", "ce": "power"}[metric])), None)
+                recs.append(rec)
                 x, y = d["dp"].to_numpy(float), d[metric].to_numpy(float)
                 _draw_points(ax, x, y, _holdout_of(rec, len(d)), c, f"Df = {df_:,}")
                 _draw_law(ax, rec, c, x)
                 if len(base):
                     ax.axhline(float(base[metric].iloc[0]), color=c, ls=":", lw=1.2)
-            _style_dp_axis(ax, label, f"{task} · {mix} (alignment {align:.2f}) · {METRIC[metric]}")
-    handles, _ = axes[0][0].get_legend_handles_labels()
-    _save(fig, path, handles + _legend_keys(), len(mixes))
+            _style_dp_axis(ax, label, f"{mix} (alignment {align:.2f}) · {METRIC[metric]}", bleu=metric == "bleu")
+            _no_fit_note(ax, _dp_fit_reasons(recs, metric))
+    handles = [h for h in axes[0][0].get_legend_handles_labels()[0]]
+    _save(fig, path, handles + _legend_keys(), f"{task} · {model} · {method} finetuning: BLEU and CE against Dp")
 
 
-def plot_bleu_vs_ce(task: str, pts: pd.DataFrame, path: Path) -> None:
-    """Isik et al. Fig. 5: BLEU against downstream CE, one colour per mixture, marker size by Df."""
+def plot_bleu_vs_ce(task: str, pts: pd.DataFrame, path: Path, model: str, method: str) -> None:
+    """Isik et al. Fig. 5: BLEU against downstream CE, one colour per mixture, marker size by Df, hollow at Dp = 0."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5.6))
     dfs = sorted(pts["df"].unique())
     sizes = {d: 25 + 60 * i for i, d in enumerate(dfs)}
+    legend = []
     for k, (mix, g) in enumerate(pts.groupby("mixture", sort=False)):
-        ax.scatter(g["ce"], g["bleu"], s=[sizes[d] for d in g["df"]], color=f"C{k}", alpha=0.8,
-                   label=f"{mix} (alignment {g['alignment'].iloc[0]:.2f})", edgecolor="black", linewidth=0.4)
-    for d in dfs:
-        ax.scatter([], [], s=sizes[d], color="lightgray", edgecolor="black", linewidth=0.4, label=f"Df = {d:,}")
+        for base, d in ((False, g[g["dp"] > 0]), (True, g[g["dp"] == 0])):
+            ax.scatter(d["ce"], d["bleu"], s=[sizes[v] for v in d["df"]], alpha=0.8, linewidth=0.8 if base else 0.4,
+                       color="white" if base else f"C{k}", edgecolor=f"C{k}" if base else "black")
+        legend.append(Line2D([], [], marker="o", ls="", color=f"C{k}", mec="black", mew=0.4,
+                             label=f"{mix} (alignment {g['alignment'].iloc[0]:.2f})"))
+    legend += [Line2D([], [], marker="o", ls="", color="lightgray", mec="black", mew=0.4, ms=math.sqrt(sizes[d]),
+                      label=f"Df = {d:,}") for d in dfs]
+    legend.append(Line2D([], [], marker="o", ls="", mfc="white", color="gray", label="no pretraining (Dp = 0)"))
     ax.set_xlabel(CE_LABEL)
     ax.set_ylabel("BLEU")
-    ax.set_title(f"{task}: BLEU against cross-entropy (every Dp, Df)", fontsize=10)
     ax.grid(True, alpha=0.25)
-    ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _bleu_ylim(ax)
+    _save(fig, path, legend, f"{task} · {model} · {method}: BLEU against CE, every Dp and Df", ncol=3)
 
 
 MARKERS = "osD^vP*X"
 
 
-def plot_upstream(task: str, pts: pd.DataFrame, path: Path) -> None:
+def plot_upstream(task: str, pts: pd.DataFrame, path: Path, model: str, method: str) -> None:
     """Question 1: CE and BLEU against the upstream loss (mixture and target language), a colour per mixture,
     a marker per Df, each (mixture, Df) joined in Dp order (larger Dp: lower upstream loss)."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
     p = pts[pts["dp"] > 0]
     dfs = sorted(p["df"].unique())
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.6), squeeze=False)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), squeeze=False)
     for i, (up, col) in enumerate((("mixture", "upstream"), ("tgt", "upstream_tgt"))):
         for j, metric in enumerate(("ce", "bleu")):
             ax = axes[i][j]
@@ -331,16 +379,19 @@ def plot_upstream(task: str, pts: pd.DataFrame, path: Path) -> None:
                 for m, d in zip(MARKERS, dfs):
                     s = g[g["df"] == d].sort_values("dp")
                     ax.plot(s[col], s[metric], "-" + m, color=f"C{k}", alpha=0.85, ms=5, lw=0.8)
+            if not np.isfinite(p[col].to_numpy(float)).any():
+                ax.text(0.5, 0.5, "no upstream loss recorded", transform=ax.transAxes, ha="center", color="gray")
             ax.set_xlabel(UP_LABEL[up])
             ax.set_ylabel(CE_LABEL if metric == "ce" else "BLEU")
-            ax.set_title(f"{task}: {METRIC[metric]} against {UP_LABEL[up].split(' (')[0]}", fontsize=10)
+            ax.set_title(f"{METRIC[metric]} against {UP_LABEL[up].split(' (')[0]}", fontsize=10)
             ax.grid(True, alpha=0.25)
-    from matplotlib.lines import Line2D
-
+            if metric == "bleu":
+                _bleu_ylim(ax)
     legend = [Line2D([], [], color=f"C{k}", label=f"{mix} (alignment {g['alignment'].iloc[0]:.2f})")
               for k, (mix, g) in enumerate(p.groupby("mixture", sort=False))]
     legend += [Line2D([], [], marker=m, ls="", color="gray", label=f"Df = {d:,}") for m, d in zip(MARKERS, dfs)]
-    _save(fig, path, legend, 2)
+    _save(fig, path, legend, f"{task} · {model} · {method}: downstream metrics against the upstream loss "
+                             "(points joined in Dp order)")
 
 
 def plot_sizes(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Path, method: str) -> None:
@@ -350,10 +401,11 @@ def plot_sizes(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: P
     mixes = list(dict.fromkeys(pts["mixture"]))
     models = list(dict.fromkeys(pts.sort_values("params")["model"]))
     df_max = pts["df"].max()
-    fig, axes = plt.subplots(len(mixes), 3, figsize=(15, 3.8 * len(mixes)), squeeze=False)
+    fig, axes = plt.subplots(len(mixes), 3, figsize=(14, 3.6 * len(mixes) + 1.2), squeeze=False)
     for i, mix in enumerate(mixes):
         g = pts[(pts["mixture"] == mix) & (pts["df"] == df_max)]
         ch = next(iter(_records(fits, task=task, mixture=mix, law="chinchilla")), None)
+        recs: dict[str, list] = {"ce": [], "bleu": []}
         for k, model in enumerate(models):
             c = f"C{k}"
             gm = g[g["model"] == model]
@@ -365,21 +417,27 @@ def plot_sizes(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: P
                             if _finite(params) else model)
             if ch and ch.get("ok") and _finite(params) and len(x):
                 grid = np.geomspace(x.min(), x.max() * 2, 40)
-                law = _chinchilla(ch["params"], params, grid)
-                axes[i][0].plot(grid, law, "-", color=c, lw=1.2)
+                axes[i][0].plot(grid, _chinchilla(ch["params"], params, grid), "-", color=c, lw=1.2)
             for j, (metric, law) in enumerate((("ce", "power"), ("bleu", "bleu_log")), start=1):
                 rec = next(iter(_records(fits, task=task, mixture=mix, model=model, method=method, df=df_max,
                                          law=law)), None)
+                recs[metric].append(rec)
                 _draw_points(axes[i][j], x, d[metric].to_numpy(float), _holdout_of(rec, len(d)), c, model)
                 _draw_law(axes[i][j], rec, c, x)
                 if len(base):
                     axes[i][j].axhline(float(base[metric].iloc[0]), color=c, ls=":", lw=1.2)
         align = g["alignment"].iloc[0] if len(g) else math.nan
-        for j, (label, what) in enumerate(((UP_LABEL["mixture"], "upstream loss (Chinchilla fit across sizes)"),
-                                           (CE_LABEL, f"CE at Df = {df_max:,}"), ("BLEU", f"BLEU at Df = {df_max:,}"))):
-            _style_dp_axis(axes[i][j], label, f"{task} · {mix} (alignment {align:.2f}) · {method} · {what}")
+        for j, (label, what, metric) in enumerate((("upstream loss, mixture (nats/token)", "upstream loss", None),
+                                                   (CE_LABEL, f"CE at Df = {df_max:,}", "ce"),
+                                                   ("BLEU", f"BLEU at Df = {df_max:,}", "bleu"))):
+            _style_dp_axis(axes[i][j], label, f"{mix} (alignment {align:.2f}) · {what}", bleu=metric == "bleu")
+            if metric:
+                _no_fit_note(axes[i][j], _dp_fit_reasons(recs[metric], metric))
+        if ch and not ch.get("ok"):
+            _no_fit_note(axes[i][0], [str(ch.get("reason"))])
     handles, _ = axes[0][0].get_legend_handles_labels()
-    _save(fig, path, handles + _legend_keys(), len(mixes))
+    _save(fig, path, handles + _legend_keys(), f"{task} · {method} finetuning: model sizes side by side "
+                                                "(upstream loss: Chinchilla's law fitted across sizes)", ncol=4)
 
 
 def _chinchilla(p: dict[str, float], n: float, dp: np.ndarray) -> np.ndarray:
@@ -389,12 +447,14 @@ def _chinchilla(p: dict[str, float], n: float, dp: np.ndarray) -> np.ndarray:
 def plot_methods(task: str, pts: pd.DataFrame, path: Path, model: str) -> None:
     """Question 3: per mixture, BLEU and CE against Dp, a colour per method and a line style per Df, and the
     gap to full finetuning against Dp (where the methods' curves differ)."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
     mixes = list(dict.fromkeys(pts["mixture"]))
     methods = sorted(pts["method"].unique(), key=lambda m: (m != "full", m))
     dfs = sorted(pts["df"].unique())
     styles = ["-", "--", "-.", ":"] * 4
-    fig, axes = plt.subplots(len(mixes), 3, figsize=(15, 3.8 * len(mixes)), squeeze=False)
+    fig, axes = plt.subplots(len(mixes), 3, figsize=(14, 3.6 * len(mixes) + 1.2), squeeze=False)
     for i, mix in enumerate(mixes):
         g = pts[pts["mixture"] == mix]
         for k, method in enumerate(methods):
@@ -419,13 +479,11 @@ def plot_methods(task: str, pts: pd.DataFrame, path: Path, model: str) -> None:
         align = g["alignment"].iloc[0]
         for j, (label, what) in enumerate((("BLEU", "BLEU"), (CE_LABEL, "CE"),
                                            (f"CE gap to {methods[0]} (nats/token)", f"CE, method − {methods[0]}"))):
-            _style_dp_axis(axes[i][j], label, f"{task} · {mix} (alignment {align:.2f}) · {model} · {what}")
-    from matplotlib.lines import Line2D
-
+            _style_dp_axis(axes[i][j], label, f"{mix} (alignment {align:.2f}) · {what}", bleu=j == 0)
     legend = [Line2D([], [], color=f"C{k}", label=m) for k, m in enumerate(methods)]
     legend += [Line2D([], [], ls=ls, color="gray", label=f"Df = {d:,}") for ls, d in zip(styles, dfs)]
-    legend += [Line2D([], [], marker="<", ls="", color="gray", label="no pretraining (Dp = 0)")]
-    _save(fig, path, legend, len(mixes))
+    legend += [Line2D([], [], marker="<", ls="", color="gray", label="no pretraining (Dp = 0), drawn at the left edge")]
+    _save(fig, path, legend, f"{task} · {model}: finetuning methods side by side", ncol=6)
 
 
 # ----------------------------------------------------------------------------------------- verdicts
@@ -624,7 +682,7 @@ def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFra
     for task in dict.fromkeys(pts["task"]):
         for (model, method), sel in pts[pts["task"] == task].groupby(["model", "method"]):
             name = f"fig_{task}_{model}_{method}_upstream.png"
-            plot_upstream(task, sel, out / name)
+            plot_upstream(task, sel, out / name, model, method)
             figs.append(name)
             blocks.append(Block("img", f"{task} · {model} · {method}: CE and BLEU against the upstream loss", path=name))
     if corr.empty:
@@ -896,7 +954,7 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
                 blocks.append(Block("img", f"{task} · {model} · {method}: BLEU and cross-entropy against Dp, one colour "
                                            "per Df", path=name))
                 name2 = f"fig_{tag}_bleu_vs_ce.png"
-                plot_bleu_vs_ce(task, sel, out / name2)
+                plot_bleu_vs_ce(task, sel, out / name2, model, method)
                 blocks.append(Block("img", f"{task} · {model} · {method}: BLEU against cross-entropy (Isik et al. Fig. 5)",
                                     path=name2))
                 figs += [name, name2]
