@@ -36,6 +36,7 @@ DATA_NOTES = {
     "hub": "mC4 (allenai/c4) for pretraining and WMT (en-de WMT17, en-fr WMT15, en-ro WMT16) for finetuning and test",
     "local": "the user's own files (data=local)",
 }
+LONG = 12  # tables with more rows than this are collapsed in the HTML (and on GitHub)
 GOOD_MRE = 0.10  # a law "holds" when its held-out relative error is below this
 DP_LABEL = "pretraining data Dp (raw text tokens, log scale)"
 CE_LABEL = "downstream cross-entropy (nats/token)"
@@ -126,12 +127,17 @@ def _and(items: list[str]) -> str:
 
 @dataclass
 class Block:
-    kind: str  # h1 h2 h3 p list table img note
+    kind: str  # h1 h2 h3 p list table img note details
     text: str = ""
     items: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     path: str = ""
+    children: list[Block] = field(default_factory=list)  # details: collapsed until clicked (GitHub renders it too)
+
+
+def details(summary: str, blocks: list[Block]) -> Block:
+    return Block("details", summary, children=blocks)
 
 
 def to_markdown(blocks: list[Block]) -> str:
@@ -150,6 +156,8 @@ def to_markdown(blocks: list[Block]) -> str:
                                  + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in b.rows]))
         elif b.kind == "img":
             out.append(f"![{b.text}]({b.path})")
+        elif b.kind == "details":
+            out.append(f"<details><summary>{html.escape(b.text)}</summary>\n\n{to_markdown(b.children)}\n</details>")
         out.append("")
     return "\n".join(out)
 
@@ -167,8 +175,13 @@ def to_html(blocks: list[Block], directory: Path, title: str) -> str:
            "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
            "blockquote{border-left:4px solid #c60;margin:1em 0;padding:.3em 1em;background:#fff7ef}"
            "img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .2em}")
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{css}</style></head><body>"]
+    css += "details{margin:.6em 0}summary{cursor:pointer;color:#345;font-weight:600}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{css}</style></head><body>\n{_html_blocks(blocks, directory)}\n</body></html>")
+
+
+def _html_blocks(blocks: list[Block], directory: Path) -> str:
+    out = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
             out.append(f"<{b.kind}>{_inline(b.text)}</{b.kind}>")
@@ -186,7 +199,8 @@ def to_html(blocks: list[Block], directory: Path, title: str) -> str:
             data = base64.b64encode((directory / b.path).read_bytes()).decode()
             out.append(f"<figure><img alt='{html.escape(b.text)}' src='data:image/png;base64,{data}'>"
                        f"<figcaption>{_inline(b.text)}</figcaption></figure>")
-    out.append("</body></html>")
+        elif b.kind == "details":
+            out.append(f"<details><summary>{_inline(b.text)}</summary>{_html_blocks(b.children, directory)}</details>")
     return "\n".join(out)
 
 
@@ -652,13 +666,15 @@ def _cells(results: pd.DataFrame) -> list[Block]:
     bad = excluded(results)
     if len(bad):
         reasons = results.loc[bad.index, "reason"].fillna("").astype(str)
-        blocks.append(Block("p", f"{len(bad)} cell(s) are left out of the fits:"))
-        blocks.append(Block("table", header=["task", "mixture", "model", "method", "Dp rung", "Df", "seed", "why"],
+        table = (Block("table", header=["task", "mixture", "model", "method", "Dp rung", "Df", "seed", "why"],
                             rows=[[str(r["task"]), str(r["mixture"]), str(r["model"]), str(r.get("method")),
                                    fmt_count(results.at[i, "dp_rung"] if "dp_rung" in results else r["dp"]),
                                    fmt_count(r["df"]), fmt_count(r.get("seed")),
                                    r["why"] + (f": {reasons[i]}" if reasons[i] and reasons[i] != "nan" else "")]
                                   for i, r in bad.iterrows()]))
+        why = "; ".join(f"{n} {w}" for w, n in bad["why"].value_counts().items())
+        blocks.append(Block("p", f"{len(bad)} cell(s) are left out of the fits ({why}):"))
+        blocks.append(table if len(bad) <= LONG else details(f"The {len(bad)} cells left out, with why", [table]))
     return blocks
 
 
@@ -672,7 +688,8 @@ def _corr_cell(c: pd.DataFrame, metric: str, kind: str) -> str:
     return fmt_ci(r[kind], r[f"{kind}_lo"], r[f"{kind}_hi"])
 
 
-def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFrame, out: Path, figs: list) -> list[Block]:
+def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFrame, out: Path, figs: list,
+                      summary: list[str]) -> list[Block]:
     blocks = [Block("h2", "Question 1: does the upstream loss predict downstream quality?"),
               Block("p", "The upstream loss is the pretraining checkpoint's held-out span-corruption loss, on the "
                          "pretraining mixture and on target-language text. r is Pearson's correlation, ρ Spearman's, "
@@ -693,15 +710,21 @@ def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFra
         for key, c in corr.groupby(keys, sort=False):
             rows.append([*(str(k) for k in key[:4]), fmt_df(key[4]), str(key[5]), fmt_count(c["n"].iloc[0]),
                          *(_corr_cell(c, m, k) for m in ("bleu", "chrf", "ce") for k in ("pearson", "spearman"))])
-        blocks.append(Block("table", header=["task", "model", "method", "mixture", "Df", "upstream loss", "points",
-                                             "BLEU r", "BLEU ρ", "chrF r", "chrF ρ", "CE r", "CE ρ"], rows=rows))
-        blocks.append(Block("list", items=_corr_verdicts(corr)))
-    blocks += _routes(fits_df)
-    return blocks
+        table = Block("table", header=["task", "model", "method", "mixture", "Df", "upstream loss", "points",
+                                       "BLEU r", "BLEU ρ", "chrF r", "chrF ρ", "CE r", "CE ρ"], rows=rows)
+        blocks.append(table if len(rows) <= LONG else details(f"Correlations per curve and pooled ({len(rows)} rows)",
+                                                              [table]))
+        per_curve, pooled = _corr_verdicts(corr)
+        summary += per_curve
+        blocks.append(Block("list", items=per_curve + pooled))
+    routes = _routes(fits_df)
+    summary += routes[-1].items[:1]
+    return blocks + routes
 
 
-def _corr_verdicts(corr: pd.DataFrame) -> list[str]:
-    out = []
+def _corr_verdicts(corr: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Sentences on the per-curve correlations, and on the pooled ones."""
+    out: list[str] = []
     per_curve = corr[corr["mixture"].astype(str) != "all"]
     for (up, metric), c in per_curve.groupby(["upstream", "metric"], sort=False):
         v = c["spearman"].dropna()
@@ -714,13 +737,14 @@ def _corr_verdicts(corr: pd.DataFrame) -> list[str]:
         good = int((sign * v >= 0.8).sum())
         out.append(f"{name}: Spearman ρ from {fmt(v.min(), 3)} to {fmt(v.max(), 3)} (median {fmt(v.median(), 3)}) over "
                    f"{len(v)} curves; {good} of {len(v)} show the expected monotone relation (ρ {'≥ 0.8' if sign > 0 else '≤ −0.8'}).")
+    per_curve, out = out, []
     pooled = corr[(corr["mixture"].astype(str) == "all") & (corr["metric"] == "ce")]
     for _, r in pooled.iterrows():
         if _finite(r["pearson"]):
             out.append(f"Pooled over mixtures and Df ({r['model']}, {r['method']}, {'mixture' if r['upstream'] == 'mixture' else 'target-language'} "
                        f"loss): CE r = {fmt(r['pearson'], 3)}, ρ = {fmt(r['spearman'], 3)} over {fmt_count(r['n'])} points"
                        + (" — one upstream loss does not rank curves across mixtures." if r["spearman"] < 0.8 else "."))
-    return out
+    return per_curve, out
 
 
 def _routes(fits_df: pd.DataFrame) -> list[Block]:
@@ -774,7 +798,7 @@ def _routes(fits_df: pd.DataFrame) -> list[Block]:
 
 
 def question_size(pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], out: Path,
-                  figs: list) -> list[Block]:
+                  figs: list, summary: list[str]) -> list[Block]:
     models = list(dict.fromkeys(pts.sort_values("params")["model"]))
     blocks = [Block("h2", "Question 2: how do the laws change with model size?")]
     if len(models) < 2:
@@ -813,7 +837,9 @@ def question_size(pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str,
     blocks.append(_fit_table(fits_df, "chinchilla", _param_names(fits_df, "chinchilla")))
     blocks.append(Block("h3", "Downstream CE across sizes: L(N, Df) = A·N^−α·Df^−β + E (Zhang et al. 2024), at the largest Dp"))
     blocks.append(_fit_table(fits_df, "joint", _param_names(fits_df, "joint", "params,df"), x="params,df"))
-    blocks.append(Block("list", items=_size_verdicts(pts, fits_df, models)))
+    items = _size_verdicts(pts, fits_df, models)
+    summary += items
+    blocks.append(Block("list", items=items))
     return blocks
 
 
@@ -846,7 +872,8 @@ def _size_verdicts(pts: pd.DataFrame, fits_df: pd.DataFrame, models: list[str]) 
     return out
 
 
-def question_methods(pts: pd.DataFrame, methods: pd.DataFrame, out: Path, figs: list) -> list[Block]:
+def question_methods(pts: pd.DataFrame, methods: pd.DataFrame, out: Path, figs: list,
+                     summary: list[str]) -> list[Block]:
     names = sorted(pts["method"].unique(), key=lambda m: (m != "full", m))
     blocks = [Block("h2", "Question 3: does the finetuning method change the laws?")]
     if len(names) < 2:
@@ -875,11 +902,41 @@ def question_methods(pts: pd.DataFrame, methods: pd.DataFrame, out: Path, figs: 
                      fmt_ci(r["ref_alpha"], r["ref_ci_alpha_lo"], r["ref_ci_alpha_hi"]),
                      fmt_ci(r["alpha"], r["ci_alpha_lo"], r["ci_alpha_hi"]),
                      {"true": "yes", "false": "no"}.get(str(r["alpha_differs"]).lower(), "—")])
-    blocks.append(Block("table", header=["task", "mixture", "model", "Df", "metric", "gap", "gap at Dp = 0",
-                                         "gap at smallest Dp", "gap at largest Dp", "largest gap", "largest gap at Dp",
-                                         "reference α", "method α", "exponents differ"], rows=rows))
-    blocks.append(Block("list", items=_method_verdicts(methods)))
+    table = Block("table", header=["task", "mixture", "model", "Df", "metric", "gap", "gap at Dp = 0",
+                                   "gap at smallest Dp", "gap at largest Dp", "largest gap", "largest gap at Dp",
+                                   "reference α", "method α", "exponents differ"], rows=rows)
+    blocks.append(table if len(rows) <= LONG else details(f"The gaps per curve ({len(rows)} rows)", [table]))
+    summary += _method_summary(methods)
+    items = _method_verdicts(methods)
+    blocks.append(Block("list", items=items) if len(items) <= LONG
+                  else details(f"The gaps in sentences, per curve ({len(items)})", [Block("list", items=items)]))
     return blocks
+
+
+def _gap_trend(first: float, last: float) -> str:
+    a, b = abs(first), abs(last)
+    if np.sign(first) != np.sign(last) and min(a, b) > 0:
+        return "changes sign as Dp grows"
+    if b < 0.8 * a:
+        return "narrows as Dp grows"
+    if b > 1.25 * a:
+        return "widens as Dp grows"
+    return "stays about the same across Dp"
+
+
+def _method_summary(methods: pd.DataFrame) -> list[str]:
+    """One sentence per (method against its reference, metric): how the gaps move over the curves."""
+    out = []
+    m = methods[methods["delta_first"].map(_finite)] if len(methods) else methods
+    for (method, ref, metric), g in m.groupby(["method", "reference", "metric"], sort=False):
+        trends = pd.Series([_gap_trend(r["delta_first"], r["delta_last"]) for _, r in g.iterrows()]).value_counts()
+        differs = g["alpha_differs"].astype(str).str.lower()
+        n_cmp = int(differs.isin(["true", "false"]).sum())
+        out.append(f"{method} − {ref}, {METRIC[metric]}: the mean gap over Dp > 0 is {fmt(g['delta_mean'].mean(), 3)} "
+                   f"(over {len(g)} curves); the gap " + ", ".join(f"{t} on {n}" for t, n in trends.items())
+                   + (f"; the fitted exponents differ on {int((differs == 'true').sum())} of {n_cmp} curves where both "
+                      "laws were fitted." if n_cmp else "; no curve has both laws fitted, so no exponents to compare."))
+    return out
 
 
 def _method_verdicts(methods: pd.DataFrame) -> list[str]:
@@ -887,15 +944,7 @@ def _method_verdicts(methods: pd.DataFrame) -> list[str]:
     for _, r in methods.iterrows():
         if not _finite(r["delta_first"]):
             continue
-        a, b = abs(r["delta_first"]), abs(r["delta_last"])
-        if np.sign(r["delta_first"]) != np.sign(r["delta_last"]) and min(a, b) > 0:
-            trend = "changes sign as Dp grows"
-        elif b < 0.8 * a:
-            trend = "narrows as Dp grows"
-        elif b > 1.25 * a:
-            trend = "widens as Dp grows"
-        else:
-            trend = "stays about the same across Dp"
+        trend = _gap_trend(r["delta_first"], r["delta_last"])
         where = "at Dp = 0 (no pretraining)" if r["dp_maxabs"] == 0 else f"at Dp = {fmt_tokens(r['dp_maxabs'])}"
         line = (f"{r['task']} · {r['model']} · **{r['mixture']}**, Df = {fmt_df(r['df'])}, {METRIC[r['metric']]}: "
                 f"{r['method']} − {r['reference']} is {r['delta_first']:+.3g} at the smallest Dp and "
@@ -910,7 +959,8 @@ def _method_verdicts(methods: pd.DataFrame) -> list[str]:
 
 def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], out: Path, spec: dict[str, Any],
           tracker=None, corr: pd.DataFrame | None = None, methods: pd.DataFrame | None = None) -> list[Block]:
-    """The report as blocks; figures are written to `out` as it goes (and logged to `tracker`)."""
+    """The report as blocks, read top down: verdicts and key tables first, figures and the three questions,
+    then the long per-point tables (collapsed). Figures are written to `out` as it goes (and logged)."""
     corr = pd.DataFrame() if corr is None else corr
     methods = pd.DataFrame() if methods is None else methods
     if "x" not in fits_df.columns:  # fits.csv from before the question laws: every law was in Dp
@@ -918,30 +968,41 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
     ok_rows = usable(results)
     pts = seed_means(ok_rows)
     figs: list[str] = []
-    blocks = [Block("h1", f"Downstream scaling report — sweep `{spec.get('sweep', '')}`"), _header(results, spec)]
     models = list(dict.fromkeys(pts.sort_values("params")["model"])) or sorted(results["model"].dropna().unique())
-    blocks.append(Block("h2", "Verdicts"))
+    summary = [Block("h2", "Summary"), Block("p", _fit_counts(results, fits_df))]
     for task in dict.fromkeys(pts["task"]):
         for model in models:
             for method in sorted(pts["method"].unique()):
                 sel = pts[(pts["model"] == model) & (pts["method"] == method)]
                 if sel.empty:
                     continue
-                blocks.append(Block("p", f"**{task} · {model} · {method}**"))
-                blocks.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method)
-                                    or ["Nothing to conclude yet."]))
+                summary.append(Block("p", f"**{task} · {model} · {method}**"))
+                summary.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method)
+                                     or ["Nothing to conclude yet."]))
     if pts.empty:
-        blocks.append(Block("p", "No evaluated cells yet: nothing to conclude."))
-    blocks += _cells(results)
+        summary.append(Block("p", "No evaluated cells yet: nothing to conclude."))
 
-    blocks.append(Block("h2", "Mixtures and alignment"))
+    body = [Block("h2", "Mixtures and alignment")]
     al = results.drop_duplicates(["task", "mixture"])[["task", "mixture", "alignment"]]
-    blocks.append(Block("p", "Alignment score A = P_src·P_dest + 0.7·P_src + 0.8·P_dest (Isik et al., Eq. 2), "
-                             "computed from each mixture's language weights."))
-    blocks.append(Block("table", header=["task", "mixture", "alignment"],
-                        rows=[[str(r["task"]), str(r["mixture"]), fmt(r["alignment"])] for _, r in al.iterrows()]))
+    body.append(Block("p", "Alignment score A = P_src·P_dest + 0.7·P_src + 0.8·P_dest (Isik et al., Eq. 2), "
+                           "computed from each mixture's language weights."))
+    body.append(Block("table", header=["task", "mixture", "alignment"],
+                      rows=[[str(r["task"]), str(r["mixture"]), fmt(r["alignment"])] for _, r in al.iterrows()]))
 
-    blocks.append(Block("h2", "Figures"))
+    body.append(Block("h2", "Fitted laws"))
+    body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); "
+                           "brackets are 90% bootstrap intervals; Dp in raw text tokens."))
+    body.append(Block("h3", "BLEU: f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1, Huber δ = 0.1)"))
+    body.append(_fit_table(fits_df, "bleu_log", _param_names(fits_df, "bleu_log")))
+    body.append(Block("h3", "Cross-entropy: L(Dp) = E + A/Dp^α (Isik et al. Eq. 3, Huber δ = 1e-3)"))
+    body.append(_fit_table(fits_df, "power", _param_names(fits_df, "power")))
+    if (fits_df["x"].astype(str) == "dp,df").any():
+        body.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
+        body.append(_fit_table(fits_df, "joint", _param_names(fits_df, "joint", "dp,df"), x="dp,df"))
+
+    body.append(Block("h2", "Figures"))
+    if pts.empty:
+        body.append(Block("p", "No figures: no cell was evaluated."))
     for task in dict.fromkeys(pts["task"]):
         for model in models:
             for method in sorted(pts["method"].unique()):
@@ -951,54 +1012,75 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
                 tag = f"{task}_{model}_{method}"
                 name = f"fig_{tag}_dp.png"
                 plot_task(task, sel, fits, out / name, model, method)
-                blocks.append(Block("img", f"{task} · {model} · {method}: BLEU and cross-entropy against Dp, one colour "
-                                           "per Df", path=name))
+                body.append(Block("img", f"{task} · {model} · {method}: BLEU and cross-entropy against Dp, one colour "
+                                         "per Df", path=name))
                 name2 = f"fig_{tag}_bleu_vs_ce.png"
                 plot_bleu_vs_ce(task, sel, out / name2, model, method)
-                blocks.append(Block("img", f"{task} · {model} · {method}: BLEU against cross-entropy (Isik et al. Fig. 5)",
-                                    path=name2))
+                body.append(Block("img", f"{task} · {model} · {method}: BLEU against cross-entropy (Isik et al. Fig. 5)",
+                                  path=name2))
                 figs += [name, name2]
 
-    blocks.append(Block("h2", "Fitted laws"))
-    blocks.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); "
-                             "brackets are 90% bootstrap intervals; Dp in raw text tokens."))
-    blocks.append(Block("h3", "BLEU: f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1, Huber δ = 0.1)"))
-    blocks.append(_fit_table(fits_df, "bleu_log", _param_names(fits_df, "bleu_log")))
-    blocks.append(Block("h3", "Cross-entropy: L(Dp) = E + A/Dp^α (Isik et al. Eq. 3, Huber δ = 1e-3)"))
-    blocks.append(_fit_table(fits_df, "power", _param_names(fits_df, "power")))
-    if (fits_df["x"].astype(str) == "dp,df").any():
-        blocks.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
-        blocks.append(_fit_table(fits_df, "joint", _param_names(fits_df, "joint", "dp,df"), x="dp,df"))
-
     if not pts.empty:
-        blocks += question_upstream(pts, fits_df, corr, out, figs)
-        blocks += question_size(pts, fits_df, fits, out, figs)
-        blocks += question_methods(pts, methods, out, figs)
+        q: dict[str, list[str]] = {k: [] for k in ("upstream", "size", "methods")}
+        body += question_upstream(pts, fits_df, corr, out, figs, q["upstream"])
+        body += question_size(pts, fits_df, fits, out, figs, q["size"])
+        body += question_methods(pts, methods, out, figs, q["methods"])
+        for key, title in (("upstream", "Question 1: upstream loss → downstream"), ("size", "Question 2: model size"),
+                           ("methods", "Question 3: finetuning method")):
+            if q[key]:
+                summary += [Block("p", f"**{title}** (details below)"), Block("list", items=q[key])]
 
-    blocks.append(Block("h2", "Held-out extrapolation, per point"))
+    appendix = [Block("h2", "Appendix: the per-point tables")]
     hrows = []
     for r in fits:
         for h in r.get("holdout") or []:
             hrows.append([str(r["task"]), str(r["mixture"]), str(r["model"]), str(r.get("method")), fmt_df(r["df"]),
-                          str(r["law"]), str(r.get("x", "dp")), fmt(float(np.atleast_1d(h["x"])[-1])), fmt(h["y"]),
-                          fmt(h["pred"]), fmt(h["abs_err"]), fmt_pct(h["rel_err"])])
-    blocks.append(Block("table", header=["task", "mixture", "model", "method", "Df", "law", "inputs", "Dp", "observed",
-                                         "predicted", "abs. error", "rel. error"], rows=hrows)
-                  if hrows else Block("p", "No held-out points (too few rungs, or no fit succeeded)."))
+                          str(r["law"]), _inputs(r.get("x", "dp"), h["x"]), fmt(h["y"]), fmt(h["pred"]),
+                          fmt(h["abs_err"]), fmt_pct(h["rel_err"])])
+    appendix.append(Block("h3", "Held-out extrapolation, per point"))
+    table = Block("table", header=["task", "mixture", "model", "method", "Df", "law", "held-out point", "observed",
+                                   "predicted", "abs. error", "rel. error"], rows=hrows)
+    appendix.append((table if len(hrows) <= LONG else details(f"Every held-out point ({len(hrows)} rows)", [table]))
+                    if hrows else Block("p", "No held-out points (too few rungs, or no fit succeeded)."))
 
-    blocks.append(Block("h2", "All cells"))
+    appendix.append(Block("h3", "All evaluated cells"))
     cols = ["task", "mixture", "model", "method", "dp", "df", "seed", "bleu", "chrf", "ce", "bp", "gen_len",
             "upstream_loss_mixture", "finetune_steps"]
     counts = {"dp", "df", "seed", "finetune_steps"}
-    blocks.append(Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed", "BLEU", "chrF", "CE",
-                                         "BP", "gen. length", "upstream loss", "finetune steps"],
-                        rows=[[str(r[c]) if isinstance(r[c], str) else fmt_count(r[c]) if c in counts else fmt(_num(r[c]))
-                               for c in cols]
-                              for _, r in ok_rows.sort_values(["task", "mixture", "model", "method", "df", "dp"]).iterrows()]))
+    rows = [[str(r[c]) if isinstance(r[c], str) else fmt_count(r[c]) if c in counts else fmt(_num(r.get(c)))
+             for c in cols] for _, r in ok_rows.sort_values(["task", "mixture", "model", "method", "df", "dp"]).iterrows()]
+    table = Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed", "BLEU", "chrF", "CE", "BP",
+                                   "gen. length", "upstream loss", "finetune steps"], rows=rows)
+    appendix.append(table if len(rows) <= LONG else details(f"Every evaluated cell ({len(rows)} rows)", [table]))
     if tracker is not None:
         for name in figs:
             tracker.log_image(f"report/{name.removeprefix('fig_').removesuffix('.png')}", out / name)
-    return blocks
+    head = [Block("h1", f"Downstream scaling report — sweep `{spec.get('sweep', '')}`"), _header(results, spec)]
+    return head + summary + _cells(results) + body + appendix
+
+
+def _inputs(x: str, v: Any) -> str:
+    """A held-out point's inputs by name: `Dp = 4.194e+06`, or `N = 3.000e+06, Df = 1,000` for joint laws."""
+    names = {"dp": "Dp", "df": "Df", "params": "N"}
+    keys = str(x).split(">")[0].split(",")
+    vals = np.atleast_1d(v)
+    return ", ".join(f"{names.get(k, k)} = {fmt_count(u) if k == 'df' else fmt(float(u))}" for k, u in zip(keys, vals))
+
+
+def _fit_counts(results: pd.DataFrame, fits_df: pd.DataFrame) -> str:
+    """The state of the study in one sentence: how many cells, how many laws fitted."""
+    n_ok = int((results["status"] == "ok").sum())
+    parts = []
+    for law, x, name in (("bleu_log", "dp", "BLEU log-law"), ("power", "dp", "CE power law"),
+                         ("two_stage", None, "two-stage route"), ("joint", "dp,df", "joint (Dp, Df) law"),
+                         ("chinchilla", None, "Chinchilla law across sizes"), ("joint", "params,df", "joint (N, Df) law")):
+        f = fits_df[fits_df["law"] == law]
+        if x is not None:
+            f = f[f["x"].astype(str) == x]
+        if len(f):
+            parts.append(f"the {name} on {int(f['ok'].map(_ok).sum())} of {len(f)}")
+    return (f"{n_ok} of {len(results)} cells evaluated (see Cells). Fitted: " + "; ".join(parts) + "."
+            if parts else f"{n_ok} of {len(results)} cells evaluated; no law was fitted.")
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
