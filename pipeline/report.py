@@ -1035,7 +1035,8 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
     for r in fits:
         for h in r.get("holdout") or []:
             hrows.append([str(r["task"]), str(r["mixture"]), str(r["model"]), str(r.get("method")), fmt_df(r["df"]),
-                          str(r["law"]), _inputs(r.get("x", "dp"), h["x"]), fmt(h["y"]), fmt(h["pred"]),
+                          str(r["law"]) + (f" ({r['x']})" if str(r.get("x", "dp")) != "dp" else ""),
+                          _inputs(r.get("x", "dp"), h["x"]), fmt(h["y"]), fmt(h["pred"]),
                           fmt(h["abs_err"]), fmt_pct(h["rel_err"])])
     appendix.append(Block("h3", "Held-out extrapolation, per point"))
     table = Block("table", header=["task", "mixture", "model", "method", "Df", "law", "held-out point", "observed",
