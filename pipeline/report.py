@@ -1095,7 +1095,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def run(task) -> None:
-    from pipeline.tracking import make_tracker
+    from pipeline.tracking import make_tracker, read_stage_run_id
 
     spec = task.spec
     out = Path(spec["reports_dir"])
@@ -1106,15 +1106,21 @@ def run(task) -> None:
     fits_df = _read_csv(out / "fits.csv")
     if fits_df.empty:
         fits_df = pd.DataFrame(columns=["task", "mixture", "model", "method", "df", "metric", "law", "x", "ok", "reason"])
-    fits = json.loads((out / "fits.json").read_text())
-    tracker = make_tracker(out, spec.get("tracking"), run_id=f"report-{spec['sweep']}", name=f"report-{spec['sweep']}",
-                           file="report-metrics.jsonl", group="report")
+    fits = json.loads((out / "fits.json").read_text()) if (out / "fits.json").exists() else []
+    tracker = make_tracker(out, spec.get("tracking"), run_id=read_stage_run_id("report", spec),
+                           name=getattr(task, "name", f"report-{spec['sweep']}"),
+                           config={"sweep": spec["sweep"], "results": str(results_path)}, file="report-metrics.jsonl",
+                           group=spec["sweep"])
     try:
         blocks = build(results, fits_df, fits, out, {**spec, "results_name": results_path.name}, tracker,
                        corr=_read_csv(out / "correlations.csv"), methods=_read_csv(out / "methods.csv"))
+        title = f"Downstream scaling report — {spec['sweep']}"
+        atomic_write_text(out / "report.md", to_markdown(blocks))
+        atomic_write_bytes(out / "report.html", to_html(blocks, out, title).encode())
+        tracker.log({"cells": len(results), "cells_ok": int((results["status"] == "ok").sum()),
+                     "cells_left_out": len(excluded(results)), "fits": len(fits_df),
+                     "fits_ok": int(fits_df["ok"].map(_ok).sum()) if len(fits_df) else 0,
+                     "figures": len(list(out.glob("fig_*.png")))}, step=0)
     finally:
         tracker.close()
-    title = f"Downstream scaling report — {spec['sweep']}"
-    atomic_write_text(out / "report.md", to_markdown(blocks))
-    atomic_write_bytes(out / "report.html", to_html(blocks, out, title).encode())
     print(f"report: {out / 'report.html'}")

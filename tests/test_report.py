@@ -458,3 +458,51 @@ def test_degenerate_tables_give_a_report_that_says_what_is_missing(tmp_path, kin
             "no_ce": "ce is not a finite number", "all_failed": "finetune diverged"}[kind]
     assert said in md, kind
     assert not check_numbers(out).errors, check_numbers(out).errors[:5]
+
+
+# ------------------------------------------------------------------------------------------- tracking
+
+
+def test_tracking_wandb_gets_the_fit_metrics_and_every_figure(tmp_path, monkeypatch):
+    """With tracking=wandb, fit and report log through the one tracker: the fake wandb backend receives the
+    fitted laws' numbers and every report figure; its run id is a hash of the task, the same on a rerun."""
+    import pipeline.tracking as tracking
+
+    runs: list[dict] = []
+
+    class FakeWandb(tracking.Backend):
+        def __init__(self, run_id, name, config, project, entity, mode, directory, group=None):
+            self.run = {"id": run_id, "mode": mode, "metrics": {}, "images": {}, "closed": False}
+            runs.append(self.run)
+
+        def log(self, metrics, step):
+            self.run["metrics"].update(metrics)
+
+        def log_image(self, key, path):
+            self.run["images"][key] = Path(path)
+
+        def close(self):
+            self.run["closed"] = True
+
+    monkeypatch.setattr(tracking, "WandbBackend", FakeWandb)
+    df = synthetic_results(dp=DP[:6], dfs=(1000,), mixtures=("en50_de50",), bleu_law=False)
+    df.to_csv(tmp_path / "results.csv", index=False)
+    args = (tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0", "tracking=wandb")
+    out = run_fit_and_report(*args)
+    fit_run, report_run = runs
+    assert fit_run["id"].startswith("fit-questions-") and report_run["id"].startswith("report-questions-")
+    assert fit_run["mode"] == "offline" and fit_run["closed"] and report_run["closed"]
+    fits = pd.read_csv(out / "fits.csv")
+    power = fits[(fits["law"] == "power") & fits["ok"].map(ok)].iloc[0]
+    assert fit_run["metrics"]["fits"] == len(fits)
+    assert fit_run["metrics"]["power/dp/en-de/en50_de50/t5_tiny/full/df=1000/alpha"] == pytest.approx(power["p_alpha"], rel=1e-9)
+    figures = sorted(p.name for p in out.glob("fig_*.png"))
+    assert sorted(f"fig_{k.removeprefix('report/')}.png" for k in report_run["images"]) == figures
+    assert all(p.exists() for p in report_run["images"].values())
+    assert report_run["metrics"]["figures"] == len(figures)
+    # the local file says the same (it is the source of truth)
+    lines = [json.loads(x) for x in (out / "report-metrics.jsonl").read_text().splitlines()]
+    assert sorted(x["image"] for x in lines if "image" in x) == sorted(report_run["images"])
+    # a rerun of the same task continues the same runs
+    run_fit_and_report(*args)
+    assert [r["id"] for r in runs[2:]] == [fit_run["id"], report_run["id"]]
