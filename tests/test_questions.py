@@ -13,9 +13,9 @@ from test_report import check_numbers
 
 @pytest.mark.slow
 def test_questions_sweep_reports_the_three_questions(tmp_path, l10n_corpus):
-    # smoke scale with the questions' axes; Df and steps shrunk so two sizes x two methods stay cheap
+    # smoke scale with the questions' axes (124 tasks: over 10 minutes on 2 busy cores); Df and steps shrunk
     r = cli("+sweep=questions", "scale=smoke", "finetune.df_ladder=[200,400]", "finetune.max_steps=20",
-            "fit.bootstrap=5", f"paths.artifacts={tmp_path / 'artifacts'}", f"paths.reports={tmp_path / 'reports'}")
+            "fit.bootstrap=5", f"paths.artifacts={tmp_path / 'artifacts'}", f"paths.reports={tmp_path / 'reports'}", timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "reports" / "questions"
     results = pd.read_csv(out / "results.csv")
