@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.tracking import make_tracker, read_stage_run_id
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _exclusion(df: pd.DataFrame) -> pd.Series:
     """Why each row is left out of the fits (NaN: it is used)."""
     why = pd.Series(np.nan, index=df.index, dtype=object)
     # later assignments win: a failed status explains its missing metrics better than "bleu is NaN" would
-    for c in ("dp", "ce", "bleu"):
+    for c in ("df", "dp", "ce", "bleu"):
         why[~np.isfinite(pd.to_numeric(df[c], errors="coerce"))] = f"{c} is not a finite number"
     why[~df["selected"]] = "not selected (another learning rate had the better validation CE)"
     bad = df["status"] != "ok"
@@ -417,7 +418,25 @@ def run(task) -> None:
         atomic_write_text(out / name, t.to_csv(index=False, float_format="%.10g"))
     atomic_write_json(out / "fits.json", json.loads(json.dumps(records, default=_json_default)))
     n_ok = int(table["ok"].fillna(False).astype(bool).sum()) if len(table) else 0
+    with make_tracker(out, spec.get("tracking"), run_id=read_stage_run_id("fit", spec),
+                      name=getattr(task, "name", f"fit-{spec['sweep']}"), config={"fit": spec["fit"]},
+                      file="fit-metrics.jsonl", group=spec["sweep"]) as tracker:
+        tracker.log({"fits": len(table), "fits_ok": n_ok, "cells_left_out": len(excluded(df)), **fit_metrics(table)},
+                    step=0)
     log.info("fit %s: %d of %d fits succeeded -> %s", spec["sweep"], n_ok, len(table), out / "fits.csv")
+
+
+def fit_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Each fitted law's parameters and held-out errors under one flat key per law and curve, for the tracker."""
+    out = {}
+    for _, r in table.iterrows():
+        if str(r["ok"]).lower() != "true":
+            continue
+        key = "/".join(str(r[c]) for c in ("law", "x", "task", "mixture", "model", "method")) + f"/df={r['df']}"
+        for c in (c for c in table.columns if c.startswith("p_") or c in ("holdout_mae", "holdout_mre")):
+            if isinstance(r[c], (int, float)) and math.isfinite(r[c]):
+                out[f"{key}/{c.removeprefix('p_')}"] = float(r[c])
+    return out
 
 
 def _json_default(v: Any) -> Any:

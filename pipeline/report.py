@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import logging
 import math
 import re
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ DATA_NOTES = {
     "hub": "mC4 (allenai/c4) for pretraining and WMT (en-de WMT17, en-fr WMT15, en-ro WMT16) for finetuning and test",
     "local": "the user's own files (data=local)",
 }
+LONG = 12  # tables with more rows than this are collapsed in the HTML (and on GitHub)
 GOOD_MRE = 0.10  # a law "holds" when its held-out relative error is below this
 DP_LABEL = "pretraining data Dp (raw text tokens, log scale)"
 CE_LABEL = "downstream cross-entropy (nats/token)"
@@ -124,12 +127,17 @@ def _and(items: list[str]) -> str:
 
 @dataclass
 class Block:
-    kind: str  # h1 h2 h3 p list table img note
+    kind: str  # h1 h2 h3 p list table img note details
     text: str = ""
     items: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     path: str = ""
+    children: list[Block] = field(default_factory=list)  # details: collapsed until clicked (GitHub renders it too)
+
+
+def details(summary: str, blocks: list[Block]) -> Block:
+    return Block("details", summary, children=blocks)
 
 
 def to_markdown(blocks: list[Block]) -> str:
@@ -148,6 +156,8 @@ def to_markdown(blocks: list[Block]) -> str:
                                  + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in b.rows]))
         elif b.kind == "img":
             out.append(f"![{b.text}]({b.path})")
+        elif b.kind == "details":
+            out.append(f"<details><summary>{html.escape(b.text)}</summary>\n\n{to_markdown(b.children)}\n</details>")
         out.append("")
     return "\n".join(out)
 
@@ -165,8 +175,13 @@ def to_html(blocks: list[Block], directory: Path, title: str) -> str:
            "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
            "blockquote{border-left:4px solid #c60;margin:1em 0;padding:.3em 1em;background:#fff7ef}"
            "img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .2em}")
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{css}</style></head><body>"]
+    css += "details{margin:.6em 0}summary{cursor:pointer;color:#345;font-weight:600}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{css}</style></head><body>\n{_html_blocks(blocks, directory)}\n</body></html>")
+
+
+def _html_blocks(blocks: list[Block], directory: Path) -> str:
+    out = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
             out.append(f"<{b.kind}>{_inline(b.text)}</{b.kind}>")
@@ -184,7 +199,8 @@ def to_html(blocks: list[Block], directory: Path, title: str) -> str:
             data = base64.b64encode((directory / b.path).read_bytes()).decode()
             out.append(f"<figure><img alt='{html.escape(b.text)}' src='data:image/png;base64,{data}'>"
                        f"<figcaption>{_inline(b.text)}</figcaption></figure>")
-    out.append("</body></html>")
+        elif b.kind == "details":
+            out.append(f"<details><summary>{_inline(b.text)}</summary>{_html_blocks(b.children, directory)}</details>")
     return "\n".join(out)
 
 
@@ -234,12 +250,32 @@ def _holdout_of(rec: dict[str, Any] | None, n: int) -> np.ndarray:
     return hold if len(hold) == n else np.zeros(n, bool)
 
 
-def _style_dp_axis(ax, ylabel: str, title: str) -> None:
-    ax.set_xscale("log")
+def _style_dp_axis(ax, ylabel: str, title: str, bleu: bool = False) -> None:
+    # a log axis with no positive x raises at draw time: say what is missing instead
+    if np.isfinite(ax.dataLim.x1) and ax.dataLim.x1 > 0:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no evaluated Dp > 0 point", transform=ax.transAxes, ha="center", va="center", color="gray")
     ax.set_xlabel(DP_LABEL)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
+    ax.grid(True, alpha=0.25)
+    if bleu:
+        _bleu_ylim(ax)
+
+
+def _bleu_ylim(ax) -> None:
+    # BLEU is on [0, 100]: from 0, and at least one point tall, so a flat 0 is not drawn as 1e-17 noise
+    top = ax.dataLim.y1 if np.isfinite(ax.dataLim.y1) else 1.0
+    ax.set_ylim(0, max(1.0, top * 1.08))
+
+
+def _no_fit_note(ax, reasons: list[str]) -> None:
+    """A failed fit says why inside its panel (a reader of the figure alone should not think it was forgotten)."""
+    if reasons:
+        text = "no law: " + "; ".join(dict.fromkeys(reasons))
+        ax.text(0.02, 0.97, textwrap.fill(text, 60), transform=ax.transAxes, ha="left", va="top", fontsize=7.5,
+                color="dimgray", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
 
 
 def _legend_keys(extra: list[tuple[str, dict]] | None = None) -> list:
@@ -247,17 +283,40 @@ def _legend_keys(extra: list[tuple[str, dict]] | None = None) -> list:
 
     keys = [Line2D([], [], marker="o", ls="", color="gray", label="fit point"),
             Line2D([], [], marker="o", ls="", mfc="white", color="gray", label="held-out point"),
-            Line2D([], [], ls="-", color="gray", label="fitted law"),
+            Line2D([], [], ls="-", color="gray", label="fitted law (band: 90% bootstrap)"),
             Line2D([], [], ls="--", color="gray", label="law extrapolated"),
             Line2D([], [], ls=":", color="gray", label="no pretraining (Dp = 0)")]
     return keys + [Line2D([], [], label=label, **kw) for label, kw in (extra or [])]
 
 
-def _save(fig, path: Path, legend: list, n_rows: int) -> None:
-    fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), 6), frameon=False, fontsize=9)
-    fig.tight_layout(rect=(0, 0.1 / max(n_rows, 1) + 0.02, 1, 1))
-    fig.savefig(path, dpi=110)
+def _save(fig, path: Path, legend: list, title: str, ncol: int = 5) -> None:
+    """Suptitle on top, the legend below the panels (never over data), PNG at 100 dpi in 128 colours:
+    the reports are committed as examples, so a figure is a few tens of kB. Margins are fixed in inches
+    (tight_layout costs seconds a figure on a busy CPU)."""
+    from PIL import Image
+
+    w, h = fig.get_size_inches()
+    nrows, ncols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    fig.suptitle(title, fontsize=11, y=1 - 0.1 / h, va="top")
+    rows = math.ceil(len(legend) / ncol) if legend else 0
+    if legend:
+        fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), ncol), frameon=False, fontsize=9)
+    top, bottom, left, right, gap_v, gap_h = 0.75, 0.75 + 0.25 * rows, 0.8, 0.2, 0.95, 0.9
+    ax_h = (h - top - bottom - (nrows - 1) * gap_v) / nrows
+    ax_w = (w - left - right - (ncols - 1) * gap_h) / ncols
+    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h,
+                        hspace=gap_v / ax_h, wspace=gap_h / ax_w)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100)
     _plt().close(fig)
+    im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    buf = io.BytesIO()
+    im.save(buf, "PNG", optimize=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _dp_fit_reasons(recs: list[dict[str, Any] | None], metric: str) -> list[str]:
+    return [plain_reason(r.get("reason"), metric) for r in recs if r and not r.get("ok")]
 
 
 def plot_task(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Path, model: str, method: str) -> None:
@@ -267,58 +326,66 @@ def plot_task(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Pa
     mixes = list(dict.fromkeys(pts["mixture"]))
     dfs = sorted(pts["df"].unique())
     colors = plt.cm.viridis(np.linspace(0.05, 0.85, max(len(dfs), 2)))
-    fig, axes = plt.subplots(len(mixes), 2, figsize=(11, 3.6 * len(mixes)), squeeze=False)
+    fig, axes = plt.subplots(len(mixes), 2, figsize=(10, 3.6 * len(mixes) + 1.2), squeeze=False)
     for i, mix in enumerate(mixes):
         g = pts[pts["mixture"] == mix]
         align = g["alignment"].iloc[0]
         for j, (metric, label) in enumerate((("bleu", "BLEU"), ("ce", CE_LABEL))):
-            ax = axes[i][j]
+            ax, recs = axes[i][j], []
             for c, df_ in zip(colors, dfs):
                 d = g[(g["df"] == df_) & (g["dp"] > 0)].sort_values("dp")
                 base = g[(g["df"] == df_) & (g["dp"] == 0)]
                 rec = next(iter(_records(fits, task=task, mixture=mix, df=df_, model=model, method=method,
                                          law={"bleu": "bleu_log", "ce": "power"}[metric])), None)
+                recs.append(rec)
                 x, y = d["dp"].to_numpy(float), d[metric].to_numpy(float)
                 _draw_points(ax, x, y, _holdout_of(rec, len(d)), c, f"Df = {df_:,}")
                 _draw_law(ax, rec, c, x)
                 if len(base):
                     ax.axhline(float(base[metric].iloc[0]), color=c, ls=":", lw=1.2)
-            _style_dp_axis(ax, label, f"{task} · {mix} (alignment {align:.2f}) · {METRIC[metric]}")
-    handles, _ = axes[0][0].get_legend_handles_labels()
-    _save(fig, path, handles + _legend_keys(), len(mixes))
+            _style_dp_axis(ax, label, f"{mix} (alignment {align:.2f}) · {METRIC[metric]}", bleu=metric == "bleu")
+            _no_fit_note(ax, _dp_fit_reasons(recs, metric))
+    handles = [h for h in axes[0][0].get_legend_handles_labels()[0]]
+    _save(fig, path, handles + _legend_keys(), f"{task} · {model} · {method} finetuning: BLEU and CE against Dp")
 
 
-def plot_bleu_vs_ce(task: str, pts: pd.DataFrame, path: Path) -> None:
-    """Isik et al. Fig. 5: BLEU against downstream CE, one colour per mixture, marker size by Df."""
+def plot_bleu_vs_ce(task: str, pts: pd.DataFrame, path: Path, model: str, method: str) -> None:
+    """Isik et al. Fig. 5: BLEU against downstream CE, one colour per mixture, marker size by Df, hollow at Dp = 0."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5.6))
     dfs = sorted(pts["df"].unique())
     sizes = {d: 25 + 60 * i for i, d in enumerate(dfs)}
+    legend = []
     for k, (mix, g) in enumerate(pts.groupby("mixture", sort=False)):
-        ax.scatter(g["ce"], g["bleu"], s=[sizes[d] for d in g["df"]], color=f"C{k}", alpha=0.8,
-                   label=f"{mix} (alignment {g['alignment'].iloc[0]:.2f})", edgecolor="black", linewidth=0.4)
-    for d in dfs:
-        ax.scatter([], [], s=sizes[d], color="lightgray", edgecolor="black", linewidth=0.4, label=f"Df = {d:,}")
+        for base, d in ((False, g[g["dp"] > 0]), (True, g[g["dp"] == 0])):
+            ax.scatter(d["ce"], d["bleu"], s=[sizes[v] for v in d["df"]], alpha=0.8, linewidth=0.8 if base else 0.4,
+                       color="white" if base else f"C{k}", edgecolor=f"C{k}" if base else "black")
+        legend.append(Line2D([], [], marker="o", ls="", color=f"C{k}", mec="black", mew=0.4,
+                             label=f"{mix} (alignment {g['alignment'].iloc[0]:.2f})"))
+    legend += [Line2D([], [], marker="o", ls="", color="lightgray", mec="black", mew=0.4, ms=math.sqrt(sizes[d]),
+                      label=f"Df = {d:,}") for d in dfs]
+    legend.append(Line2D([], [], marker="o", ls="", mfc="white", color="gray", label="no pretraining (Dp = 0)"))
     ax.set_xlabel(CE_LABEL)
     ax.set_ylabel("BLEU")
-    ax.set_title(f"{task}: BLEU against cross-entropy (every Dp, Df)", fontsize=10)
     ax.grid(True, alpha=0.25)
-    ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _bleu_ylim(ax)
+    _save(fig, path, legend, f"{task} · {model} · {method}: BLEU against CE, every Dp and Df", ncol=3)
 
 
 MARKERS = "osD^vP*X"
 
 
-def plot_upstream(task: str, pts: pd.DataFrame, path: Path) -> None:
+def plot_upstream(task: str, pts: pd.DataFrame, path: Path, model: str, method: str) -> None:
     """Question 1: CE and BLEU against the upstream loss (mixture and target language), a colour per mixture,
     a marker per Df, each (mixture, Df) joined in Dp order (larger Dp: lower upstream loss)."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
     p = pts[pts["dp"] > 0]
     dfs = sorted(p["df"].unique())
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.6), squeeze=False)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), squeeze=False)
     for i, (up, col) in enumerate((("mixture", "upstream"), ("tgt", "upstream_tgt"))):
         for j, metric in enumerate(("ce", "bleu")):
             ax = axes[i][j]
@@ -326,16 +393,19 @@ def plot_upstream(task: str, pts: pd.DataFrame, path: Path) -> None:
                 for m, d in zip(MARKERS, dfs):
                     s = g[g["df"] == d].sort_values("dp")
                     ax.plot(s[col], s[metric], "-" + m, color=f"C{k}", alpha=0.85, ms=5, lw=0.8)
+            if not np.isfinite(p[col].to_numpy(float)).any():
+                ax.text(0.5, 0.5, "no upstream loss recorded", transform=ax.transAxes, ha="center", color="gray")
             ax.set_xlabel(UP_LABEL[up])
             ax.set_ylabel(CE_LABEL if metric == "ce" else "BLEU")
-            ax.set_title(f"{task}: {METRIC[metric]} against {UP_LABEL[up].split(' (')[0]}", fontsize=10)
+            ax.set_title(f"{METRIC[metric]} against {UP_LABEL[up].split(' (')[0]}", fontsize=10)
             ax.grid(True, alpha=0.25)
-    from matplotlib.lines import Line2D
-
+            if metric == "bleu":
+                _bleu_ylim(ax)
     legend = [Line2D([], [], color=f"C{k}", label=f"{mix} (alignment {g['alignment'].iloc[0]:.2f})")
               for k, (mix, g) in enumerate(p.groupby("mixture", sort=False))]
     legend += [Line2D([], [], marker=m, ls="", color="gray", label=f"Df = {d:,}") for m, d in zip(MARKERS, dfs)]
-    _save(fig, path, legend, 2)
+    _save(fig, path, legend, f"{task} · {model} · {method}: downstream metrics against the upstream loss "
+                             "(points joined in Dp order)")
 
 
 def plot_sizes(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Path, method: str) -> None:
@@ -345,10 +415,11 @@ def plot_sizes(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: P
     mixes = list(dict.fromkeys(pts["mixture"]))
     models = list(dict.fromkeys(pts.sort_values("params")["model"]))
     df_max = pts["df"].max()
-    fig, axes = plt.subplots(len(mixes), 3, figsize=(15, 3.8 * len(mixes)), squeeze=False)
+    fig, axes = plt.subplots(len(mixes), 3, figsize=(14, 3.6 * len(mixes) + 1.2), squeeze=False)
     for i, mix in enumerate(mixes):
         g = pts[(pts["mixture"] == mix) & (pts["df"] == df_max)]
         ch = next(iter(_records(fits, task=task, mixture=mix, law="chinchilla")), None)
+        recs: dict[str, list] = {"ce": [], "bleu": []}
         for k, model in enumerate(models):
             c = f"C{k}"
             gm = g[g["model"] == model]
@@ -360,21 +431,27 @@ def plot_sizes(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: P
                             if _finite(params) else model)
             if ch and ch.get("ok") and _finite(params) and len(x):
                 grid = np.geomspace(x.min(), x.max() * 2, 40)
-                law = _chinchilla(ch["params"], params, grid)
-                axes[i][0].plot(grid, law, "-", color=c, lw=1.2)
+                axes[i][0].plot(grid, _chinchilla(ch["params"], params, grid), "-", color=c, lw=1.2)
             for j, (metric, law) in enumerate((("ce", "power"), ("bleu", "bleu_log")), start=1):
                 rec = next(iter(_records(fits, task=task, mixture=mix, model=model, method=method, df=df_max,
                                          law=law)), None)
+                recs[metric].append(rec)
                 _draw_points(axes[i][j], x, d[metric].to_numpy(float), _holdout_of(rec, len(d)), c, model)
                 _draw_law(axes[i][j], rec, c, x)
                 if len(base):
                     axes[i][j].axhline(float(base[metric].iloc[0]), color=c, ls=":", lw=1.2)
         align = g["alignment"].iloc[0] if len(g) else math.nan
-        for j, (label, what) in enumerate(((UP_LABEL["mixture"], "upstream loss (Chinchilla fit across sizes)"),
-                                           (CE_LABEL, f"CE at Df = {df_max:,}"), ("BLEU", f"BLEU at Df = {df_max:,}"))):
-            _style_dp_axis(axes[i][j], label, f"{task} · {mix} (alignment {align:.2f}) · {method} · {what}")
+        for j, (label, what, metric) in enumerate((("upstream loss, mixture (nats/token)", "upstream loss", None),
+                                                   (CE_LABEL, f"CE at Df = {df_max:,}", "ce"),
+                                                   ("BLEU", f"BLEU at Df = {df_max:,}", "bleu"))):
+            _style_dp_axis(axes[i][j], label, f"{mix} (alignment {align:.2f}) · {what}", bleu=metric == "bleu")
+            if metric:
+                _no_fit_note(axes[i][j], _dp_fit_reasons(recs[metric], metric))
+        if ch and not ch.get("ok"):
+            _no_fit_note(axes[i][0], [str(ch.get("reason"))])
     handles, _ = axes[0][0].get_legend_handles_labels()
-    _save(fig, path, handles + _legend_keys(), len(mixes))
+    _save(fig, path, handles + _legend_keys(), f"{task} · {method} finetuning: model sizes side by side "
+                                                "(upstream loss: Chinchilla's law fitted across sizes)", ncol=4)
 
 
 def _chinchilla(p: dict[str, float], n: float, dp: np.ndarray) -> np.ndarray:
@@ -384,12 +461,14 @@ def _chinchilla(p: dict[str, float], n: float, dp: np.ndarray) -> np.ndarray:
 def plot_methods(task: str, pts: pd.DataFrame, path: Path, model: str) -> None:
     """Question 3: per mixture, BLEU and CE against Dp, a colour per method and a line style per Df, and the
     gap to full finetuning against Dp (where the methods' curves differ)."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
     mixes = list(dict.fromkeys(pts["mixture"]))
     methods = sorted(pts["method"].unique(), key=lambda m: (m != "full", m))
     dfs = sorted(pts["df"].unique())
     styles = ["-", "--", "-.", ":"] * 4
-    fig, axes = plt.subplots(len(mixes), 3, figsize=(15, 3.8 * len(mixes)), squeeze=False)
+    fig, axes = plt.subplots(len(mixes), 3, figsize=(14, 3.6 * len(mixes) + 1.2), squeeze=False)
     for i, mix in enumerate(mixes):
         g = pts[pts["mixture"] == mix]
         for k, method in enumerate(methods):
@@ -414,13 +493,11 @@ def plot_methods(task: str, pts: pd.DataFrame, path: Path, model: str) -> None:
         align = g["alignment"].iloc[0]
         for j, (label, what) in enumerate((("BLEU", "BLEU"), (CE_LABEL, "CE"),
                                            (f"CE gap to {methods[0]} (nats/token)", f"CE, method − {methods[0]}"))):
-            _style_dp_axis(axes[i][j], label, f"{task} · {mix} (alignment {align:.2f}) · {model} · {what}")
-    from matplotlib.lines import Line2D
-
+            _style_dp_axis(axes[i][j], label, f"{mix} (alignment {align:.2f}) · {what}", bleu=j == 0)
     legend = [Line2D([], [], color=f"C{k}", label=m) for k, m in enumerate(methods)]
     legend += [Line2D([], [], ls=ls, color="gray", label=f"Df = {d:,}") for ls, d in zip(styles, dfs)]
-    legend += [Line2D([], [], marker="<", ls="", color="gray", label="no pretraining (Dp = 0)")]
-    _save(fig, path, legend, len(mixes))
+    legend += [Line2D([], [], marker="<", ls="", color="gray", label="no pretraining (Dp = 0), drawn at the left edge")]
+    _save(fig, path, legend, f"{task} · {model}: finetuning methods side by side", ncol=6)
 
 
 # ----------------------------------------------------------------------------------------- verdicts
@@ -475,7 +552,10 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                        f"values; the worst held-out relative error is {fmt_pct(worst['holdout_mre'])} at Df = "
                        f"{fmt_df(worst['df'])}.")
         for _, r in ok.iterrows():
-            last = gm[(gm["df"].astype(str) == str(r["df"])) & (gm["dp"] > 0)].sort_values("dp").iloc[-1]
+            curve = gm[(gm["df"].astype(str) == str(r["df"])) & (gm["dp"] > 0)].sort_values("dp")
+            if curve.empty:  # fits.csv from another table than this one
+                continue
+            last = curve.iloc[-1]
             gain = r["next_rung_pred"] - last["bleu"]
             out.append(f"**{mix}**, Df = {fmt_df(r['df'])}: doubling Dp to {fmt_tokens(r['next_rung'])} tokens is "
                        f"predicted to move BLEU from {fmt(last['bleu'], 3)} to {fmt(r['next_rung_pred'], 3)} "
@@ -586,13 +666,15 @@ def _cells(results: pd.DataFrame) -> list[Block]:
     bad = excluded(results)
     if len(bad):
         reasons = results.loc[bad.index, "reason"].fillna("").astype(str)
-        blocks.append(Block("p", f"{len(bad)} cell(s) are left out of the fits:"))
-        blocks.append(Block("table", header=["task", "mixture", "model", "method", "Dp rung", "Df", "seed", "why"],
+        table = (Block("table", header=["task", "mixture", "model", "method", "Dp rung", "Df", "seed", "why"],
                             rows=[[str(r["task"]), str(r["mixture"]), str(r["model"]), str(r.get("method")),
                                    fmt_count(results.at[i, "dp_rung"] if "dp_rung" in results else r["dp"]),
                                    fmt_count(r["df"]), fmt_count(r.get("seed")),
                                    r["why"] + (f": {reasons[i]}" if reasons[i] and reasons[i] != "nan" else "")]
                                   for i, r in bad.iterrows()]))
+        why = "; ".join(f"{n} {w}" for w, n in bad["why"].value_counts().items())
+        blocks.append(Block("p", f"{len(bad)} cell(s) are left out of the fits ({why}):"))
+        blocks.append(table if len(bad) <= LONG else details(f"The {len(bad)} cells left out, with why", [table]))
     return blocks
 
 
@@ -606,7 +688,8 @@ def _corr_cell(c: pd.DataFrame, metric: str, kind: str) -> str:
     return fmt_ci(r[kind], r[f"{kind}_lo"], r[f"{kind}_hi"])
 
 
-def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFrame, out: Path, figs: list) -> list[Block]:
+def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFrame, out: Path, figs: list,
+                      summary: list[str]) -> list[Block]:
     blocks = [Block("h2", "Question 1: does the upstream loss predict downstream quality?"),
               Block("p", "The upstream loss is the pretraining checkpoint's held-out span-corruption loss, on the "
                          "pretraining mixture and on target-language text. r is Pearson's correlation, ρ Spearman's, "
@@ -616,7 +699,7 @@ def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFra
     for task in dict.fromkeys(pts["task"]):
         for (model, method), sel in pts[pts["task"] == task].groupby(["model", "method"]):
             name = f"fig_{task}_{model}_{method}_upstream.png"
-            plot_upstream(task, sel, out / name)
+            plot_upstream(task, sel, out / name, model, method)
             figs.append(name)
             blocks.append(Block("img", f"{task} · {model} · {method}: CE and BLEU against the upstream loss", path=name))
     if corr.empty:
@@ -627,15 +710,21 @@ def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFra
         for key, c in corr.groupby(keys, sort=False):
             rows.append([*(str(k) for k in key[:4]), fmt_df(key[4]), str(key[5]), fmt_count(c["n"].iloc[0]),
                          *(_corr_cell(c, m, k) for m in ("bleu", "chrf", "ce") for k in ("pearson", "spearman"))])
-        blocks.append(Block("table", header=["task", "model", "method", "mixture", "Df", "upstream loss", "points",
-                                             "BLEU r", "BLEU ρ", "chrF r", "chrF ρ", "CE r", "CE ρ"], rows=rows))
-        blocks.append(Block("list", items=_corr_verdicts(corr)))
-    blocks += _routes(fits_df)
-    return blocks
+        table = Block("table", header=["task", "model", "method", "mixture", "Df", "upstream loss", "points",
+                                       "BLEU r", "BLEU ρ", "chrF r", "chrF ρ", "CE r", "CE ρ"], rows=rows)
+        blocks.append(table if len(rows) <= LONG else details(f"Correlations per curve and pooled ({len(rows)} rows)",
+                                                              [table]))
+        per_curve, pooled = _corr_verdicts(corr)
+        summary += per_curve
+        blocks.append(Block("list", items=per_curve + pooled))
+    routes = _routes(fits_df)
+    summary += routes[-1].items[:1]
+    return blocks + routes
 
 
-def _corr_verdicts(corr: pd.DataFrame) -> list[str]:
-    out = []
+def _corr_verdicts(corr: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Sentences on the per-curve correlations, and on the pooled ones."""
+    out: list[str] = []
     per_curve = corr[corr["mixture"].astype(str) != "all"]
     for (up, metric), c in per_curve.groupby(["upstream", "metric"], sort=False):
         v = c["spearman"].dropna()
@@ -648,13 +737,14 @@ def _corr_verdicts(corr: pd.DataFrame) -> list[str]:
         good = int((sign * v >= 0.8).sum())
         out.append(f"{name}: Spearman ρ from {fmt(v.min(), 3)} to {fmt(v.max(), 3)} (median {fmt(v.median(), 3)}) over "
                    f"{len(v)} curves; {good} of {len(v)} show the expected monotone relation (ρ {'≥ 0.8' if sign > 0 else '≤ −0.8'}).")
+    per_curve, out = out, []
     pooled = corr[(corr["mixture"].astype(str) == "all") & (corr["metric"] == "ce")]
     for _, r in pooled.iterrows():
         if _finite(r["pearson"]):
             out.append(f"Pooled over mixtures and Df ({r['model']}, {r['method']}, {'mixture' if r['upstream'] == 'mixture' else 'target-language'} "
                        f"loss): CE r = {fmt(r['pearson'], 3)}, ρ = {fmt(r['spearman'], 3)} over {fmt_count(r['n'])} points"
                        + (" — one upstream loss does not rank curves across mixtures." if r["spearman"] < 0.8 else "."))
-    return out
+    return per_curve, out
 
 
 def _routes(fits_df: pd.DataFrame) -> list[Block]:
@@ -708,7 +798,7 @@ def _routes(fits_df: pd.DataFrame) -> list[Block]:
 
 
 def question_size(pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], out: Path,
-                  figs: list) -> list[Block]:
+                  figs: list, summary: list[str]) -> list[Block]:
     models = list(dict.fromkeys(pts.sort_values("params")["model"]))
     blocks = [Block("h2", "Question 2: how do the laws change with model size?")]
     if len(models) < 2:
@@ -747,7 +837,9 @@ def question_size(pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str,
     blocks.append(_fit_table(fits_df, "chinchilla", _param_names(fits_df, "chinchilla")))
     blocks.append(Block("h3", "Downstream CE across sizes: L(N, Df) = A·N^−α·Df^−β + E (Zhang et al. 2024), at the largest Dp"))
     blocks.append(_fit_table(fits_df, "joint", _param_names(fits_df, "joint", "params,df"), x="params,df"))
-    blocks.append(Block("list", items=_size_verdicts(pts, fits_df, models)))
+    items = _size_verdicts(pts, fits_df, models)
+    summary += items
+    blocks.append(Block("list", items=items))
     return blocks
 
 
@@ -780,7 +872,8 @@ def _size_verdicts(pts: pd.DataFrame, fits_df: pd.DataFrame, models: list[str]) 
     return out
 
 
-def question_methods(pts: pd.DataFrame, methods: pd.DataFrame, out: Path, figs: list) -> list[Block]:
+def question_methods(pts: pd.DataFrame, methods: pd.DataFrame, out: Path, figs: list,
+                     summary: list[str]) -> list[Block]:
     names = sorted(pts["method"].unique(), key=lambda m: (m != "full", m))
     blocks = [Block("h2", "Question 3: does the finetuning method change the laws?")]
     if len(names) < 2:
@@ -809,11 +902,41 @@ def question_methods(pts: pd.DataFrame, methods: pd.DataFrame, out: Path, figs: 
                      fmt_ci(r["ref_alpha"], r["ref_ci_alpha_lo"], r["ref_ci_alpha_hi"]),
                      fmt_ci(r["alpha"], r["ci_alpha_lo"], r["ci_alpha_hi"]),
                      {"true": "yes", "false": "no"}.get(str(r["alpha_differs"]).lower(), "—")])
-    blocks.append(Block("table", header=["task", "mixture", "model", "Df", "metric", "gap", "gap at Dp = 0",
-                                         "gap at smallest Dp", "gap at largest Dp", "largest gap", "largest gap at Dp",
-                                         "reference α", "method α", "exponents differ"], rows=rows))
-    blocks.append(Block("list", items=_method_verdicts(methods)))
+    table = Block("table", header=["task", "mixture", "model", "Df", "metric", "gap", "gap at Dp = 0",
+                                   "gap at smallest Dp", "gap at largest Dp", "largest gap", "largest gap at Dp",
+                                   "reference α", "method α", "exponents differ"], rows=rows)
+    blocks.append(table if len(rows) <= LONG else details(f"The gaps per curve ({len(rows)} rows)", [table]))
+    summary += _method_summary(methods)
+    items = _method_verdicts(methods)
+    blocks.append(Block("list", items=items) if len(items) <= LONG
+                  else details(f"The gaps in sentences, per curve ({len(items)})", [Block("list", items=items)]))
     return blocks
+
+
+def _gap_trend(first: float, last: float) -> str:
+    a, b = abs(first), abs(last)
+    if np.sign(first) != np.sign(last) and min(a, b) > 0:
+        return "changes sign as Dp grows"
+    if b < 0.8 * a:
+        return "narrows as Dp grows"
+    if b > 1.25 * a:
+        return "widens as Dp grows"
+    return "stays about the same across Dp"
+
+
+def _method_summary(methods: pd.DataFrame) -> list[str]:
+    """One sentence per (method against its reference, metric): how the gaps move over the curves."""
+    out = []
+    m = methods[methods["delta_first"].map(_finite)] if len(methods) else methods
+    for (method, ref, metric), g in m.groupby(["method", "reference", "metric"], sort=False):
+        trends = pd.Series([_gap_trend(r["delta_first"], r["delta_last"]) for _, r in g.iterrows()]).value_counts()
+        differs = g["alpha_differs"].astype(str).str.lower()
+        n_cmp = int(differs.isin(["true", "false"]).sum())
+        out.append(f"{method} − {ref}, {METRIC[metric]}: the mean gap over Dp > 0 is {fmt(g['delta_mean'].mean(), 3)} "
+                   f"(over {len(g)} curves); the gap " + ", ".join(f"{t} on {n}" for t, n in trends.items())
+                   + (f"; the fitted exponents differ on {int((differs == 'true').sum())} of {n_cmp} curves where both "
+                      "laws were fitted." if n_cmp else "; no curve has both laws fitted, so no exponents to compare."))
+    return out
 
 
 def _method_verdicts(methods: pd.DataFrame) -> list[str]:
@@ -821,15 +944,7 @@ def _method_verdicts(methods: pd.DataFrame) -> list[str]:
     for _, r in methods.iterrows():
         if not _finite(r["delta_first"]):
             continue
-        a, b = abs(r["delta_first"]), abs(r["delta_last"])
-        if np.sign(r["delta_first"]) != np.sign(r["delta_last"]) and min(a, b) > 0:
-            trend = "changes sign as Dp grows"
-        elif b < 0.8 * a:
-            trend = "narrows as Dp grows"
-        elif b > 1.25 * a:
-            trend = "widens as Dp grows"
-        else:
-            trend = "stays about the same across Dp"
+        trend = _gap_trend(r["delta_first"], r["delta_last"])
         where = "at Dp = 0 (no pretraining)" if r["dp_maxabs"] == 0 else f"at Dp = {fmt_tokens(r['dp_maxabs'])}"
         line = (f"{r['task']} · {r['model']} · **{r['mixture']}**, Df = {fmt_df(r['df'])}, {METRIC[r['metric']]}: "
                 f"{r['method']} − {r['reference']} is {r['delta_first']:+.3g} at the smallest Dp and "
@@ -844,7 +959,8 @@ def _method_verdicts(methods: pd.DataFrame) -> list[str]:
 
 def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], out: Path, spec: dict[str, Any],
           tracker=None, corr: pd.DataFrame | None = None, methods: pd.DataFrame | None = None) -> list[Block]:
-    """The report as blocks; figures are written to `out` as it goes (and logged to `tracker`)."""
+    """The report as blocks, read top down: verdicts and key tables first, figures and the three questions,
+    then the long per-point tables (collapsed). Figures are written to `out` as it goes (and logged)."""
     corr = pd.DataFrame() if corr is None else corr
     methods = pd.DataFrame() if methods is None else methods
     if "x" not in fits_df.columns:  # fits.csv from before the question laws: every law was in Dp
@@ -852,30 +968,41 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
     ok_rows = usable(results)
     pts = seed_means(ok_rows)
     figs: list[str] = []
-    blocks = [Block("h1", f"Downstream scaling report — sweep `{spec.get('sweep', '')}`"), _header(results, spec)]
     models = list(dict.fromkeys(pts.sort_values("params")["model"])) or sorted(results["model"].dropna().unique())
-    blocks.append(Block("h2", "Verdicts"))
+    summary = [Block("h2", "Summary"), Block("p", _fit_counts(results, fits_df))]
     for task in dict.fromkeys(pts["task"]):
         for model in models:
             for method in sorted(pts["method"].unique()):
                 sel = pts[(pts["model"] == model) & (pts["method"] == method)]
                 if sel.empty:
                     continue
-                blocks.append(Block("p", f"**{task} · {model} · {method}**"))
-                blocks.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method)
-                                    or ["Nothing to conclude yet."]))
+                summary.append(Block("p", f"**{task} · {model} · {method}**"))
+                summary.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method)
+                                     or ["Nothing to conclude yet."]))
     if pts.empty:
-        blocks.append(Block("p", "No evaluated cells yet: nothing to conclude."))
-    blocks += _cells(results)
+        summary.append(Block("p", "No evaluated cells yet: nothing to conclude."))
 
-    blocks.append(Block("h2", "Mixtures and alignment"))
+    body = [Block("h2", "Mixtures and alignment")]
     al = results.drop_duplicates(["task", "mixture"])[["task", "mixture", "alignment"]]
-    blocks.append(Block("p", "Alignment score A = P_src·P_dest + 0.7·P_src + 0.8·P_dest (Isik et al., Eq. 2), "
-                             "computed from each mixture's language weights."))
-    blocks.append(Block("table", header=["task", "mixture", "alignment"],
-                        rows=[[str(r["task"]), str(r["mixture"]), fmt(r["alignment"])] for _, r in al.iterrows()]))
+    body.append(Block("p", "Alignment score A = P_src·P_dest + 0.7·P_src + 0.8·P_dest (Isik et al., Eq. 2), "
+                           "computed from each mixture's language weights."))
+    body.append(Block("table", header=["task", "mixture", "alignment"],
+                      rows=[[str(r["task"]), str(r["mixture"]), fmt(r["alignment"])] for _, r in al.iterrows()]))
 
-    blocks.append(Block("h2", "Figures"))
+    body.append(Block("h2", "Fitted laws"))
+    body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); "
+                           "brackets are 90% bootstrap intervals; Dp in raw text tokens."))
+    body.append(Block("h3", "BLEU: f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1, Huber δ = 0.1)"))
+    body.append(_fit_table(fits_df, "bleu_log", _param_names(fits_df, "bleu_log")))
+    body.append(Block("h3", "Cross-entropy: L(Dp) = E + A/Dp^α (Isik et al. Eq. 3, Huber δ = 1e-3)"))
+    body.append(_fit_table(fits_df, "power", _param_names(fits_df, "power")))
+    if (fits_df["x"].astype(str) == "dp,df").any():
+        body.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
+        body.append(_fit_table(fits_df, "joint", _param_names(fits_df, "joint", "dp,df"), x="dp,df"))
+
+    body.append(Block("h2", "Figures"))
+    if pts.empty:
+        body.append(Block("p", "No figures: no cell was evaluated."))
     for task in dict.fromkeys(pts["task"]):
         for model in models:
             for method in sorted(pts["method"].unique()):
@@ -885,54 +1012,76 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
                 tag = f"{task}_{model}_{method}"
                 name = f"fig_{tag}_dp.png"
                 plot_task(task, sel, fits, out / name, model, method)
-                blocks.append(Block("img", f"{task} · {model} · {method}: BLEU and cross-entropy against Dp, one colour "
-                                           "per Df", path=name))
+                body.append(Block("img", f"{task} · {model} · {method}: BLEU and cross-entropy against Dp, one colour "
+                                         "per Df", path=name))
                 name2 = f"fig_{tag}_bleu_vs_ce.png"
-                plot_bleu_vs_ce(task, sel, out / name2)
-                blocks.append(Block("img", f"{task} · {model} · {method}: BLEU against cross-entropy (Isik et al. Fig. 5)",
-                                    path=name2))
+                plot_bleu_vs_ce(task, sel, out / name2, model, method)
+                body.append(Block("img", f"{task} · {model} · {method}: BLEU against cross-entropy (Isik et al. Fig. 5)",
+                                  path=name2))
                 figs += [name, name2]
 
-    blocks.append(Block("h2", "Fitted laws"))
-    blocks.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); "
-                             "brackets are 90% bootstrap intervals; Dp in raw text tokens."))
-    blocks.append(Block("h3", "BLEU: f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1, Huber δ = 0.1)"))
-    blocks.append(_fit_table(fits_df, "bleu_log", _param_names(fits_df, "bleu_log")))
-    blocks.append(Block("h3", "Cross-entropy: L(Dp) = E + A/Dp^α (Isik et al. Eq. 3, Huber δ = 1e-3)"))
-    blocks.append(_fit_table(fits_df, "power", _param_names(fits_df, "power")))
-    if (fits_df["x"].astype(str) == "dp,df").any():
-        blocks.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
-        blocks.append(_fit_table(fits_df, "joint", _param_names(fits_df, "joint", "dp,df"), x="dp,df"))
-
     if not pts.empty:
-        blocks += question_upstream(pts, fits_df, corr, out, figs)
-        blocks += question_size(pts, fits_df, fits, out, figs)
-        blocks += question_methods(pts, methods, out, figs)
+        q: dict[str, list[str]] = {k: [] for k in ("upstream", "size", "methods")}
+        body += question_upstream(pts, fits_df, corr, out, figs, q["upstream"])
+        body += question_size(pts, fits_df, fits, out, figs, q["size"])
+        body += question_methods(pts, methods, out, figs, q["methods"])
+        for key, title in (("upstream", "Question 1: upstream loss → downstream"), ("size", "Question 2: model size"),
+                           ("methods", "Question 3: finetuning method")):
+            if q[key]:
+                summary += [Block("p", f"**{title}** (details below)"), Block("list", items=q[key])]
 
-    blocks.append(Block("h2", "Held-out extrapolation, per point"))
+    appendix = [Block("h2", "Appendix: the per-point tables")]
     hrows = []
     for r in fits:
         for h in r.get("holdout") or []:
             hrows.append([str(r["task"]), str(r["mixture"]), str(r["model"]), str(r.get("method")), fmt_df(r["df"]),
-                          str(r["law"]), str(r.get("x", "dp")), fmt(float(np.atleast_1d(h["x"])[-1])), fmt(h["y"]),
-                          fmt(h["pred"]), fmt(h["abs_err"]), fmt_pct(h["rel_err"])])
-    blocks.append(Block("table", header=["task", "mixture", "model", "method", "Df", "law", "inputs", "Dp", "observed",
-                                         "predicted", "abs. error", "rel. error"], rows=hrows)
-                  if hrows else Block("p", "No held-out points (too few rungs, or no fit succeeded)."))
+                          str(r["law"]) + (f" ({r['x']})" if str(r.get("x", "dp")) != "dp" else ""),
+                          _inputs(r.get("x", "dp"), h["x"]), fmt(h["y"]), fmt(h["pred"]),
+                          fmt(h["abs_err"]), fmt_pct(h["rel_err"])])
+    appendix.append(Block("h3", "Held-out extrapolation, per point"))
+    table = Block("table", header=["task", "mixture", "model", "method", "Df", "law", "held-out point", "observed",
+                                   "predicted", "abs. error", "rel. error"], rows=hrows)
+    appendix.append((table if len(hrows) <= LONG else details(f"Every held-out point ({len(hrows)} rows)", [table]))
+                    if hrows else Block("p", "No held-out points (too few rungs, or no fit succeeded)."))
 
-    blocks.append(Block("h2", "All cells"))
+    appendix.append(Block("h3", "All evaluated cells"))
     cols = ["task", "mixture", "model", "method", "dp", "df", "seed", "bleu", "chrf", "ce", "bp", "gen_len",
             "upstream_loss_mixture", "finetune_steps"]
     counts = {"dp", "df", "seed", "finetune_steps"}
-    blocks.append(Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed", "BLEU", "chrF", "CE",
-                                         "BP", "gen. length", "upstream loss", "finetune steps"],
-                        rows=[[str(r[c]) if isinstance(r[c], str) else fmt_count(r[c]) if c in counts else fmt(_num(r[c]))
-                               for c in cols]
-                              for _, r in ok_rows.sort_values(["task", "mixture", "model", "method", "df", "dp"]).iterrows()]))
+    rows = [[str(r[c]) if isinstance(r[c], str) else fmt_count(r[c]) if c in counts else fmt(_num(r.get(c)))
+             for c in cols] for _, r in ok_rows.sort_values(["task", "mixture", "model", "method", "df", "dp"]).iterrows()]
+    table = Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed", "BLEU", "chrF", "CE", "BP",
+                                   "gen. length", "upstream loss", "finetune steps"], rows=rows)
+    appendix.append(table if len(rows) <= LONG else details(f"Every evaluated cell ({len(rows)} rows)", [table]))
     if tracker is not None:
         for name in figs:
             tracker.log_image(f"report/{name.removeprefix('fig_').removesuffix('.png')}", out / name)
-    return blocks
+    head = [Block("h1", f"Downstream scaling report — sweep `{spec.get('sweep', '')}`"), _header(results, spec)]
+    return head + summary + _cells(results) + body + appendix
+
+
+def _inputs(x: str, v: Any) -> str:
+    """A held-out point's inputs by name: `Dp = 4.194e+06`, or `N = 3.000e+06, Df = 1,000` for joint laws."""
+    names = {"dp": "Dp", "df": "Df", "params": "N"}
+    keys = str(x).split(">")[0].split(",")
+    vals = np.atleast_1d(v)
+    return ", ".join(f"{names.get(k, k)} = {fmt_count(u) if k == 'df' else fmt(float(u))}" for k, u in zip(keys, vals))
+
+
+def _fit_counts(results: pd.DataFrame, fits_df: pd.DataFrame) -> str:
+    """The state of the study in one sentence: how many cells, how many laws fitted."""
+    n_ok = int((results["status"] == "ok").sum())
+    parts = []
+    for law, x, name in (("bleu_log", "dp", "BLEU log-law"), ("power", "dp", "CE power law"),
+                         ("two_stage", None, "two-stage route"), ("joint", "dp,df", "joint (Dp, Df) law"),
+                         ("chinchilla", None, "Chinchilla law across sizes"), ("joint", "params,df", "joint (N, Df) law")):
+        f = fits_df[fits_df["law"] == law]
+        if x is not None:
+            f = f[f["x"].astype(str) == x]
+        if len(f):
+            parts.append(f"the {name} on {int(f['ok'].map(_ok).sum())} of {len(f)}")
+    return (f"{n_ok} of {len(results)} cells evaluated (see Cells). Fitted: " + "; ".join(parts) + "."
+            if parts else f"{n_ok} of {len(results)} cells evaluated; no law was fitted.")
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -946,7 +1095,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def run(task) -> None:
-    from pipeline.tracking import make_tracker
+    from pipeline.tracking import make_tracker, read_stage_run_id
 
     spec = task.spec
     out = Path(spec["reports_dir"])
@@ -957,15 +1106,21 @@ def run(task) -> None:
     fits_df = _read_csv(out / "fits.csv")
     if fits_df.empty:
         fits_df = pd.DataFrame(columns=["task", "mixture", "model", "method", "df", "metric", "law", "x", "ok", "reason"])
-    fits = json.loads((out / "fits.json").read_text())
-    tracker = make_tracker(out, spec.get("tracking"), run_id=f"report-{spec['sweep']}", name=f"report-{spec['sweep']}",
-                           file="report-metrics.jsonl", group="report")
+    fits = json.loads((out / "fits.json").read_text()) if (out / "fits.json").exists() else []
+    tracker = make_tracker(out, spec.get("tracking"), run_id=read_stage_run_id("report", spec),
+                           name=getattr(task, "name", f"report-{spec['sweep']}"),
+                           config={"sweep": spec["sweep"], "results": str(results_path)}, file="report-metrics.jsonl",
+                           group=spec["sweep"])
     try:
         blocks = build(results, fits_df, fits, out, {**spec, "results_name": results_path.name}, tracker,
                        corr=_read_csv(out / "correlations.csv"), methods=_read_csv(out / "methods.csv"))
+        title = f"Downstream scaling report — {spec['sweep']}"
+        atomic_write_text(out / "report.md", to_markdown(blocks))
+        atomic_write_bytes(out / "report.html", to_html(blocks, out, title).encode())
+        tracker.log({"cells": len(results), "cells_ok": int((results["status"] == "ok").sum()),
+                     "cells_left_out": len(excluded(results)), "fits": len(fits_df),
+                     "fits_ok": int(fits_df["ok"].map(_ok).sum()) if len(fits_df) else 0,
+                     "figures": len(list(out.glob("fig_*.png")))}, step=0)
     finally:
         tracker.close()
-    title = f"Downstream scaling report — {spec['sweep']}"
-    atomic_write_text(out / "report.md", to_markdown(blocks))
-    atomic_write_bytes(out / "report.html", to_html(blocks, out, title).encode())
     print(f"report: {out / 'report.html'}")

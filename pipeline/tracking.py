@@ -44,6 +44,11 @@ class JsonlBackend(Backend):
         self.f.write(json.dumps(row) + "\n")
         self.f.flush()
 
+    def log_image(self, key: str, path: Path) -> None:
+        # the figure itself is a file beside this one: the line says which key it was logged under
+        self.f.write(json.dumps({"image": key, "path": str(path)}) + "\n")
+        self.f.flush()
+
     def close(self) -> None:
         self.f.close()
 
@@ -106,6 +111,14 @@ def make_tracker(run_dir: Path, tracking: dict[str, Any] | None, *, run_id: str,
                                      entity=tracking.get("entity"), mode=tracking.get("mode", "offline"),
                                      directory=Path(run_dir), group=group))
     return Tracker(backends)
+
+
+def read_stage_run_id(stage: str, spec: dict[str, Any]) -> str:
+    """The wandb run id of a fit or report task: a hash of what it reads (sweep, table, fit settings), so a
+    rerun of the same task continues its run and a different table starts another."""
+    from pipeline.artifacts import stable_hash
+
+    return f"{stage}-{spec.get('sweep')}-{stable_hash({k: v for k, v in spec.items() if k != 'tracking'})}"
 
 
 def _step_of(line: str) -> int | None:

@@ -1,0 +1,508 @@
+"""The report stage on a results table drawn from known laws: every file is written, every figure is a real
+image, the HTML stands alone, the header says what was run, and every number in report.md's tables is the
+number in fits.csv / correlations.csv / methods.csv / fits.json / results.csv at the precision shown (the
+checker is itself tested: it must catch one altered digit in every kind of table)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import compose
+from test_fit_stage import DP, synthetic_results
+
+from pipeline import fit, report
+from pipeline.config import load_config
+from pipeline.plan import build_read_plan
+
+SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+
+
+def run_fit_and_report(table: Path, reports: Path, *overrides: str) -> Path:
+    """fit + report from a table through the real config and plan (`stage=report paths.results=TABLE`)."""
+    cfg = load_config(compose(["+sweep=questions", "scale=smoke", "stage=report", f"paths.results={table}",
+                               f"paths.reports={reports}", *overrides]))
+    for task in build_read_plan(cfg).tasks:
+        {"fit": fit.run, "report": report.run}[task.stage](task)
+    return reports / "questions"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    # one size (the size laws fail and say why), two methods, an aligned mixture following the laws and a
+    # misaligned one whose BLEU zig-zags; one failed and one missing cell
+    df = synthetic_results(methods=("full", "lora"), dfs=(1000,), dp=DP[:6], misaligned="en100", noise=0.01)
+    df.loc[3, ["status", "reason", "bleu", "ce"]] = ["failed", "evaluate failed: out of memory", np.nan, np.nan]
+    df.loc[10, ["status", "reason"]] = ["missing", "no evaluate directory"]
+    root = tmp_path_factory.mktemp("report")
+    df.to_csv(root / "results.csv", index=False)
+    return run_fit_and_report(root / "results.csv", root / "reports", "fit.bootstrap=5")
+
+
+# ------------------------------------------------------------------------------------- the checker
+
+NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?")
+
+
+def shown(token: str) -> tuple[float, float]:
+    """A number as printed and half a unit of its last digit (the rounding it can hide)."""
+    pct = token.endswith("%")
+    t = token.rstrip("%").replace(",", "")
+    mant, _, exp = t.partition("e")
+    decimals = len(mant.partition(".")[2])
+    scale = (10.0 ** int(exp) if exp else 1.0) / (100 if pct else 1)
+    return float(t) / (100 if pct else 1), 0.5 * 10.0**-decimals * scale
+
+
+def numbers(cell: str) -> list[tuple[float, float]]:
+    return [shown(t) for t in NUMBER.findall(cell)]
+
+
+def finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def ok(v) -> bool:
+    return str(v).lower() == "true"
+
+
+class Checker:
+    """Compares report.md's tables with the files they come from; collects every mismatch."""
+
+    def __init__(self, out: Path, results: Path):
+        self.results = fit.load_results(results)
+        self.fits, self.corr, self.methods = (read(out / n) for n in ("fits.csv", "correlations.csv", "methods.csv"))
+        self.records = json.loads((out / "fits.json").read_text())
+        self.errors: list[str] = []
+        self.checked = 0
+
+    # -- cells
+    def num(self, where: str, cell: str, *values) -> None:
+        """`cell` shows `values` in order (a value, or a value with its [lo, hi]); '—' where there is none."""
+        self.checked += 1
+        got = numbers(cell) if not cell.startswith("—") else []
+        want = [float(v) for v in values if finite(v)]
+        if not want and not cell.startswith("—"):
+            self.errors.append(f"{where}: shows {cell!r}, the source has no value ({values})")
+            return
+        if want and len(got) != len(want) and not (len(want) > 1 and len(got) == 1):
+            self.errors.append(f"{where}: shows {cell!r}, the source has {want}")
+            return
+        for (g, half), w in zip(got, want):
+            if abs(g - w) > half * 1.001 + 1e-12:
+                self.errors.append(f"{where}: shows {cell!r}, the source has {w!r}")
+
+    def count(self, where: str, cell: str, v) -> None:
+        self.num(where, cell, v)
+        if finite(v) and cell != "—" and numbers(cell)[0][0] != float(v):
+            self.errors.append(f"{where}: count {cell!r} != {v}")
+
+    def text(self, where: str, cell: str, want: str) -> None:
+        self.checked += 1
+        if cell != want:
+            self.errors.append(f"{where}: shows {cell!r}, expected {want!r}")
+
+    def one(self, frame: pd.DataFrame, where: str, **key) -> pd.Series | None:
+        sel = frame
+        for k, v in key.items():
+            sel = sel[pd.to_numeric(sel[k], errors="coerce") == v] if isinstance(v, float) else sel[sel[k].astype(str) == str(v)]
+        if len(sel) != 1:
+            self.errors.append(f"{where}: {len(sel)} source rows for {key}")
+            return None
+        return sel.iloc[0]
+
+    # -- tables
+    def fit_table(self, where: str, row: dict[str, str], law: str, x: str) -> None:
+        r = self.one(self.fits, where, task=row["task"], mixture=row["mixture"], model=row["model"],
+                     method=row["method"], df=row["Df"].replace(",", ""), law=law, x=x)
+        if r is None:
+            return
+        good = ok(r["ok"])
+        skip = {"task", "mixture", "model", "method", "Df"}
+        for col, cell in row.items():
+            w = f"{where} [{col}]"
+            if col in skip:
+                continue
+            if col == "fit points":
+                self.count(w, cell, r["n_fit"])
+            elif col == "held-out points":
+                self.count(w, cell, r["n_holdout"])
+            elif col == "held-out abs. error":
+                self.num(w, cell, r["holdout_mae"])
+            elif col == "held-out rel. error":
+                self.num(w, cell, r["holdout_mre"] if good else math.nan)
+            elif col == "fit":
+                self.checked += 1
+                if good != (cell == "ok") or (not good and not (cell.startswith("failed: ") and len(cell) > 12)):
+                    self.errors.append(f"{w}: {cell!r} for ok={r['ok']} reason={r['reason']!r}")
+            elif f"p_{col}" in r.index:
+                self.num(w, cell, *((r[f"p_{col}"], r.get(f"ci_{col}_lo"), r.get(f"ci_{col}_hi")) if good else ()))
+            else:
+                self.errors.append(f"{w}: a column the checker does not know")
+
+    def check(self, md: str) -> None:
+        for ctx, bold, header, rows in tables(md):
+            for i, cells in enumerate(rows):
+                row = dict(zip(header, cells))
+                where = f"{ctx} / {bold} row {i}"
+                self.table_row(where, ctx, bold, header, row)
+
+    def table_row(self, where: str, ctx: str, bold: str, header: list[str], row: dict[str, str]) -> None:
+        law = {"BLEU:": ("bleu_log", "dp"), "Cross-entropy:": ("power", "dp"), "Joint law L(Dp, Df)": ("joint", "dp,df"),
+               "Upstream loss across sizes": ("chinchilla", "params,dp"),
+               "Downstream CE across sizes": ("joint", "params,df")}
+        if "fit points" in header:
+            for k, (name, x) in law.items():
+                if ctx.startswith(k):
+                    return self.fit_table(where, row, name, x)
+            self.errors.append(f"{where}: a fit table under an unknown heading")
+        elif header == ["task", "mixture", "alignment"]:
+            r = self.results[(self.results["task"] == row["task"]) & (self.results["mixture"] == row["mixture"])]
+            self.num(where, row["alignment"], r["alignment"].iloc[0])
+        elif "why" in header:
+            self.left_out(where, row)
+        elif "upstream loss" in header and "BLEU r" in header:
+            self.correlation(where, row)
+        elif "observed BLEU" in header:
+            self.routes(where, row)
+        elif "gap at Dp = 0" in header:
+            self.method(where, row)
+        elif "held-out point" in header:
+            self.held_out(where, row)
+        elif "gen. length" in header:
+            self.cell(where, row)
+        elif any(h.endswith(": α") for h in header):
+            self.sizes(where, bold, row)
+        else:
+            self.errors.append(f"{where}: a table the checker does not know: {header}")
+
+    def left_out(self, where: str, row: dict[str, str]) -> None:
+        r = self.results
+
+        def eq(col: str, cell: str) -> pd.Series:
+            v = pd.to_numeric(r[col], errors="coerce")
+            return v.isna() if cell == "—" else v == float(cell.replace(",", ""))
+
+        sel = r[(r["task"] == row["task"]) & (r["mixture"] == row["mixture"]) & (r["model"] == row["model"])
+                & (r["method"] == row["method"]) & eq("dp_rung", row["Dp rung"]) & eq("df", row["Df"])
+                & eq("seed", row["seed"])]
+        self.checked += 1
+        left_out = fit.excluded(r)
+        if len(sel) != 1 or sel.index[0] not in left_out.index:
+            self.errors.append(f"{where}: {row} is not one left-out row of results.csv")
+        elif left_out.at[sel.index[0], "why"] not in row["why"] or str(sel["reason"].iloc[0]) not in row["why"] + "nan":
+            self.errors.append(f"{where}: the reason {left_out.at[sel.index[0], 'why']!r} is not shown in full")
+
+    def correlation(self, where: str, row: dict[str, str]) -> None:
+        key = {"task": row["task"], "model": row["model"], "method": row["method"], "mixture": row["mixture"],
+               "df": row["Df"].replace(",", ""), "upstream": row["upstream loss"]}
+        for metric, name in (("bleu", "BLEU"), ("chrf", "chrF"), ("ce", "CE")):
+            r = self.one(self.corr, where, **key, metric=metric)
+            if r is None:
+                return
+            self.count(f"{where} [points]", row["points"], r["n"])
+            for kind, sym in (("pearson", "r"), ("spearman", "ρ")):
+                self.num(f"{where} [{name} {sym}]", row[f"{name} {sym}"], r[kind], r[f"{kind}_lo"], r[f"{kind}_hi"])
+
+    def routes(self, where: str, row: dict[str, str]) -> None:
+        key = {"task": row["task"], "mixture": row["mixture"], "model": row["model"], "method": row["method"],
+               "df": row["Df"].replace(",", "")}
+        routes = {"direct": ("bleu_log", "dp"), "two-stage (mixture loss)": ("two_stage", "dp>upstream_mixture"),
+                  "two-stage (target-language loss)": ("two_stage", "dp>upstream_tgt")}
+        maes = {}
+        for name, (law, x) in routes.items():
+            r = self.one(self.fits, where, **key, law=law, x=x)
+            if r is None:
+                return
+            good = ok(r["ok"])
+            self.num(f"{where} [{name}: predicted]", row[f"{name}: predicted"], r["largest_pred"] if good else math.nan)
+            self.num(f"{where} [{name}: mae]", row[f"{name}: held-out abs. error"], r["holdout_mae"] if good else math.nan)
+            if good:
+                maes[name] = r["holdout_mae"]
+                self.num(f"{where} [largest Dp]", row["largest Dp"], r["largest_dp"])
+                self.num(f"{where} [observed BLEU]", row["observed BLEU"], r["largest_obs"])
+        self.text(f"{where} [better]", row["better"], min(maes, key=maes.get) if len(maes) >= 2 else "—")
+
+    def method(self, where: str, row: dict[str, str]) -> None:
+        method, _, ref = row["gap"].partition(" − ")
+        r = self.one(self.methods, where, task=row["task"], mixture=row["mixture"], model=row["model"],
+                     df=row["Df"].replace(",", ""), metric={"BLEU": "bleu", "CE": "ce"}[row["metric"]], method=method,
+                     reference=ref)
+        if r is None:
+            return
+        for col, src in (("gap at Dp = 0", "delta_dp0"), ("gap at smallest Dp", "delta_first"),
+                         ("gap at largest Dp", "delta_last"), ("largest gap", "delta_maxabs"),
+                         ("largest gap at Dp", "dp_maxabs")):
+            self.num(f"{where} [{col}]", row[col], r[src])
+        self.num(f"{where} [reference α]", row["reference α"], r["ref_alpha"], r["ref_ci_alpha_lo"], r["ref_ci_alpha_hi"])
+        self.num(f"{where} [method α]", row["method α"], r["alpha"], r["ci_alpha_lo"], r["ci_alpha_hi"])
+        self.text(f"{where} [exponents differ]", row["exponents differ"],
+                  {"true": "yes", "false": "no"}.get(str(r["alpha_differs"]).lower(), "—"))
+
+    def held_out(self, where: str, row: dict[str, str]) -> None:
+        recs = [r for r in self.records if r.get("holdout") and str(r["task"]) == row["task"]
+                and str(r["mixture"]) == row["mixture"] and str(r["model"]) == row["model"]
+                and str(r.get("method")) == row["method"]
+                and (str(int(r["df"])) if finite(r["df"]) else str(r["df"])) == row["Df"].replace(",", "")
+                and (str(r["law"]) if str(r.get("x", "dp")) == "dp" else f"{r['law']} ({r['x']})") == row["law"]]
+        at = numbers(row["held-out point"])
+        hits = [h for r in recs for h in r["holdout"]
+                if len(np.atleast_1d(h["x"])) == len(at)
+                and all(abs(float(v) - g) <= half * 1.001 for v, (g, half) in zip(np.atleast_1d(h["x"]), at))]
+        if len(hits) != 1:
+            self.errors.append(f"{where}: {len(hits)} held-out points in fits.json match {row}")
+            return
+        h = hits[0]
+        for col, src in (("observed", "y"), ("predicted", "pred"), ("abs. error", "abs_err")):
+            self.num(f"{where} [{col}]", row[col], h[src])
+        self.num(f"{where} [rel. error]", row["rel. error"], h["rel_err"])
+
+    def cell(self, where: str, row: dict[str, str]) -> None:
+        u = fit.usable(self.results)
+        r = self.one(u, where, task=row["task"], mixture=row["mixture"], model=row["model"], method=row["method"],
+                     dp=float(row["Dp"].replace(",", "")), df=float(row["Df"].replace(",", "")), seed=float(row["seed"]))
+        if r is None:
+            return
+        for col, src in (("BLEU", "bleu"), ("chrF", "chrf"), ("CE", "ce"), ("BP", "bp"), ("gen. length", "gen_len"),
+                         ("upstream loss", "upstream_loss_mixture")):
+            self.num(f"{where} [{col}]", row[col], r[src])
+        self.count(f"{where} [finetune steps]", row["finetune steps"], r["finetune_steps"])
+
+    def sizes(self, where: str, bold: str, row: dict[str, str]) -> None:
+        law = {"BLEU log-law": "bleu_log", "CE power law": "power"}.get(bold)
+        if law is None:
+            self.errors.append(f"{where}: a per-size table under {bold!r}")
+            return
+        for col in (c for c in row if c.endswith(": α")):
+            model = col.removesuffix(": α")
+            r = self.one(self.fits, where, task=row["task"], mixture=row["mixture"], model=model, method=row["method"],
+                         df=row["Df"].replace(",", ""), law=law, x="dp")
+            if r is not None:
+                good = ok(r["ok"])
+                self.num(f"{where} [{col}]", row[col], r["p_alpha"] if good else math.nan)
+                self.num(f"{where} [{model}: rel]", row[f"{model}: held-out rel. error"],
+                         r["holdout_mre"] if good else math.nan)
+
+
+def read(path: Path) -> pd.DataFrame:
+    t = pd.read_csv(path) if path.stat().st_size > 1 else pd.DataFrame(columns=["df"])
+    t["df"] = t["df"].map(lambda v: str(int(float(v))) if finite(v) else str(v))  # 1000, 1000.0 and "all"
+    return t
+
+
+def split_row(line: str) -> list[str]:
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def tables(md: str) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(last heading, last bold paragraph, header, rows) of every markdown table."""
+    out, ctx, bold = [], "", ""
+    lines = md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            ctx, bold = line.lstrip("#").strip(), ""
+        elif re.fullmatch(r"\*\*[^*]+\*\*", line.strip()):
+            bold = line.strip().strip("*")
+        elif line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header, rows = split_row(line), []
+            i += 2
+            while i < len(lines) and lines[i].startswith("| "):
+                rows.append(split_row(lines[i]))
+                i += 1
+            out.append((ctx, bold, header, rows))
+            continue
+        i += 1
+    return out
+
+
+def check_numbers(out: Path, md: str | None = None, results: Path | None = None) -> Checker:
+    c = Checker(out, results or out.parent.parent / "results.csv")
+    c.check((out / "report.md").read_text() if md is None else md)
+    return c
+
+
+# ----------------------------------------------------------------------------------------- tests
+
+
+def test_every_file_is_written(study):
+    for name in ("fits.csv", "fits.json", "correlations.csv", "methods.csv", "report.md", "report.html"):
+        assert (study / name).stat().st_size > 0, name
+    md = (study / "report.md").read_text()
+    pngs = sorted(study.glob("fig_*.png"))
+    linked = set(re.findall(r"!\[[^]]*\]\((fig_[^)]+\.png)\)", md))
+    # the paper's two figures per (model, method), the upstream figure per (model, method), the methods figure
+    assert {p.name for p in pngs} == linked and len(linked) == 2 * 2 + 2 + 1, linked
+
+
+def test_every_figure_is_a_real_image(study):
+    import matplotlib.image as mpimg
+
+    for p in study.glob("fig_*.png"):
+        img = mpimg.imread(p)
+        h, w = img.shape[:2]
+        assert h >= 300 and w >= 300, (p.name, img.shape)
+        rgb = (img[..., :3].reshape(-1, 3) * 255).round().astype(np.int64)
+        colours, n = np.unique(rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2], return_counts=True)
+        assert len(colours) > 20, (p.name, len(colours))
+        # a plot is mostly background: no single colour covers (nearly) everything, and there are lines
+        share = n.max() / len(rgb)
+        assert 0.3 < share < 0.97, (p.name, share)
+        assert p.stat().st_size < 120_000, (p.name, p.stat().st_size)  # small enough to commit as an example
+
+
+def test_html_is_self_contained(study):
+    page = (study / "report.html").read_text()
+    srcs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", page)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs), [s[:40] for s in srcs]
+    assert len(srcs) == len(list(study.glob("fig_*.png")))
+    assert "<details>" in page and "<link" not in page and "<script" not in page
+
+
+def test_every_number_in_the_tables_is_the_source_number(study):
+    c = check_numbers(study)
+    assert not c.errors, "\n".join(c.errors[:20])
+    assert c.checked > 300, c.checked
+
+
+def test_the_checker_catches_one_altered_digit_in_every_kind_of_table(study):
+    c = Checker(study, study.parent.parent / "results.csv")
+    kinds = set()
+    for ctx, bold, header, rows in tables((study / "report.md").read_text()):
+        kind = ctx if "fit points" in header else header[-1] + bold
+        for row in rows:
+            # the first cell past the key columns that holds a number: one digit changed
+            j = next((j for j, (h, v) in enumerate(zip(header, row)) if NUMBER.search(v) and h not in KEYS), None)
+            if j is None:
+                continue
+            digit = list(re.finditer(r"\d", row[j]))[-1]
+            bad = row[j][:digit.start()] + str((int(digit.group()) + 3) % 10) + row[j][digit.end():]
+            c.errors = []
+            c.table_row("as written", ctx, bold, header, dict(zip(header, row)))
+            assert not c.errors, c.errors
+            c.table_row("altered", ctx, bold, header, dict(zip(header, [*row[:j], bad, *row[j + 1:]])))
+            assert c.errors, (kind, row[j], bad)
+            kinds.add(kind)
+            break
+    # the BLEU, CE and joint laws; the two size laws; alignment; left-out cells; correlations; routes; gaps;
+    # held-out points; all cells
+    assert len(kinds) >= 12, sorted(kinds)
+
+
+KEYS = ("task", "mixture", "model", "method", "Df", "upstream loss", "law", "why", "gap", "metric", "fit")
+
+
+def test_header_states_scale_corpus_signature_and_sha(study):
+    head = (study / "report.md").read_text().split("## Summary")[0]
+    assert "**Scale: smoke**" in head and "toy-scale" in head
+    assert "Debian packages" in head
+    assert f"sacreBLEU signature: {SIGNATURE}" in head
+    assert "Git SHA: 0123abcd" in head
+
+
+def test_failed_fits_and_left_out_cells_are_said(study):
+    md = (study / "report.md").read_text()
+    fits = pd.read_csv(study / "fits.csv")
+    bad = fits[~fits["ok"].map(ok)]
+    assert len(bad) and bad["reason"].notna().all()
+    # the zig-zag BLEU, and the size laws of a one-size sweep
+    assert "BLEU is not monotone in Dp" in md
+    assert "needs at least 2 model sizes, the sweep has 1" in md
+    cells = md.split("## Cells")[1].split("\n## ")[0]
+    assert "0 missing" not in cells and "1 missing, 1 failed" in cells
+    assert "evaluate failed: out of memory" in cells and "no evaluate directory" in cells
+    # verdicts come before the long tables, which are collapsed
+    assert md.index("## Summary") < md.index("## Fitted laws") < md.index("## Appendix")
+    assert md.index("<details>") > md.index("## Question 1")
+
+
+# ------------------------------------------------------------------------------ tables that break the report
+
+
+def _degenerate(kind: str) -> pd.DataFrame:
+    df = synthetic_results(dp=DP[:4], dfs=(1000,), bleu_law=False)
+    if kind == "mixture_without_dp":  # every Dp > 0 cell of one mixture has a non-finite BLEU
+        df.loc[(df["mixture"] == "en100") & (df["dp"] > 0), "bleu"] = np.inf
+    elif kind == "only_baseline":
+        df = df[df["dp"] == 0]
+    elif kind == "one_dp":
+        df = synthetic_results(dp=DP[:1], dfs=(1000, 4000), models=("t5_tiny", "t5_mini"), bleu_law=False)
+    elif kind == "df_not_a_number":
+        df["df"] = df["df"].astype(float)
+        df.loc[0, "df"] = np.nan
+    elif kind == "no_ce":
+        df["ce"] = np.nan
+    elif kind == "all_failed":
+        df["status"], df["reason"] = "failed", "finetune diverged"
+    return df
+
+
+@pytest.mark.parametrize("kind", ["mixture_without_dp", "only_baseline", "one_dp", "df_not_a_number", "no_ce",
+                                  "all_failed"])
+def test_degenerate_tables_give_a_report_that_says_what_is_missing(tmp_path, kind):
+    _degenerate(kind).to_csv(tmp_path / "results.csv", index=False)
+    out = run_fit_and_report(tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0")
+    md = (out / "report.md").read_text()
+    assert "## Summary" in md and "## Cells" in md
+    said = {"mixture_without_dp": "bleu is not a finite number", "only_baseline": "too few points",
+            "one_dp": "too few points", "df_not_a_number": "df is not a finite number",
+            "no_ce": "ce is not a finite number", "all_failed": "finetune diverged"}[kind]
+    assert said in md, kind
+    assert not check_numbers(out).errors, check_numbers(out).errors[:5]
+
+
+# ------------------------------------------------------------------------------------------- tracking
+
+
+def test_tracking_wandb_gets_the_fit_metrics_and_every_figure(tmp_path, monkeypatch):
+    """With tracking=wandb, fit and report log through the one tracker: the fake wandb backend receives the
+    fitted laws' numbers and every report figure; its run id is a hash of the task, the same on a rerun."""
+    import pipeline.tracking as tracking
+
+    runs: list[dict] = []
+
+    class FakeWandb(tracking.Backend):
+        def __init__(self, run_id, name, config, project, entity, mode, directory, group=None):
+            self.run = {"id": run_id, "mode": mode, "metrics": {}, "images": {}, "closed": False}
+            runs.append(self.run)
+
+        def log(self, metrics, step):
+            self.run["metrics"].update(metrics)
+
+        def log_image(self, key, path):
+            self.run["images"][key] = Path(path)
+
+        def close(self):
+            self.run["closed"] = True
+
+    monkeypatch.setattr(tracking, "WandbBackend", FakeWandb)
+    df = synthetic_results(dp=DP[:6], dfs=(1000,), mixtures=("en50_de50",), bleu_law=False)
+    df.to_csv(tmp_path / "results.csv", index=False)
+    args = (tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0", "tracking=wandb")
+    out = run_fit_and_report(*args)
+    fit_run, report_run = runs
+    assert fit_run["id"].startswith("fit-questions-") and report_run["id"].startswith("report-questions-")
+    assert fit_run["mode"] == "offline" and fit_run["closed"] and report_run["closed"]
+    fits = pd.read_csv(out / "fits.csv")
+    power = fits[(fits["law"] == "power") & fits["ok"].map(ok)].iloc[0]
+    assert fit_run["metrics"]["fits"] == len(fits)
+    assert fit_run["metrics"]["power/dp/en-de/en50_de50/t5_tiny/full/df=1000/alpha"] == pytest.approx(power["p_alpha"], rel=1e-9)
+    figures = sorted(p.name for p in out.glob("fig_*.png"))
+    assert sorted(f"fig_{k.removeprefix('report/')}.png" for k in report_run["images"]) == figures
+    assert all(p.exists() for p in report_run["images"].values())
+    assert report_run["metrics"]["figures"] == len(figures)
+    # the local file says the same (it is the source of truth)
+    lines = [json.loads(x) for x in (out / "report-metrics.jsonl").read_text().splitlines()]
+    assert sorted(x["image"] for x in lines if "image" in x) == sorted(report_run["images"])
+    # a rerun of the same task continues the same runs
+    run_fit_and_report(*args)
+    assert [r["id"] for r in runs[2:]] == [fit_run["id"], report_run["id"]]
