@@ -44,6 +44,10 @@ def dir_hash(path: Path) -> str:
 # ------------------------------------------------------------------------------------ atomic writes
 
 
+UMASK = os.umask(0)
+os.umask(UMASK)  # read once at import (os.umask can only be read by setting it)
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
         fd = os.open(path, os.O_RDONLY)
@@ -62,6 +66,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600: results are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -94,6 +99,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             if p.is_file():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700: checkpoints are shared with other users' jobs
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)

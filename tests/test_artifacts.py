@@ -66,3 +66,14 @@ def test_a_killed_writer_leaves_the_old_file_or_the_new_one_and_a_temporary_that
     assert json.loads(target.read_text())["v"] >= 0  # always a complete JSON document
     clean_temporaries(tmp_path)
     assert [x.name for x in tmp_path.iterdir()] == ["table.json"]
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    # mkstemp creates 0600 files: a results table or report only its writer could read
+    from pipeline.artifacts import UMASK, atomic_write_text
+
+    atomic_write_text(tmp_path / "results.csv", "a,b\n")
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o666 & ~UMASK
+    with atomic_dir(tmp_path / "checkpoint") as d:
+        (d / "w").write_bytes(b"x")
+    assert (tmp_path / "checkpoint").stat().st_mode & 0o777 == 0o777 & ~UMASK
