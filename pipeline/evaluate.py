@@ -20,6 +20,7 @@ import torch
 from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import data_config
 from pipeline.finetune import encode_pairs, pad_batch, reference_ce
+from pipeline.model import use_fused_kernels
 from pipeline.tokenizer import load_tokenizer
 from pipeline.training import setup_runtime
 
@@ -94,7 +95,7 @@ def run(task) -> None:
     rt = setup_runtime("auto", "none")
     best = Path(spec["finetune_dir"]) / "best"
     tokenizer = load_tokenizer(best)
-    model = T5ForConditionalGeneration.from_pretrained(str(best)).to(rt.device)
+    model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(best))).to(rt.device).eval()
     source = get_source(data_config(spec["data"]), Path(spec["cache"]))
     rows = test_rows(source, spec["pair"], cfg["test_size"])
     src, tgt = spec["src"], spec["tgt"]

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts import atomic_write_json, dir_hash
 from pipeline.config import data_config
+from pipeline.model import use_fused_kernels
 from pipeline.pretrain import checkpoint_for
 from pipeline.tokenizer import load_tokenizer
 from pipeline.tracking import make_tracker
@@ -98,10 +99,24 @@ def reference_ce(model, src: list[list[int]], tgt: list[list[int]], pad_id: int,
     return total / max(count, 1), count
 
 
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, pool: int = 50) -> list[np.ndarray]:
+    """One epoch's batches: a seeded shuffle, sorted by length within pools of `pool` batches so a batch pads
+    little (random batches of these short sentences padded to their longest cost ~2x the compute), then the
+    batches in a seeded order. A function of (seed, epoch): a resumed run sees the same batches."""
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths))
+    out: list[np.ndarray] = []
+    for i in range(0, len(perm), batch_size * pool):
+        chunk = perm[i:i + batch_size * pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        out += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
 def load_for_finetune(path: Path, method: str, dropout: float, lora: dict[str, Any]):
     from transformers import T5ForConditionalGeneration
 
-    model = T5ForConditionalGeneration.from_pretrained(str(path), dropout_rate=dropout)
+    model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(path), dropout_rate=dropout))
     if method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -145,6 +160,8 @@ def run(task) -> None:
 
     B = cfg["batch_size"]
     steps_per_epoch = math.ceil(len(tr_src) / B)
+    lengths = np.array([len(a) + len(b) for a, b in zip(tr_src, tr_tgt)])
+    batches: dict[int, list[np.ndarray]] = {}
     max_steps = min(cfg["max_steps"], cfg["max_epochs"] * steps_per_epoch)
     state_root = out / "state"
     resume = latest_checkpoint(state_root)
@@ -189,8 +206,10 @@ def run(task) -> None:
                 _save_best(out, model, tokenizer)
             while st["step"] < max_steps and st["bad_evals"] < cfg["patience"]:
                 epoch, k = divmod(st["step"], steps_per_epoch)
-                perm = np.random.default_rng([spec["seed"], epoch]).permutation(len(tr_src))
-                sel = perm[k * B:(k + 1) * B]
+                if epoch not in batches:
+                    batches.clear()
+                    batches[epoch] = epoch_batches(lengths, B, spec["seed"], epoch)
+                sel = batches[epoch][k]
                 b = {key: v.to(rt.device) for key, v in collate([tr_src[i] for i in sel], [tr_tgt[i] for i in sel], pad).items()}
                 with rt.autocast():
                     loss = model(**b).loss

@@ -93,13 +93,44 @@ def _task_log(path: Path, enabled: bool):
         handler.close()
 
 
+@contextlib.contextmanager
+def _exclusive(task: Task, enabled: bool):
+    """Hold the task directory's lock: two sweeps on one artifacts directory (a second terminal, a job
+    requeued while the old one still runs) must not train the same task at once, both writing its
+    checkpoints. The lock dies with its process, so a killed run leaves none behind."""
+    if not enabled:
+        yield
+        return
+    import fcntl
+
+    d = Path(task.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.warning("%s: another process is running this task (%s is locked); waiting for it", task.id, d / ".lock")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def execute(task: Task) -> str:
     """Run a task unless it is complete. Returns "skipped", "ok" or "preempted"; raises TaskFailed."""
-    from pipeline.training import Preempted
-
     if is_complete(task):
         return "skipped"
     main = rank() == 0
+    with _exclusive(task, main and task.stage not in READ_STAGES):
+        if is_complete(task):  # finished by the process we waited for
+            return "skipped"
+        return _execute(task, main)
+
+
+def _execute(task: Task, main: bool) -> str:
+    from pipeline.training import Preempted
+
     d = Path(task.dir)
     if main:
         d.mkdir(parents=True, exist_ok=True)

@@ -302,3 +302,35 @@ def test_a_stop_signal_stops_the_sweep_with_exit_zero_and_the_rerun_finishes(tmp
     counts = summary_counts(r.stderr.splitlines())
     assert set(counts) == {"ok", "skipped"} and counts["ok"] + counts["skipped"] == 11, counts
     assert runs(plan, "ft-a") == 2 and all(runs(plan, n) == 1 for n in never if n != "collect")
+
+
+def test_a_task_running_elsewhere_is_waited_for_not_run_twice(tmp_path, fake_stages, caplog):
+    # two sweeps on one artifacts directory: the second waits on the task's lock, then finds it finished
+    import threading
+
+    from pipeline.task import execute
+
+    plan = toy_plan(tmp_path, hold="pt")
+    pt = next(t for t in plan.tasks if t.name == "pt")
+    for t in plan.tasks[:3]:  # its inputs
+        assert execute(t) == "ok"
+    results: dict[str, str] = {}
+    first = threading.Thread(target=lambda: results.update(first=execute(pt)))
+    second = threading.Thread(target=lambda: results.update(second=execute(pt)))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        first.start()
+        t0 = time.time()
+        while not (Path(pt.dir) / "started").exists():
+            assert time.time() - t0 < 30
+            time.sleep(0.02)
+        second.start()
+        t0 = time.time()
+        while "another process is running this task" not in caplog.text:
+            assert time.time() - t0 < 30, caplog.text
+            time.sleep(0.02)
+        assert second.is_alive() and first.is_alive()
+        (Path(pt.dir) / "go").touch()
+        first.join(30)
+        second.join(30)
+    assert results == {"first": "ok", "second": "skipped"}
+    assert runs(plan, "pt") == 1

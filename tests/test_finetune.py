@@ -114,6 +114,25 @@ def test_nested_subsets_are_prefixes_of_one_permutation():
         finetune.nested_subset(500, 1000, 0)
 
 
+def test_epoch_batches_cover_every_pair_once_pad_little_and_depend_only_on_seed_and_epoch():
+    lengths = np.random.default_rng(0).integers(4, 120, 5000)
+    b = finetune.epoch_batches(lengths, 32, seed=3, epoch=1)
+    assert len(b) == -(-5000 // 32) and sorted(np.concatenate(b).tolist()) == list(range(5000))
+    again = finetune.epoch_batches(lengths, 32, seed=3, epoch=1)
+    assert all((x == y).all() for x, y in zip(b, again))  # a resumed run sees the same batches
+    assert any((x != y).any() for x, y in zip(b, finetune.epoch_batches(lengths, 32, seed=3, epoch=2)))
+    assert any((x != y).any() for x, y in zip(b, finetune.epoch_batches(lengths, 32, seed=4, epoch=1)))
+
+    def padded(batches):  # positions a batch padded to its longest pair costs
+        return sum(len(x) * lengths[x].max() for x in batches)
+
+    perm = np.random.default_rng(0).permutation(5000)
+    random_batches = [perm[i:i + 32] for i in range(0, 5000, 32)]
+    assert padded(b) < 0.6 * padded(random_batches)
+    # length-sorted within pools, but not one global sort: the first batches are not all the shortest
+    assert len({int(lengths[x].max()) for x in b[:10]}) > 3
+
+
 def test_each_cell_trains_on_exactly_its_nested_df_pairs(plan, tmp_path, monkeypatch):
     trained = {}
     for df in (64, 128):
