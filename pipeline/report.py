@@ -525,6 +525,9 @@ def _law_status(f: pd.DataFrame, law: str, metric: str, n_curves: int) -> list[s
                       _curve_name(r["mixture"], r["df"])) for _, r in bad.iterrows()])
 
 
+BLEU_FLOOR = 1.0  # below this no cell translates: BLEU counts a few stray n-grams
+
+
 def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], model: str,
              method: str) -> list[str]:
     """Plain sentences generated from the numbers, for one (task, model, method); each said once."""
@@ -534,6 +537,11 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
     f = fits_df[(fits_df["task"] == task) & (fits_df["model"] == model) & (fits_df["method"] == method)
                 & (fits_df["x"].astype(str) == "dp")]
     n_curves = len(g.groupby(["mixture", "df"]))
+    top = g["bleu"].max() if len(g) else np.nan
+    if np.isfinite(top) and top < BLEU_FLOOR:
+        out.append(f"BLEU stays below {BLEU_FLOOR:g} in every cell (at most {fmt(top, 3)}): the models do not translate "
+                   f"yet at this scale, so BLEU's ups and downs are noise; read the cross-entropy, or run a larger "
+                   f"scale.")
     for law, metric in (("bleu_log", "bleu"), ("power", "ce")):
         out += _law_status(f, law, metric, n_curves)
     for mix, gm in g.groupby("mixture", sort=False):
@@ -563,7 +571,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
     # Misalignment (Isik et al. §3.5): CE falls while BLEU does not follow; one line per kind of disagreement.
     flagged = []
     for r in _records(fits, task=task, metric="verdict", model=model, method=method):
-        if not r.get("flag"):
+        if not r.get("flag") or (np.isfinite(top) and top < BLEU_FLOOR):  # no BLEU signal to disagree with
             continue
         if not r.get("bleu_monotone"):
             s = "CE keeps falling with Dp while BLEU goes up and down, for {where}: CE is a misleading proxy there."
@@ -593,6 +601,16 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                 fades = hi < 0.25 * lo if lo > 0 else False
                 out.append(f"{head} and {hi:+.2f} at Df = {fmt(int(dfs[-1]))}"
                            + (": at the largest Df pretraining no longer matters much." if fades else "."))
+    # The cross-entropy side of the same question (the signal that remains when BLEU is at its floor).
+    for mix, gm in g.groupby("mixture", sort=False):
+        drops = []
+        for d in dfs:
+            c = gm[(gm["df"] == d) & gm["ce"].notna()].sort_values("dp")
+            if len(c) >= 2 and (c["dp"] == 0).any() and c["dp"].iloc[-1] > 0:
+                drops.append((d, float(c["ce"].iloc[-1] - c[c["dp"] == 0]["ce"].iloc[0])))
+        if drops:
+            out.append(f"**{mix}**: from no pretraining to the largest Dp, CE changes by "
+                       + ", ".join(f"{v:+.3f} at Df = {fmt(int(d))}" for d, v in drops) + " (nats a token).")
     # Alignment: which mixture wins at the largest Dp, per Df.
     if g["mixture"].nunique() >= 2:
         for d in dfs:

@@ -460,6 +460,18 @@ def test_degenerate_tables_give_a_report_that_says_what_is_missing(tmp_path, kin
     assert not check_numbers(out).errors, check_numbers(out).errors[:5]
 
 
+def test_bleu_at_its_floor_is_called_noise_and_the_ce_signal_is_said(tmp_path, study):
+    # a tiny model that does not translate yet: BLEU < 1 everywhere; the verdicts must not read trends into it
+    df = synthetic_results(dp=DP[:6], dfs=(1000,), misaligned="en100", noise=0.01)
+    df["bleu"] = df["bleu"] / 100
+    df.to_csv(tmp_path / "results.csv", index=False)
+    md = (run_fit_and_report(tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0") / "report.md").read_text()
+    assert "BLEU stays below 1 in every cell" in md and "misleading proxy" not in md
+    assert "from no pretraining to the largest Dp, CE changes by" in md
+    normal = (study / "report.md").read_text()  # a study whose BLEU moves: no floor sentence, the proxy verdict
+    assert "BLEU stays below 1" not in normal and "CE keeps falling with Dp" in normal
+
+
 # ------------------------------------------------------------------------------------------- tracking
 
 
