@@ -13,6 +13,7 @@ stored as de-en serves en-de too.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import glob
 import hashlib
@@ -125,7 +126,7 @@ def _dedup_side(rows: Iterable[Mapping[str, Any]], lang: str, seen: set[str]) ->
             yield t
 
 
-class Source:
+class Source(abc.ABC):
     """The interface every stage reads text through."""
 
     name = "base"
@@ -139,13 +140,15 @@ class Source:
         if not isinstance(self.opts, dict):
             self.opts = {}
 
+    @abc.abstractmethod
     def iter_texts(self, lang: str, split: str = "train") -> Iterator[str]:
         """Monolingual documents; split "validation" is held-out text of the language (upstream loss)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def parallel(self, pair: str, split: str) -> datasets.Dataset:
         """A datasets.Dataset with a column "translation": {src: str, tgt: str, ...}."""
-        raise NotImplementedError
+        ...
 
     def text_stats(self, lang: str) -> dict[str, int] | None:
         """{"docs", "words", "chars"} of the train text, or None where unbounded or unknown."""
@@ -155,13 +158,15 @@ class Source:
         """Number of pairs in a split, or None where unknown without downloading."""
         return None
 
+    @abc.abstractmethod
     def identity(self) -> dict[str, Any]:
         """What downstream stages hash on: the content of the data, as cheaply as it can be named."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def validate(self, languages: Iterable[str], pairs: Iterable[str]) -> None:
         """Fast start-up checks; raises ConfigError with one line naming the key and the problem."""
-        raise NotImplementedError
+        ...
 
     @staticmethod
     def _check_split(split: str, allowed: tuple[str, ...]) -> None:

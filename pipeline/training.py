@@ -209,7 +209,7 @@ def checkpoint_meta(path: Path) -> dict[str, Any]:
 
 
 def latest_checkpoint(root: Path, deep: bool = True) -> Path | None:
-    """The newest intact checkpoint under root (step-XXXXXXXX dirs) that can be resumed from (it has its
+    """The newest intact checkpoint under root (step-<8 digits> dirs) that can be resumed from (it has its
     training state); a corrupted newer one is reported in one line and skipped."""
     root = Path(root)
     if not root.is_dir():

@@ -40,3 +40,16 @@ def l10n_corpus() -> Path:
     if not (d / "manifest.json").exists():
         pytest.skip(f"the offline corpus is not built at {d} (run `make corpus`)")
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): the
+    same numerics as the one-thread subprocesses it is compared with, and no OpenMP spin-wait collapse when
+    the two cores are shared with other jobs."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

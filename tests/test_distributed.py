@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from test_training import (
     curve,
     first,
@@ -30,12 +29,7 @@ from pipeline.training import step_dir
 LADDER = [8192, 16384]  # 8 and 15 steps of 16 x 70 raw tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 from test_training import (
     curve,
     max_abs_diff,
@@ -38,13 +37,7 @@ STEPS = 16
 FT = {"max_steps": STEPS, "eval_every": 4, "patience": 100}  # never stops early: every run goes to step 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One intra-op thread here and in the subprocesses: identical numerics between them.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,7 @@ from pipeline.training import MARKER, STATE
 PREFIX = "translate English to German: "
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One intra-op thread here and in the subprocesses: identical numerics between them.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

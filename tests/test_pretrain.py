@@ -35,14 +35,7 @@ from pipeline.training import MARKER, STATE, checkpoint_meta, step_dir
 LAST = 37  # steps of the small ladder (40960 raw tokens / (16 x 70))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One intra-op thread here and in the subprocesses: identical numerics between them, and no OpenMP
-    # spin-wait collapse when the two cores are shared with other jobs.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
