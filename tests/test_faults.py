@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from test_training import (
     curve,
+    damage_newest,
     max_abs_diff,
     small_plan,
     start,
@@ -100,33 +101,17 @@ def partial(built):
     return d
 
 
-def _truncate(state):
-    w = step_dir(state, 8) / "model.safetensors"
-    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-
-
-def _no_marker(state):
-    (step_dir(state, 8) / MARKER).unlink()
-
-
-def _half_written(state):
-    tmp = state / ".step-00000012.k1ll3d.tmp"
-    shutil.copytree(step_dir(state, 8), tmp)
-    (tmp / MARKER).unlink()
-    (tmp / STATE).write_bytes(b"\0" * 10)
-
-
 @pytest.mark.parametrize("damage,resumed_at,said", [
-    (_truncate, 4, "checkpoint step-00000008 is not usable (model.safetensors has"),
-    (_no_marker, 4, "checkpoint step-00000008 is not usable (no completion marker); falling back"),
-    (_half_written, 8, "removed .step-00000012.k1ll3d.tmp, half-written by a process that was killed"),
+    ("truncated-weights", 4, "checkpoint step-00000008 is not usable (model.safetensors has"),
+    ("no-marker", 4, "checkpoint step-00000008 is not usable (no completion marker); falling back"),
+    ("half-written-temporary", 8, "removed .step-00000012.k1ll3d.tmp, half-written by a process that was killed"),
 ], ids=["truncated-weights", "no-marker", "half-written-temporary"])
 def test_damaged_state_falls_back_says_so_and_ends_the_same(built, partial, tmp_path, caplog, damage, resumed_at, said):
     from pipeline.task import execute
 
     d = tmp_path / "run"
     shutil.copytree(partial, d)
-    damage(d / "state")
+    damage_newest(d / "state", damage, newest=8, next_step=12)
     with caplog.at_level(logging.INFO):
         assert execute(with_spec(built["task"], d)) == "ok"
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

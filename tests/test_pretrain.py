@@ -17,6 +17,7 @@ import pytest
 import torch
 from test_training import (
     curve,
+    damage_newest,
     first,
     max_abs_diff,
     run_upto,
@@ -150,33 +151,17 @@ def partial(built):
     return d
 
 
-def _truncate(ck):
-    w = step_dir(ck, 22) / "model.safetensors"
-    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-
-
-def _no_marker(ck):
-    (step_dir(ck, 22) / MARKER).unlink()
-
-
-def _half_written(ck):
-    tmp = ck / ".step-00000030.k1ll3d.tmp"
-    shutil.copytree(step_dir(ck, 22), tmp)
-    (tmp / MARKER).unlink()
-    (tmp / STATE).write_bytes(b"\0" * 10)
-
-
 @pytest.mark.parametrize("damage,resumed_at,said", [
-    (_truncate, 8, "step-00000022 is not usable (model.safetensors has"),
-    (_no_marker, 8, "step-00000022 is not usable (no completion marker)"),
-    (_half_written, 22, "removed .step-00000030.k1ll3d.tmp, half-written"),
+    ("truncated-weights", 8, "step-00000022 is not usable (model.safetensors has"),
+    ("no-marker", 8, "step-00000022 is not usable (no completion marker)"),
+    ("half-written-temporary", 22, "removed .step-00000030.k1ll3d.tmp, half-written"),
 ])
 def test_damaged_state_falls_back_says_so_and_ends_the_same(built, partial, tmp_path, caplog, damage, resumed_at, said):
     from pipeline.pretrain import run
 
     d = tmp_path / "run"
     shutil.copytree(partial, d)
-    damage(d / "checkpoints")
+    damage_newest(d / "checkpoints", damage, newest=22, next_step=30)
     with caplog.at_level(logging.INFO):
         run(with_spec(built["task"], d))
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

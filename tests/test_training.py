@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -265,3 +266,24 @@ def test_rng_capture_restores_every_generator():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+DAMAGES = ("truncated-weights", "no-marker", "half-written-temporary")
+
+
+def damage_newest(root: Path, kind: str, newest: int, next_step: int) -> None:
+    """Leave the newest checkpoint under `root` the way a killed job or a bad disk does: weights cut in half,
+    no completion marker, or a half-written temporary of the next one beside it."""
+    if kind == "truncated-weights":
+        w = step_dir(root, newest) / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    elif kind == "no-marker":
+        (step_dir(root, newest) / MARKER).unlink()
+    elif kind == "half-written-temporary":
+        tmp = root / f".{step_dir(root, next_step).name}.k1ll3d.tmp"
+        shutil.copytree(step_dir(root, newest), tmp)
+        (tmp / MARKER).unlink()
+        (tmp / STATE).write_bytes(b"\0" * 10)
+    else:
+        raise ValueError(kind)
+
