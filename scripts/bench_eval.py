@@ -6,7 +6,7 @@ Same model (a finetuned `best/` checkpoint: --checkpoint, else the plan's first 
 the Dp = 0, smallest-Df cell finetuned here for 40 steps), same test sentences (the evaluate stage's sample,
 tokenized once with the task prefix), greedy decoding with the config's `max_new_tokens` and batch size,
 fp32 on the CPU. Ours: length-sorted batches through `generate_ids`, decoded with `decode`. The Trainer:
-`predict` on the same ids in dataset order, padded by DataCollatorForSeq2Seq. Both sides' hypotheses are
+`predict` on the same ids in dataset order, padded by DataCollatorWithPadding (no labels: nothing but generation). Both sides' hypotheses are
 scored with sacreBLEU; the script fails unless the two BLEU scores are identical. Each side runs
 `--repeats` times, alternating; the fastest run counts. Last line: `ratio: X` (ours / Trainer sentences/s).
 """
@@ -65,7 +65,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from bench_train import build_plan  # noqa: I001 - the plan of the real config
     from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+    from transformers import DataCollatorWithPadding, Seq2SeqTrainer, Seq2SeqTrainingArguments
     from transformers import T5ForConditionalGeneration
 
     from pipeline.config import data_config
@@ -92,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args = Seq2SeqTrainingArguments(output_dir=tmp, per_device_eval_batch_size=B, predict_with_generate=True,
                                         use_cpu=True, report_to=[], disable_tqdm=True, dataloader_num_workers=0)
-        trainer = Seq2SeqTrainer(model=model, args=args, data_collator=DataCollatorForSeq2Seq(tok, model=model),
+        trainer = Seq2SeqTrainer(model=model, args=args, data_collator=DataCollatorWithPadding(tok),
                                  processing_class=tok)
         ds = Dataset.from_dict({"input_ids": src})
 

@@ -184,8 +184,6 @@ def test_early_stopping_keeps_the_best_validation_model_not_the_last(plan, tmp_p
 
 
 def test_dp0_baseline_starts_from_the_random_init_checkpoint(plan, tmp_path):
-    from transformers import T5ForConditionalGeneration
-
     from pipeline.pretrain import init_path
 
     task = baseline_cell(plan, 64)
@@ -197,7 +195,8 @@ def test_dp0_baseline_starts_from_the_random_init_checkpoint(plan, tmp_path):
     # The starting point's validation CE (step 0 of the curve) is the init model's, to the last bit.
     _, val_rows, tok = data(task)
     va_src, va_tgt = encode(task, tok, val_rows)
-    model = T5ForConditionalGeneration.from_pretrained(str(init_path(init.dir)))
+    ft = task.spec["finetune"]
+    model = finetune.load_for_finetune(init_path(init.dir), "full", ft["dropout_rate"], ft["lora"])
     ce, _ = finetune.reference_ce(model, va_src, va_tgt, tok.pad_token_id, 2 * task.spec["finetune"]["batch_size"],
                                   torch.device("cpu"), contextlib.nullcontext)
     assert info["curve"][0] == {"step": 0, "val_ce": ce}

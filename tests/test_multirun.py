@@ -33,8 +33,10 @@ def test_a_bad_value_in_the_last_run_refuses_the_whole_multirun(tmp_path, l10n_c
 
 
 def test_a_bad_value_in_one_combination_is_named(tmp_path, l10n_corpus):
-    # valid apart, invalid together: a Df ladder larger than en-ro's pool only in the en_ro run
-    r = cli("-m", "+sweep=en_de,en_ro", *SMOKE, "finetune.df_ladder=[200],[200,10000000]", *paths(tmp_path))
+    # valid apart, invalid together: a Df ladder larger than the pools. Not stage=plan, which prints the plan
+    # of a sweep too big for its data instead of refusing it: a run is refused before any run starts.
+    r = cli("-m", "+sweep=en_de,en_ro", "scale=smoke", "stage=tokenizer", "finetune.df_ladder=[200],[200,10000000]",
+            *paths(tmp_path))
     refused_before_anything(r, tmp_path, "finetune.df_ladder", "larger than the", "(in the run with +sweep=en_de finetune.df_ladder=[200,10000000])")
 
 
