@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import datetime
 import logging
@@ -71,6 +72,7 @@ def main() -> None:
     from pipeline.config import data_config
     from pipeline.evaluate import decode, generate_ids, score, test_rows
     from pipeline.finetune import encode_pairs, pad_batch
+    from pipeline.model import use_fused_kernels
     from pipeline.sources import get_source
     from pipeline.tokenizer import load_tokenizer
 
@@ -85,8 +87,10 @@ def main() -> None:
     B, max_new = cfg["batch_size"], cfg["max_new_tokens"]
     cpu = torch.device("cpu")
 
+    fused = use_fused_kernels(copy.deepcopy(model))  # as pipeline.evaluate loads it
+
     def ours() -> list[str]:
-        ids = generate_ids(model, src, tok.pad_token_id, tok.eos_token_id, B, max_new, 1, cpu, contextlib.nullcontext)
+        ids = generate_ids(fused, src, tok.pad_token_id, tok.eos_token_id, B, max_new, 1, cpu, contextlib.nullcontext)
         return decode(tok, pad_batch(ids, tok.pad_token_id))
 
     with tempfile.TemporaryDirectory() as tmp:
