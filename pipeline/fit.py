@@ -404,13 +404,19 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def run(task) -> None:
-    spec = task.spec
+def stage_results(spec: dict[str, Any]) -> tuple[Path, Path, pd.DataFrame]:
+    """The reports directory of a fit/report task and the results table it reads (the sweep's own, or the
+    one given as paths.results)."""
     out = Path(spec["reports_dir"])
     results = Path(spec["results"]) if spec.get("results") else out / "results.csv"
     if not results.exists():
         raise ResultsError(f"no results table at {results}: run the sweep (or `stage=collect`) first")
-    df = load_results(results)
+    return out, results, load_results(results)
+
+
+def run(task) -> None:
+    spec = task.spec
+    out, _, df = stage_results(spec)
     table, records = fit_table(df, spec["fit"])
     corr = correlation_table(df, spec["fit"]["bootstrap"])
     methods = method_table(df, table)

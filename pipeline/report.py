@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text, git_sha
-from pipeline.fit import ResultsError, excluded, load_results, seed_means, usable
+from pipeline.fit import excluded, seed_means, stage_results, usable
 
 log = logging.getLogger(__name__)
 
@@ -1116,11 +1116,7 @@ def run(task) -> None:
     from pipeline.tracking import make_tracker, read_stage_run_id
 
     spec = task.spec
-    out = Path(spec["reports_dir"])
-    results_path = Path(spec["results"]) if spec.get("results") else out / "results.csv"
-    if not results_path.exists():
-        raise ResultsError(f"no results table at {results_path}: run the sweep (or `stage=collect`) first")
-    results = load_results(results_path)
+    out, results_path, results = stage_results(spec)
     fits_df = _read_csv(out / "fits.csv")
     if fits_df.empty:
         fits_df = pd.DataFrame(columns=["task", "mixture", "model", "method", "df", "metric", "law", "x", "ok", "reason"])
