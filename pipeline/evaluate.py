@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import greedy
 from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import data_config
 from pipeline.finetune import encode_pairs, pad_batch, reference_ce
@@ -47,14 +48,22 @@ def decode(tokenizer, ids) -> list[str]:
 def generate_ids(model, sources: list[list[int]], pad_id: int, eos_id: int, batch_size: int, max_new_tokens: int,
                  num_beams: int, device, autocast) -> list[list[int]]:
     """Generated token ids per source, in the input order, without the decoder start and cut after EOS.
-    Batches are sorted by source length (longest first) so padding stays small."""
+    Batches are sorted by source length (longest first) so padding stays small. Greedy search on a T5
+    runs `pipeline.greedy` (the same tokens as `generate`, without its per-token overhead)."""
     order = np.argsort([len(s) for s in sources], kind="stable")[::-1]
     out: list[list[int]] = [[] for _ in sources]
     model.eval()
+    fast = num_beams == 1 and greedy.supported(model)
     with torch.no_grad():
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             ids = pad_batch([sources[j] for j in idx], pad_id).to(device)
+            if fast:
+                with autocast():
+                    rows = greedy.greedy_ids(model, ids, (ids != pad_id).long(), max_new_tokens, eos_id)
+                for j, row in zip(idx, rows):
+                    out[j] = row
+                continue
             with autocast():
                 gen = model.generate(input_ids=ids, attention_mask=(ids != pad_id).long(), max_new_tokens=max_new_tokens,
                                      min_new_tokens=0, num_beams=num_beams, do_sample=False,

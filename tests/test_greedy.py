@@ -1,0 +1,104 @@
+"""pipeline.greedy gives exactly the tokens of `model.generate(num_beams=1)`: for T5 variants (gated or plain
+feed-forward, tied or untied output layer, the fused kernels of pipeline.model), for padded batches in which
+some sentences stop early and others run to `max_new_tokens`; and evaluation falls back to `generate`
+wherever the loop would not reproduce it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import greedy
+from pipeline.evaluate import generate_ids
+from pipeline.model import use_fused_kernels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PAD, EOS, VOCAB = 0, 1, 40
+VARIANTS = {"gated-untied": ("gated-gelu", False, False), "relu-tied": ("relu", True, False),
+            "gated-fused": ("gated-gelu", False, True)}
+PULL = {"gated-untied": 1.3, "relu-tied": 0.0, "gated-fused": 1.3}  # EOS is picked now and then, not always
+
+
+def model(variant: str, seed: int = 0, pull: float | None = None):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    ff, tied, fused = VARIANTS[variant]
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=3, num_decoder_layers=2,
+                   feed_forward_proj=ff, tie_word_embeddings=tied, dropout_rate=0.0, pad_token_id=PAD,
+                   eos_token_id=EOS, decoder_start_token_id=PAD, relative_attention_num_buckets=8,
+                   relative_attention_max_distance=16)
+    m = T5ForConditionalGeneration(cfg)
+    with torch.no_grad():  # a random model rarely picks EOS: make it likely enough that rows stop at different steps
+        w, u = m.lm_head.weight, torch.randn(cfg.d_model)
+        w[EOS] += (PULL[variant] if pull is None else pull) * w.norm(dim=1).mean() * u / u.norm()
+        if tied:  # else the input embedding of the token fed back dominates and the model echoes it forever
+            m.shared.weight.mul_(0.1)
+    m = use_fused_kernels(m) if fused else m
+    return m.eval()
+
+
+MODELS = {v: model(v) for v in VARIANTS}
+
+
+def reference(m, ids: torch.Tensor, max_new: int) -> list[list[int]]:
+    gen = m.generate(input_ids=ids, attention_mask=(ids != PAD).long(), max_new_tokens=max_new, min_new_tokens=0,
+                     num_beams=1, do_sample=False)
+    return [r[: r.index(EOS) + 1] if EOS in r else r for r in gen[:, 1:].tolist()]
+
+
+def batch(lengths: list[int], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), max(lengths)), PAD)
+    for i, n in enumerate(lengths):
+        ids[i, : n - 1] = torch.randint(2, VOCAB, (n - 1,), generator=g)
+        ids[i, n - 1] = EOS
+    return ids
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(variant=st.sampled_from(sorted(VARIANTS)), lengths=st.lists(st.integers(1, 20), min_size=1, max_size=9),
+       seed=st.integers(0, 10_000), max_new=st.integers(1, 30))
+def test_greedy_ids_equal_generate(variant, lengths, seed, max_new):
+    m, ids = MODELS[variant], batch(lengths, seed)
+    assert greedy.supported(m)
+    assert greedy.greedy_ids(m, ids, (ids != PAD).long(), max_new, EOS) == reference(m, ids, max_new)
+
+
+def test_rows_stop_at_different_steps():
+    """The property test above exercises dropping finished rows: here some rows stop early, others run out."""
+    m = MODELS["gated-untied"]
+    ids = batch([3, 17, 9, 12, 5, 20, 8, 14, 2, 11, 6, 19], seed=7)
+    got = greedy.greedy_ids(m, ids, (ids != PAD).long(), 25, EOS)
+    assert got == reference(m, ids, 25)
+    stopped = [len(r) for r in got if r[-1] == EOS]
+    assert stopped and len(set(stopped)) > 1 and any(len(r) == 25 and EOS not in r for r in got)
+
+
+def test_generate_ids_takes_the_fast_path_only_where_it_is_exact(monkeypatch):
+    calls = []
+    real = greedy.greedy_ids
+    monkeypatch.setattr(greedy, "greedy_ids", lambda *a, **k: calls.append(1) or real(*a, **k))
+    src = [r[r != PAD].tolist() for r in batch([4, 9, 13, 6, 2], seed=1)]
+    m = MODELS["gated-fused"]
+    kw = dict(pad_id=PAD, eos_id=EOS, batch_size=2, max_new_tokens=12, device=torch.device("cpu"),
+              autocast=contextlib.nullcontext)
+    fast = generate_ids(m, src, num_beams=1, **kw)
+    assert calls and fast == [reference(m, torch.tensor([s]), 12)[0] for s in src]
+
+    calls.clear()
+    generate_ids(m, src, num_beams=2, **kw)  # beam search: generate
+    assert not calls
+    penalised = model("gated-fused")
+    penalised.generation_config.repetition_penalty = 1.5
+    assert not greedy.supported(penalised)
+    got = generate_ids(penalised, src, num_beams=1, **kw)
+    assert not calls
+    want = [penalised.generate(input_ids=torch.tensor([s]), max_new_tokens=12, num_beams=1, do_sample=False,
+                               repetition_penalty=1.5)[0, 1:].tolist() for s in src]
+    assert got == [w[: w.index(EOS) + 1] if EOS in w else w for w in want]
