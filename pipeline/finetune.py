@@ -233,7 +233,7 @@ def run(task) -> None:
                 elif stop.requested:
                     save_state()
                 if stop.requested:
-                    raise Preempted(f"{task.name}: stopped by signal at step {st['step']}; rerun to continue")
+                    raise Preempted(f"{task.name}: stopped by signal at step {st['step']}; rerun to continue", stop.signal)
     finally:
         bar.close()
         tracker.close()

@@ -275,7 +275,8 @@ def run(task) -> None:
                     checkpoint(None)
                     last_save = time.time()
                 if stop.requested:
-                    raise Preempted(f"{task.name}: stopped by signal at step {step}; rerun the same command to continue")
+                    raise Preempted(f"{task.name}: stopped by signal at step {step}; rerun the same command to continue",
+                                    stop.signal)
     finally:
         bar.close()
         tracker.close()

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -148,7 +149,8 @@ def _execute(task: Task, main: bool) -> str:
             getattr(importlib.import_module(module), fn)(task)
         except Preempted as e:
             log.warning("%s", e)
-            _requeue_if_slurm()
+            if e.signal == signal.SIGUSR1:  # the time limit is near; a TERM (scancel) must stay cancelled
+                _requeue_if_slurm()
             return "preempted"
         except (Exception, KeyboardInterrupt) as e:
             err = f"{type(e).__name__}: {e}"

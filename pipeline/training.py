@@ -37,7 +37,13 @@ GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 
 
 class Preempted(Exception):
-    """SIGTERM/SIGUSR1 arrived: a checkpoint was written; the process exits 0 so the job can be requeued."""
+    """SIGTERM/SIGUSR1 arrived: a checkpoint was written and the process exits 0. `signal` says which: SIGUSR1
+    is SLURM's warning before the time limit (the job requeues itself); SIGTERM is `scancel`, a preemption
+    or a shutdown (the job stops; rerunning or resubmitting the sweep resumes it)."""
+
+    def __init__(self, message: str, signal: int | None = None):
+        super().__init__(message)
+        self.signal = signal
 
 
 # ------------------------------------------------------------------------------------------- device

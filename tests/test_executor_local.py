@@ -61,7 +61,7 @@ def run(task) -> None:
                     raise RuntimeError("no signal came")
                 time.sleep(0.02)
         (d / "preempted").touch()
-        raise Preempted(f"{task.name}: stopped by signal; rerun to continue")
+        raise Preempted(f"{task.name}: stopped by signal; rerun to continue", stop.signal)
     while task.spec.get("hold") and not (d / "go").exists():  # outside a loop: a signal must not kill it
         if time.time() - t0 > 60:
             raise RuntimeError("never released")

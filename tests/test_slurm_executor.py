@@ -224,3 +224,31 @@ def test_hand_commands_cover_each_level_once_in_order(tmp_path):
     for template in ("slurm/stage.sbatch", "slurm/pretrain.sbatch"):
         assert subprocess.run(["bash", "-n", str(ROOT / template)]).returncode == 0
         assert 'pipeline.task "$PLAN" "$SLURM_ARRAY_TASK_ID"' in (ROOT / template).read_text()
+
+
+@pytest.mark.parametrize("sig, requeued", [("SIGUSR1", True), ("SIGTERM", False)])
+def test_a_task_requeues_itself_before_the_time_limit_but_stays_cancelled(sig, requeued, tmp_path, monkeypatch):
+    """SIGUSR1 is the warning `--signal=B:USR1@...` sends before the time limit: the array element goes back
+    into the queue. SIGTERM is `scancel` (or a shutdown): checkpoint and stop, never requeue over the user."""
+    import signal
+    import types
+
+    from pipeline import task as task_mod
+    from pipeline.training import Preempted
+
+    def stopped(task):
+        raise Preempted(f"{task.name}: stopped by signal", getattr(signal, sig))
+
+    fake = types.ModuleType("ds_fake_preempted")
+    fake.run = stopped
+    monkeypatch.setitem(sys.modules, "ds_fake_preempted", fake)
+    monkeypatch.setitem(task_mod.RUNNERS, "finetune", "ds_fake_preempted:run")
+    for k, v in {"SLURM_JOB_ID": "41", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "3"}.items():
+        monkeypatch.setenv(k, v)
+    calls = []
+    monkeypatch.setattr(task_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(task_mod.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    t = Task(id="finetune/cell", stage="finetune", name="cell", dir=str(tmp_path / "cell"), deps=(), spec={})
+    assert task_mod.execute(t) == "preempted"
+    assert calls == ([["scontrol", "requeue", "40_3"]] if requeued else [])
+    assert not (tmp_path / "cell" / "status.json").exists()  # neither done nor failed: the next run resumes it

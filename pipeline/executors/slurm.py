@@ -8,8 +8,9 @@ every element succeeded, and a level's tasks only depend on earlier levels. coll
 `afterany` instead, as locally: they read whatever exists and list what is missing or failed.
 
 Jobs get `--signal=B:USR1@<signal_delay_s>` and `--requeue`: the task process is `exec`'d as the batch
-shell (or is the `srun` that forwards the signal to every rank), checkpoints on USR1/TERM and requeues
-itself (pipeline.task). Nothing here polls unless `executor.wait=true` (tests, CI).
+shell (or is the `srun` that forwards the signal to every rank), checkpoints on USR1/TERM; on USR1 (the
+time limit is near) it requeues itself (pipeline.task), on TERM (`scancel`) it stops. Nothing here polls
+unless `executor.wait=true` (tests, CI).
 """
 
 from __future__ import annotations
