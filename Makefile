@@ -11,6 +11,10 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 export DS_CACHE ?= $(CURDIR)/.cache
 SWEEP ?= en_de
+# make run/plan: independent tasks side by side, one process each (on 2 cores, 2 x 1 thread did the default
+# sweep in 11.3 min against ~15 for one 2-thread process: docs/benchmarks.md). Left out when ARGS says
+# anything about the executor.
+WORKERS ?= 2
 ARGS ?=
 RESULTS ?=
 STAMP := $(VENV)/.installed
@@ -35,13 +39,15 @@ $(DS_CACHE)/l10n/manifest.json: | $(STAMP)
 
 corpus: $(DS_CACHE)/l10n/manifest.json
 
+EXEC_ARGS = $(if $(findstring executor,$(ARGS)),,executor.workers=$(WORKERS))
+
 run: install corpus
-	$(PY) -m pipeline +sweep=$(SWEEP) $(ARGS)
+	$(PY) -m pipeline +sweep=$(SWEEP) $(EXEC_ARGS) $(ARGS)
 	@if [ -f reports/$(SWEEP)/report.html ] && [[ "$(ARGS)" != *paths.reports=* ]]; then \
 		echo "report: $(CURDIR)/reports/$(SWEEP)/report.html"; fi
 
 plan: install corpus
-	$(PY) -m pipeline +sweep=$(SWEEP) stage=plan $(ARGS)
+	$(PY) -m pipeline +sweep=$(SWEEP) stage=plan $(EXEC_ARGS) $(ARGS)
 
 # pytest exits 5 when it collects no tests: not a failure for a suite that is still growing.
 test: install corpus
