@@ -76,7 +76,7 @@ def main() -> None:
     from pipeline.sources import get_source
     from pipeline.tokenizer import load_tokenizer
 
-    plan = build_plan(a.overrides)
+    plan = build_plan(a.overrides, build=a.checkpoint is None)  # a given checkpoint carries its tokenizer
     best, ev = find_or_finetune(plan, a.checkpoint)
     spec, cfg = ev.spec, ev.spec["evaluate"]
     tok = load_tokenizer(best)

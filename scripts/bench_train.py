@@ -47,8 +47,8 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def build_plan(overrides: list[str]):
-    """The en-de plan of the real config; its tokenizer, token streams and init built (or found)."""
+def build_plan(overrides: list[str], build: bool = True):
+    """The en-de plan of the real config; with `build`, its tokenizer, token streams and init built (or found)."""
     from hydra import compose, initialize_config_dir
 
     from pipeline.run import prepare
@@ -58,7 +58,7 @@ def build_plan(overrides: list[str]):
         cfg = compose("config", overrides=["+sweep=en_de", *overrides])
     _, plan = prepare(cfg)
     for t in plan.tasks:
-        if t.stage in ("tokenizer", "tokens", "init"):
+        if build and t.stage in ("tokenizer", "tokens", "init"):
             execute(t)
     return plan
 
