@@ -58,18 +58,16 @@ def generate_ids(model, sources: list[list[int]], pad_id: int, eos_id: int, batc
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             ids = pad_batch([sources[j] for j in idx], pad_id).to(device)
-            if fast:
-                with autocast():
-                    rows = greedy.greedy_ids(model, ids, (ids != pad_id).long(), max_new_tokens, eos_id)
-                for j, row in zip(idx, rows):
-                    out[j] = row
-                continue
             with autocast():
-                gen = model.generate(input_ids=ids, attention_mask=(ids != pad_id).long(), max_new_tokens=max_new_tokens,
-                                     min_new_tokens=0, num_beams=num_beams, do_sample=False,
-                                     early_stopping=num_beams > 1)
-            for j, row in zip(idx, gen[:, 1:].tolist()):
-                out[j] = row[: row.index(eos_id) + 1] if eos_id in row else row
+                if fast:
+                    rows = greedy.greedy_ids(model, ids, (ids != pad_id).long(), max_new_tokens, eos_id)
+                else:
+                    gen = model.generate(input_ids=ids, attention_mask=(ids != pad_id).long(),
+                                         max_new_tokens=max_new_tokens, min_new_tokens=0, num_beams=num_beams,
+                                         do_sample=False, early_stopping=num_beams > 1)
+                    rows = [r[: r.index(eos_id) + 1] if eos_id in r else r for r in gen[:, 1:].tolist()]
+            for j, row in zip(idx, rows):
+                out[j] = row
     return out
 
 
