@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts import atomic_write_json, dir_hash
 from pipeline.config import data_config
-from pipeline.model import use_fused_kernels
+from pipeline.model import Seq2SeqLoss, use_fused_kernels
 from pipeline.pretrain import checkpoint_for
 from pipeline.tokenizer import load_tokenizer
 from pipeline.tracking import make_tracker
@@ -169,6 +169,7 @@ def run(task) -> None:
     # Full finetuning resumes from the saved weights; LoRA from the base checkpoint plus its saved adapters.
     model = load_for_finetune(resume if resume and not lora else ckpt, spec["method"], cfg["dropout_rate"], cfg["lora"])
     model.to(rt.device).train()
+    train_loss = Seq2SeqLoss(model)  # the same loss, its output layer and cross-entropy fused
     opt = make_optimizer(model.parameters(), "adamw", spec["lr"], (0.9, 0.999), cfg["weight_decay"])
     st: dict[str, Any] = {"step": 0, "best_val": math.inf, "best_step": 0, "bad_evals": 0, "curve": []}
     if resume is not None:
@@ -212,7 +213,7 @@ def run(task) -> None:
                 sel = batches[epoch][k]
                 b = {key: v.to(rt.device) for key, v in collate([tr_src[i] for i in sel], [tr_tgt[i] for i in sel], pad).items()}
                 with rt.autocast():
-                    loss = model(**b).loss
+                    loss = train_loss(**b).loss
                 loss.backward()
                 if cfg["grad_clip"]:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])

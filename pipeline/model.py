@@ -294,3 +294,85 @@ def use_fused_kernels(model: T5ForConditionalGeneration) -> T5ForConditionalGene
             elif isinstance(child, T5LayerNorm):
                 setattr(module, name, _RMSNorm(child))
     return model
+
+
+# Logits per chunk of the fused output-layer loss: 4 MB of fp32 stays in cache between the matmul that makes
+# them and the two that consume their gradient (128 rows of an 8k vocabulary, 32 of T5's 32k).
+CE_CHUNK_ELEMENTS = 1 << 20
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Token-mean cross-entropy of `h @ w.T` against `target` (-100 ignored), a chunk of rows at a time.
+
+    The [tokens, vocab] logits never exist whole (at t5_tiny's batch they are 30 MB, more than the cache),
+    and the gradients are formed in the same pass, while a chunk's probabilities are still in cache:
+    softmax minus one-hot, times `w` for `h` and times `h` for `w`. Backward only scales them. One exp a
+    logit instead of log-softmax's two, and no 30 MB tensors written and read back.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
+        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        acc = torch.promote_types(torch.promote_types(h.dtype, w.dtype), torch.float32)  # softmax in >= fp32
+        valid = target != -100
+        count = valid.sum().clamp(min=1)
+        safe = target.clamp(min=0)
+        total = torch.zeros((), dtype=acc, device=h.device)
+        gh = torch.empty_like(h) if grads else None
+        gw = torch.zeros_like(w, dtype=acc) if grads else None
+        for s in range(0, h.shape[0], chunk):
+            hc, tc, vc = h[s:s + chunk], safe[s:s + chunk], valid[s:s + chunk]
+            logits = (hc @ w.t()).to(acc)
+            lse = logits.logsumexp(-1)
+            rows = torch.arange(hc.shape[0], device=h.device)
+            total += ((lse - logits[rows, tc]) * vc).sum()
+            if grads:
+                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                p[rows, tc] -= 1.0
+                p.mul_(vc[:, None])
+                gh[s:s + chunk] = p.to(w.dtype) @ w
+                gw += (p.t().to(hc.dtype) @ hc).to(acc)
+        if grads:
+            ctx.save_for_backward(gh, gw, count)
+            ctx.w_dtype = w.dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gh, gw, count = ctx.saved_tensors
+        scale = grad / count
+        return gh * scale.to(gh.dtype), (gw * scale).to(ctx.w_dtype), None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, target: torch.Tensor,
+                         chunk_rows: int | None = None) -> torch.Tensor:
+    """`cross_entropy(h @ w.T, target, ignore_index=-100)` (token mean) without materialising the logits;
+    `chunk_rows` rows at a time (default: CE_CHUNK_ELEMENTS logits)."""
+    if h.dim() != 2 or target.shape != h.shape[:1]:
+        raise ValueError(f"linear_cross_entropy: h must be [tokens, d] and target [tokens], got {tuple(h.shape)} "
+                         f"and {tuple(target.shape)}")
+    return _LinearCrossEntropy.apply(h, w, target, chunk_rows or max(1, CE_CHUNK_ELEMENTS // w.shape[0]))
+
+
+class Seq2SeqLoss(torch.nn.Module):
+    """T5's teacher-forced training loss with the output layer and cross-entropy fused (`linear_cross_entropy`):
+    the same value as `T5ForConditionalGeneration(input_ids, labels=...).loss`, returned the same way
+    (`.loss`). The training loops call it, and DDP wraps it so its gradient hooks see the whole step.
+    The model stays reachable as `.module` (what `training.unwrap` peels)."""
+
+    def __init__(self, model: T5ForConditionalGeneration):
+        super().__init__()
+        self.module = model
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                decoder_attention_mask: torch.Tensor | None = None):
+        from transformers.modeling_outputs import Seq2SeqLMOutput
+
+        m = self.module
+        enc = m.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        dec = m.decoder(input_ids=m._shift_right(labels), attention_mask=decoder_attention_mask,
+                        encoder_hidden_states=enc, encoder_attention_mask=attention_mask)[0]
+        if m.config.tie_word_embeddings:  # the original T5 rescales before its tied output layer
+            dec = dec * m.model_dim**-0.5
+        loss = linear_cross_entropy(dec.flatten(0, 1), m.lm_head.weight, labels.flatten())
+        return Seq2SeqLMOutput(loss=loss)

@@ -24,7 +24,14 @@ from tqdm import tqdm
 from pipeline.artifacts import atomic_write_json, dir_hash
 from pipeline.config import Mixture
 from pipeline.mixture import DataExhausted, MixtureSampler
-from pipeline.model import build_model, count_params, flops_per_token, load_preset, use_fused_kernels
+from pipeline.model import (
+    Seq2SeqLoss,
+    build_model,
+    count_params,
+    flops_per_token,
+    load_preset,
+    use_fused_kernels,
+)
 from pipeline.plan import mixture_counts
 from pipeline.span_corruption import corrupt_batch
 from pipeline.tokenizer import load_tokenizer, sentinel_ids
@@ -156,8 +163,10 @@ def run(task) -> None:
     model.train()
     from transformers.models.t5.modeling_t5 import T5Block
 
-    # Wrap before building the optimizer: FSDP shards the parameters the optimizer holds.
-    dmodel = wrap_data_parallel(model, rt, _dp_mode(cfg), T5Block)
+    # The fused output-layer loss, except under FSDP, whose forward must be the model's own (it owns the
+    # sharded parameters). Wrap before building the optimizer: FSDP shards the parameters the optimizer holds.
+    fsdp = rt.world > 1 and _dp_mode(cfg) == "fsdp"
+    dmodel = wrap_data_parallel(model if fsdp else Seq2SeqLoss(model), rt, _dp_mode(cfg), T5Block)
     if rt.world > 1 and rt.is_main:
         log.info("pretrain %s: data-parallel over %d processes (%s, %s), %d of the %d rows of a step each", task.name,
                  rt.world, _dp_mode(cfg), torch.distributed.get_backend(), per_rank, B)
