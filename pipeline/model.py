@@ -320,18 +320,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=h.device)
         gh = torch.empty_like(h) if grads else None
         gw = torch.zeros_like(w, dtype=acc) if grads else None
+        direct = h.dtype == w.dtype == acc and not torch.is_autocast_enabled(h.device.type)
         for s in range(0, h.shape[0], chunk):
             hc, tc, vc = h[s:s + chunk], safe[s:s + chunk], valid[s:s + chunk]
             logits = (hc @ w.t()).to(acc)
-            lse = logits.logsumexp(-1)
             rows = torch.arange(hc.shape[0], device=h.device)
-            total += ((lse - logits[rows, tc]) * vc).sum()
+            picked = logits[rows, tc]
+            top = logits.amax(-1)
+            p = logits.sub_(top[:, None]).exp_()  # unnormalised probabilities, in place of the logits: one exp
+            z = p.sum(-1)
+            total += ((z.log() + top - picked) * vc).sum()
             if grads:
-                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                p[rows, tc] -= 1.0
-                p.mul_(vc[:, None])
-                gh[s:s + chunk] = p.to(w.dtype) @ w
-                gw += (p.t().to(hc.dtype) @ hc).to(acc)
+                p.mul_((vc / z)[:, None])  # softmax, zero on ignored rows
+                p[rows, tc] -= vc.to(acc)  # minus the one-hot target
+                if direct:  # straight into the gradients, no temporaries
+                    torch.mm(p, w, out=gh[s:s + chunk])
+                    gw.addmm_(p.t(), hc)
+                else:  # autocast (the matmuls run in its dtype) or mixed dtypes
+                    gh[s:s + chunk] = p.to(w.dtype) @ w
+                    gw += (p.t().to(hc.dtype) @ hc).to(acc)
         if grads:
             ctx.save_for_backward(gh, gw, count)
             ctx.w_dtype = w.dtype
@@ -371,7 +378,7 @@ class Seq2SeqLoss(torch.nn.Module):
         m = self.module
         enc = m.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
         dec = m.decoder(input_ids=m._shift_right(labels), attention_mask=decoder_attention_mask,
-                        encoder_hidden_states=enc, encoder_attention_mask=attention_mask)[0]
+                        encoder_hidden_states=enc, encoder_attention_mask=attention_mask, use_cache=False)[0]
         if m.config.tie_word_embeddings:  # the original T5 rescales before its tied output layer
             dec = dec * m.model_dim**-0.5
         loss = linear_cross_entropy(dec.flatten(0, 1), m.lm_head.weight, labels.flatten())

@@ -115,7 +115,7 @@ def run_trainer(task, steps: int, out: Path) -> float:
         output_dir=str(out), per_device_train_batch_size=B, max_steps=steps, learning_rate=cfg["lr"],
         adam_beta1=cfg["betas"][0], adam_beta2=cfg["betas"][1], weight_decay=cfg["weight_decay"],
         max_grad_norm=cfg["grad_clip"], lr_scheduler_type="constant_with_warmup", warmup_steps=cfg["warmup_steps"],
-        optim="adamw_torch", logging_steps=cfg["log_every"], save_strategy="no", report_to=[], use_cpu=True,
+        optim="adamw_torch_fused", logging_steps=cfg["log_every"], save_strategy="no", report_to=[], use_cpu=True,
         disable_tqdm=True, dataloader_num_workers=0, seed=seed, remove_unused_columns=False)
     trainer = Sequential(model=model, args=args, train_dataset=Rows(), data_collator=collator)
     t0 = time.perf_counter()
