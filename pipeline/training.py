@@ -112,8 +112,8 @@ def make_optimizer(params, name: str, lr: float, betas=(0.9, 0.999), weight_deca
         # Fixed learning rate (the schedule sets it), no parameter scaling: as nanoT5 and T5's finetuning.
         return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False,
                          weight_decay=weight_decay)
-    # The fused update (one kernel over all parameters; CPU and CUDA since torch 2.4) is ~3x faster than
-    # foreach on CPU, with the gradient clipping included; foreach elsewhere (other devices, older torch).
+    # The fused update (one kernel over all parameters; CPU and CUDA since torch 2.4): on CPU, t5_tiny's
+    # clipping + update take 3.4 ms a step with it against ~10 with foreach, the fallback elsewhere.
     fused = all(p.device.type in ("cpu", "cuda") for p in params) and _fused_adamw_supported()
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                              fused=fused or None, foreach=None if fused else True)

@@ -27,6 +27,7 @@ from pipeline.training import (
     capture_rng,
     latest_checkpoint,
     lr_lambda,
+    make_optimizer,
     prune_states,
     restore_rng,
     save_checkpoint,
@@ -255,6 +256,21 @@ def test_schedules_do_not_depend_on_run_length():
     assert [const(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert isqrt(3) == 1.0 and isqrt(4) == 1.0 and isqrt(16) == pytest.approx(0.5)
     assert lr_lambda("constant", 0)(0) == 1.0
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_foreach_one():
+    w = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in w]
+    opt = make_optimizer(w, "adamw", 1e-2, (0.9, 0.98), 0.1)
+    assert opt.defaults["fused"] is True
+    ref_opt = torch.optim.AdamW(ref, lr=1e-2, betas=(0.9, 0.98), weight_decay=0.1, foreach=True)
+    for step in range(3):
+        for a, b in zip(w, ref, strict=True):
+            a.grad = b.grad = torch.full_like(a, step - 1.0)
+        opt.step()
+        ref_opt.step()
+    for a, b in zip(w, ref, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_rng_capture_restores_every_generator():
