@@ -320,7 +320,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=h.device)
         gh = torch.empty_like(h) if grads else None
         gw = torch.zeros_like(w, dtype=acc) if grads else None
-        direct = h.dtype == w.dtype == acc and not torch.is_autocast_enabled(h.device.type)
         for s in range(0, h.shape[0], chunk):
             hc, tc, vc = h[s:s + chunk], safe[s:s + chunk], valid[s:s + chunk]
             logits = (hc @ w.t()).to(acc)
@@ -333,12 +332,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grads:
                 p.mul_((vc / z)[:, None])  # softmax, zero on ignored rows
                 p[rows, tc] -= vc.to(acc)  # minus the one-hot target
-                if direct:  # straight into the gradients, no temporaries
-                    torch.mm(p, w, out=gh[s:s + chunk])
-                    gw.addmm_(p.t(), hc)
-                else:  # autocast (the matmuls run in its dtype) or mixed dtypes
-                    gh[s:s + chunk] = p.to(w.dtype) @ w
-                    gw += (p.t().to(hc.dtype) @ hc).to(acc)
+                gh[s:s + chunk] = p.to(w.dtype) @ w  # under autocast the matmuls run in its dtype
+                gw += (p.t().to(hc.dtype) @ hc).to(acc)
         if grads:
             ctx.save_for_backward(gh, gw, count)
             ctx.w_dtype = w.dtype
