@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.model import lm_head_input
+
 # generation_config fields that change which token greedy search picks, with their neutral values.
 _NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
             "encoder_no_repeat_ngram_size": 0, "min_length": 0, "bad_words_ids": None, "suppress_tokens": None,
@@ -76,9 +78,7 @@ def greedy_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max
             ca = cross_attn.EncDecAttention
             h = h + ca.o(attend(split(ca.q(cross_attn.layer_norm(h))), *cross[i], pad_bias))
             h = ff(h)
-        h = dec.final_layer_norm(h)
-        if cfg.tie_word_embeddings:  # as T5ForConditionalGeneration rescales before a tied output layer
-            h = h * (cfg.d_model**-0.5)
+        h = lm_head_input(model, dec.final_layer_norm(h))
         nxt = model.lm_head(h)[:, -1, :].argmax(-1)
         for r, token in zip(rows, nxt.tolist()):
             out[r].append(token)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import Seq2SeqLMOutput
 
 FEED_FORWARD = ("gated-gelu", "relu")
 
@@ -296,6 +297,12 @@ def use_fused_kernels(model: T5ForConditionalGeneration) -> T5ForConditionalGene
     return model
 
 
+def lm_head_input(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The decoder's output as T5's lm_head takes it: rescaled by d_model ** -0.5 when the output layer is
+    tied to the embedding (the original T5, as T5ForConditionalGeneration does), unchanged when untied."""
+    return hidden * model.config.d_model**-0.5 if model.config.tie_word_embeddings else hidden
+
+
 # Logits per chunk of the fused output-layer loss: 4 MB of fp32 stays in cache between the matmul that makes
 # them and the two that consume their gradient (128 rows of an 8k vocabulary, 32 of T5's 32k).
 CE_CHUNK_ELEMENTS = 1 << 20
@@ -368,13 +375,9 @@ class Seq2SeqLoss(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 decoder_attention_mask: torch.Tensor | None = None):
-        from transformers.modeling_outputs import Seq2SeqLMOutput
-
         m = self.module
         enc = m.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
         dec = m.decoder(input_ids=m._shift_right(labels), attention_mask=decoder_attention_mask,
                         encoder_hidden_states=enc, encoder_attention_mask=attention_mask, use_cache=False)[0]
-        if m.config.tie_word_embeddings:  # the original T5 rescales before its tied output layer
-            dec = dec * m.model_dim**-0.5
-        loss = linear_cross_entropy(dec.flatten(0, 1), m.lm_head.weight, labels.flatten())
+        loss = linear_cross_entropy(lm_head_input(m, dec).flatten(0, 1), m.lm_head.weight, labels.flatten())
         return Seq2SeqLMOutput(loss=loss)
