@@ -59,6 +59,17 @@ def test_bad_shapes_are_refused():
         linear_cross_entropy(torch.randn(2, 3, 4), torch.randn(5, 4), torch.zeros(2, 3, dtype=torch.long))
 
 
+def assert_same_loss_and_gradients(model, params, **batch):
+    """Seq2SeqLoss(model) gives the model's own loss and the same gradient for each (name, parameter)."""
+    ref = model(**batch).loss
+    ref_grads = torch.autograd.grad(ref, [p for _, p in params])
+    ours = Seq2SeqLoss(model)(**batch).loss
+    grads = torch.autograd.grad(ours, [p for _, p in params])
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    for (name, _), a, b in zip(params, grads, ref_grads, strict=True):  # float32 sums in another order: ~1e-6 apart
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("preset", [TINY, TIED_RELU], ids=lambda p: p.name)
 @pytest.mark.parametrize("padded", [False, True])
 def test_seq2seq_loss_equals_t5s_own_loss_and_gradients(monkeypatch, preset, padded):
@@ -73,13 +84,7 @@ def test_seq2seq_loss_equals_t5s_own_loss_and_gradients(monkeypatch, preset, pad
         kw["attention_mask"][1, 7:] = 0
         ids[1, 7:] = 0
         labels[2, 3:] = -100
-    ref = model(input_ids=ids, labels=labels, **kw).loss
-    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
-    ours = Seq2SeqLoss(model)(input_ids=ids, labels=labels, **kw).loss
-    grads = torch.autograd.grad(ours, list(model.parameters()))
-    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
-    for (name, _), a, b in zip(model.named_parameters(), grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_loss_and_gradients(model, list(model.named_parameters()), input_ids=ids, labels=labels, **kw)
 
 
 def test_seq2seq_loss_under_bf16_autocast_stays_close():
@@ -118,10 +123,5 @@ def test_seq2seq_loss_through_a_lora_model_equals_peft_s_own_loss():
             torch.nn.init.normal_(p, std=0.5)
     g = torch.Generator().manual_seed(2)
     ids, labels = torch.randint(2, 300, (3, 9), generator=g), torch.randint(2, 300, (3, 4), generator=g)
-    ref = model(input_ids=ids, labels=labels).loss
-    ref_grads = torch.autograd.grad(ref, [p for p in model.parameters() if p.requires_grad])
-    ours = Seq2SeqLoss(model)(input_ids=ids, labels=labels).loss
-    grads = torch.autograd.grad(ours, [p for p in model.parameters() if p.requires_grad])
-    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
-    for a, b in zip(grads, ref_grads, strict=True):  # float32 sums in another order: ~1e-6 apart
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert_same_loss_and_gradients(model, trainable, input_ids=ids, labels=labels)
