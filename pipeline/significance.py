@@ -1,0 +1,84 @@
+"""Is a BLEU difference beyond the noise of the test set? sacreBLEU's paired bootstrap resampling.
+
+Two systems translated the same test sentences; resampling the sentences (with replacement, the same sample for
+both) gives the spread of each system's corpus BLEU and of their difference. sacreBLEU's own implementation
+(`sacrebleu.significance`, Koehn 2004 as in Moses' `bootstrap-hypothesis-difference-significance.pl`) gives the
+p-value; the interval of the difference is read off the same resamples here, because sacreBLEU reports each
+system's interval but not the difference's. The resampling seed is sacreBLEU's (`SACREBLEU_SEED`, 12345 unless
+set), so a comparison is a function of the predictions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+ALPHA = 0.05  # a difference with p below this is called significant
+RESAMPLES = 1000  # sacreBLEU's default for the paired bootstrap
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """System b against system a on the same sentences: b's BLEU minus a's, its 95% interval, sacreBLEU's p."""
+
+    bleu_a: float
+    bleu_b: float
+    delta: float
+    delta_lo: float
+    delta_hi: float
+    p_value: float
+    n: int
+    resamples: int
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < ALPHA
+
+    def as_dict(self) -> dict[str, float | int | bool]:
+        return {**asdict(self), "significant": self.significant}
+
+    def sentence(self, a: str, b: str) -> str:
+        """One reader's sentence: 'b beats a by 3.1 BLEU [1.2, 5.0], p = 0.002' or 'inside the noise'."""
+        iv = f"{self.delta:+.2f} BLEU [{self.delta_lo:+.2f}, {self.delta_hi:+.2f}], p = {self.p_value:.3f}"
+        if not self.significant:
+            return f"{b} against {a}: {iv}, inside the noise of the test set"
+        return f"{b} {'beats' if self.delta > 0 else 'trails'} {a}: {iv}"
+
+
+def _seed() -> int | None:
+    s = os.environ.get("SACREBLEU_SEED", "12345")
+    return None if s.lower() == "none" else int(s)
+
+
+def paired_bleu(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Sequence[str], tokenize: str = "13a",
+                resamples: int = RESAMPLES) -> Comparison:
+    """Paired bootstrap of corpus BLEU: system b against baseline a, both on `refs` (one reference each)."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    if not (len(hyps_a) == len(hyps_b) == len(refs)) or not refs:
+        raise ValueError(f"paired test needs the same non-empty test set: {len(hyps_a)}, {len(hyps_b)} "
+                         f"hypotheses for {len(refs)} references")
+    metric = BLEU(tokenize=tokenize)
+    if list(hyps_a) == list(hyps_b):
+        # sacreBLEU counts resampled differences strictly above the observed one: identical systems (every
+        # difference 0) would get its smallest p, 1/(resamples + 1). Equal output is no difference at all.
+        score = metric.corpus_score(list(hyps_a), [list(refs)]).score
+        return Comparison(score, score, 0.0, 0.0, 0.0, 1.0, len(refs), resamples)
+    test = PairedTest([("a", list(hyps_a)), ("b", list(hyps_b))], {"BLEU": metric}, [list(refs)],
+                      test_type="bs", n_samples=resamples)
+    _, scores = test()
+    a, b = scores["BLEU"][0], scores["BLEU"][1]
+    # The difference's interval on the same resamples sacreBLEU drew (same seed, same index matrix).
+    idx = np.random.default_rng(_seed()).choice(len(refs), size=(resamples, len(refs)), replace=True)
+    stats_a = np.array(metric._extract_corpus_statistics(list(hyps_a), [list(refs)]), dtype="float32")
+    stats_b = np.array(metric._extract_corpus_statistics(list(hyps_b), [list(refs)]), dtype="float32")
+    diff = np.array([metric._compute_score_from_stats(sb.sum(0)).score
+                     - metric._compute_score_from_stats(sa.sum(0)).score
+                     for sa, sb in zip(stats_a[idx], stats_b[idx])])
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return Comparison(bleu_a=a.score, bleu_b=b.score, delta=b.score - a.score, delta_lo=float(lo),
+                      delta_hi=float(hi), p_value=float(b.p_value), n=len(refs), resamples=resamples)

@@ -1,0 +1,177 @@
+"""The desk-scale regime search: one (model shape, vocabulary, recipe) trained on en->de pairs for a CPU-time
+budget, with BLEU/chrF and cross-entropy against CPU minutes. It answers how much compute translation costs
+before a whole study is sized (docs/results-desk.md records every run).
+
+    python scripts/desk_search.py --name d256x3 --d-model 256 --layers 3 --vocab 4000 --minutes 30 \
+        --out $HOME/ds/search
+
+Scores, at every evaluation, two held-out sets: the corpus's test set (whole unseen packages) and the in-domain
+set carved from the training pool (pipeline.corpus.indomain), each a fixed sample of `--test-size` pairs.
+Writes <out>/<name>.jsonl (one line per evaluation) and prints it. The pipeline's own pieces do the work
+(tokenizer, model, fused loss, batching, greedy decoding, sacreBLEU), so what wins here is what the stages run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.corpus.indomain import indomain_split
+from pipeline.evaluate import TEST_SEED, decode, generate_ids, score
+from pipeline.finetune import collate, encode_pairs, epoch_batches, nested_subset, pad_batch, reference_ce
+from pipeline.model import ModelPreset, Seq2SeqLoss, build_model, count_params, use_fused_kernels
+from pipeline.tokenizer import sample_lines, train_tokenizer
+from pipeline.training import make_optimizer
+
+
+def jsonl(path: Path, key: str | None = None) -> list:
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return [r[key] for r in rows] if key else rows
+
+
+def tokenizer_for(corpus: Path, vocab: int, langs: list[str], cache: Path, lines: int):
+    from transformers import AutoTokenizer
+
+    path = cache / f"tok-{'-'.join(langs)}-{vocab}-{lines}"
+    if not (path / "tokenizer.json").exists():
+        samples = [sample_lines((d["text"] for d in jsonl(corpus / "mono" / f"{lang}.jsonl")), lines, seed=i)
+                   for i, lang in enumerate(langs)]
+        mixed = [x for group in zip(*samples) for x in group]
+        train_tokenizer(mixed, vocab).save_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def split_for(pairs: list[tuple[str, str]], cache: Path, n_test: int, n_val: int) -> dict[str, np.ndarray]:
+    path = cache / f"indomain-{len(pairs)}-{n_test}-{n_val}.npz"
+    if not path.exists():
+        np.savez(path, **indomain_split(pairs, n_test, n_val, "indomain-v1"))
+    return dict(np.load(path))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--corpus", type=Path, default=Path(os.environ.get("DS_CACHE", ".cache")) / "l10n")
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--ff-mult", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=8000)
+    ap.add_argument("--tok-lines", type=int, default=50000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--schedule", choices=["constant", "inverse_sqrt"], default="inverse_sqrt")
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--df", type=int, default=0, help="training pairs (0: the whole in-domain training pool)")
+    ap.add_argument("--minutes", type=float, default=30.0, help="CPU-time budget of training (evaluation excluded)")
+    ap.add_argument("--eval-minutes", type=float, default=6.0)
+    ap.add_argument("--test-size", type=int, default=500)
+    ap.add_argument("--max-len", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = args.out / "cache"
+    cache.mkdir(exist_ok=True)
+
+    tok = tokenizer_for(args.corpus, args.vocab, ["en", "de"], cache, args.tok_lines)
+    rows = jsonl(args.corpus / "pairs" / "en-de" / "train.jsonl", "translation")
+    split = split_for([(r["en"], r["de"]) for r in rows], cache, 2000, 1000)
+    pool = [rows[i] for i in split["train"]]
+    train = pool if not args.df else [pool[i] for i in nested_subset(len(pool), args.df, args.seed)]
+    pkg = jsonl(args.corpus / "pairs" / "en-de" / "test.jsonl", "translation")
+    pkg = [pkg[i] for i in np.sort(np.random.default_rng(TEST_SEED).choice(len(pkg), args.test_size, replace=False))]
+    tests = {"id": [rows[i] for i in split["test"][: args.test_size]], "pkg": pkg}
+    val = [rows[i] for i in split["validation"][:256]]
+    enc = dict(tokenizer=tok, src="en", tgt="de", prefix="", max_src=args.max_len, max_tgt=args.max_len)
+    tr_s, tr_t = encode_pairs(rows=train, **enc)
+    va_s, va_t = encode_pairs(rows=val, **enc)
+    te = {k: encode_pairs(rows=v, **{**enc, "max_tgt": 1024}) for k, v in tests.items()}
+
+    preset = ModelPreset(args.name, args.d_model, args.d_model // args.heads, args.heads, args.ff_mult * args.d_model,
+                         args.layers, args.layers, "gated-gelu", False)
+    model = use_fused_kernels(build_model(preset, len(tok), dropout_rate=args.dropout, seed=args.seed)).train()
+    params = count_params(preset, len(tok))
+    loss_fn = Seq2SeqLoss(model)
+    opt = make_optimizer(model.parameters(), "adamw", args.lr, (0.9, 0.98), 0.0)
+
+    def lr_at(step: int) -> float:
+        w = max(args.warmup, 1)
+        if step < w:
+            return args.lr * (step + 1) / w
+        return args.lr * (math.sqrt(w / (step + 1)) if args.schedule == "inverse_sqrt" else 1.0)
+
+    lengths = np.array([len(a) + len(b) for a, b in zip(tr_s, tr_t)])
+    spe = math.ceil(len(tr_s) / args.batch)
+    log_path = args.out / f"{args.name}.jsonl"
+    log_path.unlink(missing_ok=True)
+    header = {"name": args.name, "args": {k: str(v) for k, v in vars(args).items()}, "params": params,
+              "train_pairs": len(tr_s), "train_tokens": int(lengths.sum()), "threads": torch.get_num_threads()}
+    print(json.dumps(header), flush=True)
+    with open(log_path, "a") as f:
+        f.write(json.dumps(header) + "\n")
+
+    def evaluate(step: int, cpu_min: float, train_loss: float) -> None:
+        t0 = time.process_time()
+        val_ce, _ = reference_ce(model, va_s, va_t, tok.pad_token_id, 128, torch.device("cpu"), torch.no_grad)
+        rec = {"step": step, "cpu_min": round(cpu_min, 2), "epochs": round(step / spe, 3), "train_loss": train_loss,
+               "val_ce": val_ce}
+        for k, (s, t) in te.items():
+            ce, _ = reference_ce(model, s, t, tok.pad_token_id, 128, torch.device("cpu"), torch.no_grad)
+            gen = generate_ids(model, s, tok.pad_token_id, tok.eos_token_id, 128, 64, 1, torch.device("cpu"),
+                               torch.no_grad)
+            hyps = decode(tok, pad_batch(gen, tok.pad_token_id))
+            m = score(hyps, [r["de"] for r in tests[k]], "13a")
+            rec.update({f"{k}_bleu": round(m["bleu"], 2), f"{k}_chrf": round(m["chrf"], 2), f"{k}_ce": round(ce, 4)})
+            if k == "id":
+                rec["sample"] = hyps[:3]
+        model.train()
+        rec["eval_cpu_min"] = round((time.process_time() - t0) / 60, 2)
+        print(json.dumps(rec, ensure_ascii=False), flush=True)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    step, cpu, loss_ema, next_eval = 0, 0.0, float("nan"), args.eval_minutes
+    batches: list[np.ndarray] = []
+    while cpu < args.minutes:
+        epoch, k = divmod(step, spe)
+        if k == 0:
+            batches = epoch_batches(lengths, args.batch, args.seed, epoch)
+        t0 = time.process_time()
+        sel = batches[k]
+        b = collate([tr_s[i] for i in sel], [tr_t[i] for i in sel], tok.pad_token_id)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        if args.label_smoothing:
+            out = model(**b)
+            logits = out.logits.flatten(0, 1)
+            loss = torch.nn.functional.cross_entropy(logits, b["labels"].flatten(), ignore_index=-100,
+                                                     label_smoothing=args.label_smoothing)
+        else:
+            loss = loss_fn(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        cpu += (time.process_time() - t0) / 60
+        loss_ema = loss.item() if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * loss.item()
+        if cpu >= next_eval:
+            evaluate(step, cpu, loss_ema)
+            next_eval += args.eval_minutes
+    evaluate(step, cpu, loss_ema)
+
+
+if __name__ == "__main__":
+    main()
