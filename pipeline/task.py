@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from pipeline.artifacts import atomic_write_text, is_done, write_status
+from pipeline.logs import setup_logging
 from pipeline.plan import READ_STAGES, Task, load_plan
 
 log = logging.getLogger("pipeline")
@@ -178,8 +179,6 @@ def _requeue_if_slurm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.__main__ import setup_logging
-
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
         print("usage: python -m pipeline.task <plan.json> <index>", file=sys.stderr)
