@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text, git_sha
 from pipeline.fit import excluded, seed_means, stage_results, usable
+from pipeline.results import is_ok
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,6 @@ def _finite(v: Any) -> bool:
         return v is not None and math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
-
-
-def _ok(v: Any) -> bool:
-    return str(v).lower() == "true"
 
 
 def _num(v: Any) -> float:
@@ -517,7 +514,7 @@ def _grouped(pairs: list[tuple[str, str]]) -> list[str]:
 
 def _law_status(f: pd.DataFrame, law: str, metric: str, n_curves: int) -> list[str]:
     """Failed fits of one law, one line per reason; all curves failing for one reason is one line."""
-    bad = f[(f["law"] == law) & ~f["ok"].map(_ok)]
+    bad = f[(f["law"] == law) & ~f["ok"].map(is_ok)]
     name = {"bleu_log": "The BLEU log-law", "power": "The CE power law"}[law]
     if len(bad) == n_curves and bad["reason"].nunique() == 1:
         return [f"{name} could not be fitted on any curve: {plain_reason(bad['reason'].iloc[0], metric)}."]
@@ -546,7 +543,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
         out += _law_status(f, law, metric, n_curves)
     for mix, gm in g.groupby("mixture", sort=False):
         bl = f[(f["mixture"] == mix) & (f["law"] == "bleu_log")]
-        ok = bl[bl["ok"].map(_ok)]
+        ok = bl[bl["ok"].map(is_ok)]
         if not len(ok):
             continue
         align = gm["alignment"].iloc[0]
@@ -636,7 +633,7 @@ def _fit_table(fits_df: pd.DataFrame, law: str, names: list[str], x: str | None 
         sel = sel[sel["x"].astype(str) == x]
     rows = []
     for _, r in sel.iterrows():
-        ok = _ok(r["ok"])
+        ok = is_ok(r["ok"])
         cells = [str(r["task"]), str(r["mixture"]), str(r["model"]), str(r["method"]), fmt_df(r["df"])]
         for n in names:
             cells.append(fmt_ci(r.get(f"p_{n}"), r.get(f"ci_{n}_lo"), r.get(f"ci_{n}_hi")) if ok else "—")
@@ -779,9 +776,9 @@ def _routes(fits_df: pd.DataFrame) -> list[Block]:
     rows, wins, failures = [], {k: 0 for k in routes}, []
     for key in idx["direct"].index:
         got = {k: v.loc[key] for k, v in idx.items() if key in v.index}
-        ok = {k: r for k, r in got.items() if _ok(r["ok"])}
+        ok = {k: r for k, r in got.items() if is_ok(r["ok"])}
         for k, r in got.items():
-            if not _ok(r["ok"]):
+            if not is_ok(r["ok"]):
                 failures.append((f"{k[0].upper() + k[1:]} route not fitted for {{where}}: "
                                  f"{plain_reason(r['reason'], 'bleu')}.", _curve_name(key[1], key[4])
                                  + f" ({key[2]}, {key[3]})"))
@@ -841,7 +838,7 @@ def question_size(pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str,
                 cells = [str(key[0]), str(key[1]), str(key[2]), fmt_df(key[3])]
                 for m in models:
                     r = g[g["model"] == m]
-                    ok = len(r) and _ok(r["ok"].iloc[0])
+                    ok = len(r) and is_ok(r["ok"].iloc[0])
                     cells += [fmt(_num(r["p_alpha"].iloc[0])) if ok and "p_alpha" in r else "—",
                               fmt_pct(r["holdout_mre"].iloc[0]) if ok else "—"]
                 rows.append(cells)
@@ -876,7 +873,7 @@ def _size_verdicts(pts: pd.DataFrame, fits_df: pd.DataFrame, models: list[str]) 
                            + ", ".join(f"{m} {fmt(v, 3)}" for m, v in ce.items()) + ".")
     for law, x, what in (("chinchilla", "params,dp", "upstream loss"), ("joint", "params,df", "downstream CE")):
         f = fits_df[(fits_df["law"] == law) & (fits_df["x"].astype(str) == x)]
-        ok = f[f["ok"].map(_ok)]
+        ok = f[f["ok"].map(is_ok)]
         for _, r in ok.iterrows():
             if law == "chinchilla":
                 out.append(f"{r['task']} · **{r['mixture']}**: {what} falls as N^−{fmt(r['p_alpha'], 3)} with size and "
@@ -886,7 +883,7 @@ def _size_verdicts(pts: pd.DataFrame, fits_df: pd.DataFrame, models: list[str]) 
                            f"with size and Df^−{fmt(r['p_beta'], 3)} with finetuning data.")
         out += _grouped([(f"The {what} law across sizes could not be fitted for {{where}}: {r['reason']}.",
                           f"{r['mixture']}" + (f" ({r['method']})" if law == "joint" else ""))
-                         for _, r in f[~f["ok"].map(_ok)].iterrows()])
+                         for _, r in f[~f["ok"].map(is_ok)].iterrows()])
     return out
 
 
@@ -1097,7 +1094,7 @@ def _fit_counts(results: pd.DataFrame, fits_df: pd.DataFrame) -> str:
         if x is not None:
             f = f[f["x"].astype(str) == x]
         if len(f):
-            parts.append(f"the {name} on {int(f['ok'].map(_ok).sum())} of {len(f)}")
+            parts.append(f"the {name} on {int(f['ok'].map(is_ok).sum())} of {len(f)}")
     return (f"{n_ok} of {len(results)} cells evaluated (see Cells). Fitted: " + "; ".join(parts) + "."
             if parts else f"{n_ok} of {len(results)} cells evaluated; no law was fitted.")
 
@@ -1133,7 +1130,7 @@ def run(task) -> None:
         atomic_write_bytes(out / "report.html", to_html(blocks, out, title).encode())
         tracker.log({"cells": len(results), "cells_ok": int((results["status"] == "ok").sum()),
                      "cells_left_out": len(excluded(results)), "fits": len(fits_df),
-                     "fits_ok": int(fits_df["ok"].map(_ok).sum()) if len(fits_df) else 0,
+                     "fits_ok": int(fits_df["ok"].map(is_ok).sum()) if len(fits_df) else 0,
                      "figures": len(list(out.glob("fig_*.png")))}, step=0)
     finally:
         tracker.close()

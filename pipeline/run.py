@@ -31,7 +31,7 @@ def from_results(cfg: Config) -> bool:
 
 def check_results(path: Path) -> None:
     """A results table given on the command line must be readable and have the columns the fitter needs."""
-    from pipeline.fit import ResultsError, load_results
+    from pipeline.results import ResultsError, load_results
 
     if not path.is_file():
         raise ConfigError("paths.results", f"{path}: no such file")
