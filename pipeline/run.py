@@ -18,10 +18,10 @@ from pipeline.budget import (
 )
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.executors import check_executor
-from pipeline.plan import READ_STAGES, Plan, build_plan, build_read_plan, task_state, write_plan
+from pipeline.plan import Plan, build_plan, build_read_plan, task_state, write_plan
+from pipeline.stages import READ_STAGES, STORED
 
 log = logging.getLogger("pipeline")
-STORED = ("tokens", "init", "pretrain", "finetune")  # the stages whose directories hold the bytes of the estimate
 
 
 def from_results(cfg: Config) -> bool:

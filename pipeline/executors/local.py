@@ -22,7 +22,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.logs import setup_logging
-from pipeline.plan import READ_STAGES, Plan, Task
+from pipeline.plan import Plan, Task
+from pipeline.stages import READ_STAGES
 from pipeline.task import TaskFailed, execute, is_complete
 
 log = logging.getLogger("pipeline")
