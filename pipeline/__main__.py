@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline.config import ConfigError
+from pipeline.logs import setup_logging
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("sweep", "scale", "model", "data", "executor", "tracking")
@@ -89,13 +90,6 @@ def precheck(argv: list[str]) -> None:
                     prepare(cfg)
                 except ConfigError as e:
                     fail(f"{e}{where}")
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "datasets", "filelock", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

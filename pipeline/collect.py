@@ -19,20 +19,9 @@ import pandas as pd
 
 from pipeline.artifacts import atomic_write_text, dir_hash, read_json, read_status
 from pipeline.plan import Cell
+from pipeline.results import COLUMNS
 
 log = logging.getLogger(__name__)
-
-# The table's columns, in order (docs/ARCHITECTURE.md explains each). Old tables may lack later ones.
-COLUMNS = [
-    "task", "src", "tgt", "mixture", "alignment", "model", "params", "params_non_embedding",
-    "dp", "dp_rung", "pretrain_steps", "df", "df_tokens", "df_tokens_source", "df_tokens_target",
-    "seed", "method", "lr", "selected",
-    "bleu", "chrf", "ce", "bp", "p1", "p2", "p3", "p4", "sys_len", "ref_len", "gen_len", "n_test",
-    "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
-    "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
-    "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
-]
-
 
 def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
     ev, ft = Path(dirs[cell.evaluate_id]), Path(dirs[cell.finetune_id])

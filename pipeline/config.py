@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("plan", "all", "tokenizer", "pretrain", "finetune", "evaluate", "collect", "fit", "report")
+from pipeline import stages
+
 FF_TYPES = ("gated-gelu", "relu")
 SOURCES = ("l10n", "hub", "local")
 EXECUTORS = ("local", "slurm")
@@ -550,7 +551,7 @@ def load_config(cfg: Any) -> Config:
     except Exception as e:  # an interpolation that cannot be resolved
         raise ConfigError("config", str(e).splitlines()[0]) from None
     d: dict[str, Any] = dict(cfg)
-    stage = _choice(d, "stage", "", STAGES) if "stage" in d else "all"
+    stage = _choice(d, "stage", "", stages.CHOICES) if "stage" in d else "all"
     data = _parse_data(d.get("data"))
     scale = d.get("scale") or {}
     _req(isinstance(scale, Mapping), "scale", f"must be a scale preset (scale=NAME, see conf/scale/), got {scale!r}")

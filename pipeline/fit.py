@@ -28,42 +28,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.results import REQUIRED, ResultsError, is_ok, load_results  # noqa: F401 (fit.load_results: its old home)
 from pipeline.tracking import make_tracker, read_stage_run_id
 
 log = logging.getLogger(__name__)
 
 GROUP = ["task", "mixture", "model", "method", "df"]
-REQUIRED = ["task", "mixture", "model", "dp", "df", "bleu", "ce", "status"]
 MIN_DF_FOR_JOINT = 3
 MIN_MODELS_FOR_SIZE = 2
 # seed_means column of each upstream loss, and its name in fits.csv / correlations.csv
 UPSTREAM = {"mixture": "upstream", "tgt": "upstream_tgt"}
 CORR_METRICS = ("bleu", "chrf", "ce")
 REFERENCE_METHOD = "full"
-
-
-class ResultsError(ValueError):
-    """A results table the fitter cannot read (missing columns, unreadable file)."""
-
-
-def load_results(path: Path) -> pd.DataFrame:
-    """Read a results table, old or new: missing optional columns get defaults; required ones must exist."""
-    try:
-        df = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ResultsError(f"{path}: cannot read the results table ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}; a results table has {', '.join(REQUIRED)}")
-    defaults = {"method": "full", "seed": 0, "selected": True, "alignment": np.nan, "src": None, "tgt": None,
-                "chrf": np.nan, "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan,
-                "reason": ""}
-    for k, v in defaults.items():
-        if k not in df.columns:
-            df[k] = v
-    df["method"] = df["method"].fillna("full")
-    df["selected"] = df["selected"].astype(str).str.lower().isin(["true", "1"])
-    return df
 
 
 def usable(df: pd.DataFrame) -> pd.DataFrame:
@@ -324,10 +300,6 @@ def correlation_table(df: pd.DataFrame, bootstrap: int, seed: int = 0) -> pd.Dat
 # ------------------------------------------------------------------------------ methods (Q3)
 
 
-def _ok(v: Any) -> bool:
-    return str(v).lower() == "true"
-
-
 def method_table(df: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
     """methods.csv: per curve (task, mixture, model, Df) and metric, each method against full finetuning:
     the gap (method − full) at Dp = 0, at the smallest and the largest Dp > 0, where it is largest, and
@@ -359,7 +331,7 @@ def method_table(df: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
                              & (fits["model"] == key[2]) & (fits["method"] == m)
                              & (fits["df"].astype(str) == str(key[3]))]
                     r = f.iloc[0] if len(f) else {}
-                    ok = len(f) and _ok(r["ok"])
+                    ok = len(f) and is_ok(r["ok"])
                     pre = f"{who}_" if who else ""
                     row[f"{pre}ok"] = bool(ok)
                     for c in ("alpha", "ci_alpha_lo", "ci_alpha_hi", "holdout_mre"):

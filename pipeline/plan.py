@@ -28,11 +28,7 @@ from pipeline.artifacts import (
     stage_dir,
 )
 from pipeline.config import Config, ConfigError, Mixture, to_dict
-
-# Execution order of the stages; a task only depends on tasks of earlier levels.
-LEVELS = ("tokenizer", "tokens", "init", "pretrain", "finetune", "evaluate", "collect", "fit", "report")
-TRAIN_STAGES = ("tokenizer", "pretrain", "finetune", "evaluate")
-READ_STAGES = ("collect", "fit", "report")
+from pipeline.stages import LEVELS, READ_STAGES
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from pipeline.budget import (
 )
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.executors import check_executor
-from pipeline.plan import READ_STAGES, Plan, build_plan, build_read_plan, task_state, write_plan
+from pipeline.plan import Plan, build_plan, build_read_plan, task_state, write_plan
+from pipeline.stages import READ_STAGES, STORED
 
 log = logging.getLogger("pipeline")
-STORED = ("tokens", "init", "pretrain", "finetune")  # the stages whose directories hold the bytes of the estimate
 
 
 def from_results(cfg: Config) -> bool:
@@ -31,7 +31,7 @@ def from_results(cfg: Config) -> bool:
 
 def check_results(path: Path) -> None:
     """A results table given on the command line must be readable and have the columns the fitter needs."""
-    from pipeline.fit import ResultsError, load_results
+    from pipeline.results import ResultsError, load_results
 
     if not path.is_file():
         raise ConfigError("paths.results", f"{path}: no such file")

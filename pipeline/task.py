@@ -20,22 +20,11 @@ import traceback
 from pathlib import Path
 
 from pipeline.artifacts import atomic_write_text, is_done, write_status
-from pipeline.plan import READ_STAGES, Task, load_plan
+from pipeline.logs import setup_logging
+from pipeline.plan import Task, load_plan
+from pipeline.stages import READ_STAGES, RUNNERS
 
 log = logging.getLogger("pipeline")
-
-RUNNERS = {
-    "tokenizer": "pipeline.tokenizer:run",
-    "tokens": "pipeline.tokens:run",
-    "init": "pipeline.pretrain:run_init",
-    "pretrain": "pipeline.pretrain:run",
-    "finetune": "pipeline.finetune:run",
-    "evaluate": "pipeline.evaluate:run",
-    "collect": "pipeline.collect:run",
-    "fit": "pipeline.fit:run",
-    "report": "pipeline.report:run",
-}
-
 
 class TaskFailed(RuntimeError):
     def __init__(self, task: Task, error: str, log_path: Path | None):
@@ -178,8 +167,6 @@ def _requeue_if_slurm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.__main__ import setup_logging
-
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
         print("usage: python -m pipeline.task <plan.json> <index>", file=sys.stderr)

@@ -260,7 +260,7 @@ def test_a_failed_read_stage_logs_its_traceback(tmp_path, fake_stages):
 
 RUN_PLAN = """
 import json, sys
-from pipeline.__main__ import setup_logging
+from pipeline.logs import setup_logging
 from pipeline.executors.local import LocalExecutor
 from pipeline.plan import Plan
 setup_logging()

@@ -472,6 +472,15 @@ def test_bleu_at_its_floor_is_called_noise_and_the_ce_signal_is_said(tmp_path, s
     assert "BLEU stays below 1" not in normal and "CE keeps falling with Dp" in normal
 
 
+def test_the_huber_deltas_in_the_text_are_the_fitted_ones(tmp_path):
+    # the law headings name the Huber δ the fit used: read from the config, so they follow an override
+    synthetic_results(dp=DP[:5], dfs=(1000,)).to_csv(tmp_path / "results.csv", index=False)
+    md = (run_fit_and_report(tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0", "fit.bleu_delta=0.25",
+                             "fit.ce_delta=2e-4") / "report.md").read_text()
+    assert "(Isik et al. Eq. 1, Huber δ = 0.25)" in md and "(Isik et al. Eq. 3, Huber δ = 2e-4)" in md
+    assert "δ = 0.1)" not in md and "δ = 1e-3)" not in md
+
+
 # ------------------------------------------------------------------------------------------- tracking
 
 

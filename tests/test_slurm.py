@@ -26,7 +26,8 @@ from conftest import ROOT, cli, compose, corpus_dir
 
 from pipeline.config import load_config
 from pipeline.executors.slurm import SlurmExecutor, read_jobs
-from pipeline.plan import LEVELS, Plan, Task
+from pipeline.plan import Plan, Task
+from pipeline.stages import LEVELS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

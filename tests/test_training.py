@@ -85,7 +85,7 @@ def small_plan(root: Path, extra: list[str] = (), langs: tuple[str, ...] = LANGS
 
 def run_upto(plan, stage: str) -> None:
     """Execute the plan's tasks of the levels before `stage` (in-process, in order)."""
-    from pipeline.plan import LEVELS
+    from pipeline.stages import LEVELS
     from pipeline.task import execute
 
     for t in plan.tasks:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.plan import READ_STAGES, Plan, Task
+from pipeline.logs import setup_logging
+from pipeline.plan import Plan, Task
+from pipeline.stages import READ_STAGES
 from pipeline.task import TaskFailed, execute, is_complete
 
 log = logging.getLogger("pipeline")
@@ -32,8 +34,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 def _init_worker(threads: int) -> None:
     import torch
-
-    from pipeline.__main__ import setup_logging
 
     torch.set_num_threads(threads)
     setup_logging()

@@ -30,7 +30,8 @@ from typing import Any
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import Config, ConfigError, _known, _num, to_dict
-from pipeline.plan import LEVELS, READ_STAGES, Plan, Task, load_plan, write_plan
+from pipeline.plan import Plan, Task, load_plan, write_plan
+from pipeline.stages import LEVELS, READ_STAGES
 from pipeline.task import is_complete
 
 log = logging.getLogger("pipeline")

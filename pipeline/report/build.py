@@ -1,0 +1,162 @@
+"""Stage `report`: the study a researcher reads, assembled from the modules of this package.
+
+Reads `results.csv` and the fit stage's `fits.csv`, `fits.json`, `correlations.csv` and `methods.csv` only, so
+it runs on a table copied back from a cluster. `build` turns them into blocks and figure specs (drawing
+nothing); `run` draws the figures, renders the blocks to `report.md` and a self-contained `report.html`, and
+logs to the tracker. Every number in the text comes from those files or from the fit config (a test checks
+the tables against the files).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import atomic_write_bytes, atomic_write_text
+from pipeline.fit import excluded, seed_means, stage_results, usable
+from pipeline.report.document import Block, to_html, to_markdown
+from pipeline.report.figures import Figure, plot_bleu_vs_ce, plot_task, render
+from pipeline.report.fmt import fmt, fmt_g
+from pipeline.report.questions import question_methods, question_size, question_upstream
+from pipeline.report.tables import (
+    cells_section,
+    cells_table,
+    fit_counts,
+    fit_table,
+    header,
+    holdout_table,
+    param_names,
+)
+from pipeline.report.verdicts import verdicts
+from pipeline.results import is_ok
+
+
+@dataclass
+class Report:
+    blocks: list[Block]
+    figures: list[Figure]
+
+
+def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], spec: dict[str, Any],
+          corr: pd.DataFrame | None = None, methods: pd.DataFrame | None = None) -> Report:
+    """The report as blocks, read top down: verdicts and key tables first, figures and the three questions,
+    then the long per-point tables (collapsed); and the figures those blocks show, not drawn yet."""
+    corr = pd.DataFrame() if corr is None else corr
+    methods = pd.DataFrame() if methods is None else methods
+    fit_cfg = spec.get("fit") or {}
+    if "x" not in fits_df.columns:  # fits.csv from before the question laws: every law was in Dp
+        fits_df = fits_df.assign(x=np.where(fits_df["law"] == "joint", "dp,df", "dp"))
+    ok_rows = usable(results)
+    pts = seed_means(ok_rows)
+    figures: list[Figure] = []
+    models = list(dict.fromkeys(pts.sort_values("params")["model"])) or sorted(results["model"].dropna().unique())
+    summary = [Block("h2", "Summary"), Block("p", fit_counts(results, fits_df))]
+    for task in dict.fromkeys(pts["task"]):
+        for model in models:
+            for method in sorted(pts["method"].unique()):
+                sel = pts[(pts["model"] == model) & (pts["method"] == method)]
+                if sel.empty:
+                    continue
+                summary.append(Block("p", f"**{task} · {model} · {method}**"))
+                summary.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method)
+                                     or ["Nothing to conclude yet."]))
+    if pts.empty:
+        summary.append(Block("p", "No evaluated cells yet: nothing to conclude."))
+
+    body = [Block("h2", "Mixtures and alignment")]
+    al = results.drop_duplicates(["task", "mixture"])[["task", "mixture", "alignment"]]
+    body.append(Block("p", "Alignment score A = P_src·P_dest + 0.7·P_src + 0.8·P_dest (Isik et al., Eq. 2), "
+                           "computed from each mixture's language weights."))
+    body.append(Block("table", header=["task", "mixture", "alignment"],
+                      rows=[[str(r["task"]), str(r["mixture"]), fmt(r["alignment"])] for _, r in al.iterrows()]))
+
+    body.append(Block("h2", "Fitted laws"))
+    body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); "
+                           "brackets are 90% bootstrap intervals; Dp in raw text tokens."))
+    huber = {k: f", Huber δ = {fmt_g(fit_cfg[k])}" if k in fit_cfg else "" for k in ("bleu_delta", "ce_delta")}
+    body.append(Block("h3", f"BLEU: f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1{huber['bleu_delta']})"))
+    body.append(fit_table(fits_df, "bleu_log", param_names(fits_df, "bleu_log")))
+    body.append(Block("h3", f"Cross-entropy: L(Dp) = E + A/Dp^α (Isik et al. Eq. 3{huber['ce_delta']})"))
+    body.append(fit_table(fits_df, "power", param_names(fits_df, "power")))
+    if (fits_df["x"].astype(str) == "dp,df").any():
+        body.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
+        body.append(fit_table(fits_df, "joint", param_names(fits_df, "joint", "dp,df"), x="dp,df"))
+
+    body.append(Block("h2", "Figures"))
+    if pts.empty:
+        body.append(Block("p", "No figures: no cell was evaluated."))
+    for task in dict.fromkeys(pts["task"]):
+        for model in models:
+            for method in sorted(pts["method"].unique()):
+                sel = pts[(pts["task"] == task) & (pts["model"] == model) & (pts["method"] == method)]
+                if sel.empty:
+                    continue
+                tag = f"{task}_{model}_{method}"
+                args = dict(task=task, pts=sel, model=model, method=method)
+                figures += [Figure(f"fig_{tag}_dp.png", plot_task, {**args, "fits": fits}),
+                            Figure(f"fig_{tag}_bleu_vs_ce.png", plot_bleu_vs_ce, args)]
+                body.append(Block("img", f"{task} · {model} · {method}: BLEU and cross-entropy against Dp, one colour "
+                                         "per Df", path=figures[-2].name))
+                body.append(Block("img", f"{task} · {model} · {method}: BLEU against cross-entropy (Isik et al. Fig. 5)",
+                                  path=figures[-1].name))
+
+    if not pts.empty:
+        for title, q in (("Question 1: upstream loss → downstream", question_upstream(pts, fits_df, corr)),
+                         ("Question 2: model size", question_size(pts, fits_df, fits)),
+                         ("Question 3: finetuning method", question_methods(pts, methods))):
+            body += q.blocks
+            figures += q.figures
+            if q.summary:
+                summary += [Block("p", f"**{title}** (details below)"), Block("list", items=q.summary)]
+
+    appendix = [Block("h2", "Appendix: the per-point tables"),
+                Block("h3", "Held-out extrapolation, per point"), holdout_table(fits),
+                Block("h3", "All evaluated cells"), cells_table(ok_rows)]
+    head = [Block("h1", f"Downstream scaling report — sweep `{spec.get('sweep', '')}`"), header(results, spec)]
+    return Report(head + summary + cells_section(results) + body + appendix, figures)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A fit-stage table, or an empty one when it is absent or has no rows (a fit stage of an older version)."""
+    if not path.exists() or path.stat().st_size <= 1:
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def run(task) -> None:
+    from pipeline.tracking import make_tracker, read_stage_run_id
+
+    spec = task.spec
+    out, results_path, results = stage_results(spec)
+    fits_df = _read_csv(out / "fits.csv")
+    if fits_df.empty:
+        fits_df = pd.DataFrame(columns=["task", "mixture", "model", "method", "df", "metric", "law", "x", "ok", "reason"])
+    fits = json.loads((out / "fits.json").read_text()) if (out / "fits.json").exists() else []
+    tracker = make_tracker(out, spec.get("tracking"), run_id=read_stage_run_id("report", spec),
+                           name=getattr(task, "name", f"report-{spec['sweep']}"),
+                           config={"sweep": spec["sweep"], "results": str(results_path)}, file="report-metrics.jsonl",
+                           group=spec["sweep"])
+    try:
+        report = build(results, fits_df, fits, {**spec, "results_name": results_path.name},
+                       corr=_read_csv(out / "correlations.csv"), methods=_read_csv(out / "methods.csv"))
+        render(report.figures, out)
+        for f in report.figures:
+            tracker.log_image(f"report/{f.name.removeprefix('fig_').removesuffix('.png')}", out / f.name)
+        title = f"Downstream scaling report — {spec['sweep']}"
+        atomic_write_text(out / "report.md", to_markdown(report.blocks))
+        atomic_write_bytes(out / "report.html", to_html(report.blocks, out, title).encode())
+        tracker.log({"cells": len(results), "cells_ok": int((results["status"] == "ok").sum()),
+                     "cells_left_out": len(excluded(results)), "fits": len(fits_df),
+                     "fits_ok": int(fits_df["ok"].map(is_ok).sum()) if len(fits_df) else 0,
+                     "figures": len(list(out.glob("fig_*.png")))}, step=0)
+    finally:
+        tracker.close()
+    print(f"report: {out / 'report.html'}")

@@ -1,0 +1,103 @@
+"""How the report prints numbers and names things: significant digits, counts, percentages, intervals, token
+counts, and the axis labels and metric names every other module of the report uses. The bottom floor of the
+package: it imports nothing from the rest of it."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+DATA_NOTES = {
+    "l10n": "the offline corpus built from the translations in Debian packages (software UI and help text, "
+            "median 7-8 words a sentence); BLEU here is not comparable with WMT newstest numbers",
+    "hub": "mC4 (allenai/c4) for pretraining and WMT (en-de WMT17, en-fr WMT15, en-ro WMT16) for finetuning and test",
+    "local": "the user's own files (data=local)",
+}
+DP_LABEL = "pretraining data Dp (raw text tokens, log scale)"
+CE_LABEL = "downstream cross-entropy (nats/token)"
+UP_LABEL = {"mixture": "upstream loss on the pretraining mixture (nats/token)",
+            "tgt": "upstream loss on target-language text (nats/token)"}
+METRIC = {"bleu": "BLEU", "ce": "CE", "chrf": "chrF", "upstream": "upstream loss"}
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    """Numbers as the report prints them: `digits` significant digits, '—' for missing."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e6 or abs(v) < 1e-3:
+            return f"{v:.{digits - 1}e}"
+        return f"{v:.{max(0, digits - 1 - int(math.floor(math.log10(abs(v)))))}f}"
+    return str(v)
+
+
+def fmt_count(v: Any) -> str:
+    """A count read back from a CSV column that also holds blanks (so pandas made it float)."""
+    if isinstance(v, str) and re.fullmatch(r"\d+(\.0*)?", v):
+        v = float(v)
+    return fmt(int(v)) if isinstance(v, (int, float, np.number)) and math.isfinite(v) else "—"
+
+
+def fmt_df(v: Any) -> str:
+    """A Df key: a count, or 'all' for laws pooled over Df (fits.csv holds both, so pandas reads strings)."""
+    return "all" if str(v) == "all" else fmt_count(v)
+
+
+def fmt_pct(v: Any) -> str:
+    """A relative error (0.05) as a percentage (5.000%)."""
+    return fmt(float(v) * 100) + "%" if finite(v) else "—"
+
+
+def fmt_ci(v: Any, lo: Any, hi: Any) -> str:
+    """A value with its bootstrap interval, `v [lo, hi]`, or the value alone when there is no interval."""
+    return fmt(v) + (f" [{fmt(lo)}, {fmt(hi)}]" if finite(lo) and finite(hi) else "")
+
+
+def fmt_tokens(v: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.0f}"
+
+
+def fmt_g(v: float) -> str:
+    """A config constant as a person writes it: 0.1, 1e-3 (not 0.001), 2.5."""
+    v = float(v)
+    if v != 0 and abs(v) < 0.01:
+        mantissa, exp = f"{v:e}".split("e")
+        return f"{float(mantissa):g}e{int(exp)}"
+    return f"{v:g}"
+
+
+def finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def num(v: Any) -> float:
+    return float(v) if finite(v) else math.nan
+
+
+def plain_reason(reason: Any, metric: str = "") -> str:
+    """A fitter's reason in the words a reader of this study needs."""
+    r = str(reason)
+    if r.startswith("y must be > 0") and metric == "bleu":
+        return "BLEU is 0 at some Dp, and the log-law needs BLEU > 0"
+    return r
+
+
+def and_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+

@@ -1,0 +1,145 @@
+"""The report's tables that are not a question's: the header note, the cells left out, the fitted laws with
+their intervals, the held-out points, every evaluated cell, and the one-sentence state of the study."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import git_sha
+from pipeline.fit import excluded
+from pipeline.report.document import Block, collapsed
+from pipeline.report.fmt import (
+    DATA_NOTES,
+    fmt,
+    fmt_ci,
+    fmt_count,
+    fmt_df,
+    fmt_pct,
+    fmt_tokens,
+    num,
+    plain_reason,
+)
+from pipeline.results import is_ok
+
+
+def fit_table(fits_df: pd.DataFrame, law: str, names: list[str], x: str | None = None) -> Block:
+    sel = fits_df[fits_df["law"] == law]
+    if x is not None:
+        sel = sel[sel["x"].astype(str) == x]
+    rows = []
+    for _, r in sel.iterrows():
+        ok = is_ok(r["ok"])
+        cells = [str(r["task"]), str(r["mixture"]), str(r["model"]), str(r["method"]), fmt_df(r["df"])]
+        for n in names:
+            cells.append(fmt_ci(r.get(f"p_{n}"), r.get(f"ci_{n}_lo"), r.get(f"ci_{n}_hi")) if ok else "—")
+        cells += [fmt_count(r.get("n_fit")), fmt_count(r.get("n_holdout")), fmt(num(r.get("holdout_mae"))),
+                  fmt_pct(r.get("holdout_mre")) if ok else "—",
+                  "ok" if ok else f"failed: {plain_reason(r.get('reason'), str(r.get('metric')))}"]
+        rows.append(cells)
+    return Block("table", header=["task", "mixture", "model", "method", "Df", *names, "fit points", "held-out points",
+                                  "held-out abs. error", "held-out rel. error", "fit"], rows=rows)
+
+
+def param_names(fits_df: pd.DataFrame, law: str, x: str | None = None) -> list[str]:
+    sub = fits_df[fits_df["law"] == law]
+    if x is not None:
+        sub = sub[sub["x"].astype(str) == x]
+    return [c[2:] for c in sub.columns if c.startswith("p_") and sub[c].notna().any()]
+
+
+def header(results: pd.DataFrame, spec: dict[str, Any]) -> Block:
+    scale = spec.get("scale") or {}
+    models = sorted(results["model"].dropna().unique())
+    params = {m: results.loc[results["model"] == m, "params"].dropna() for m in models}
+    model_desc = ", ".join(f"{m} ({fmt_tokens(float(p.iloc[0]))} parameters)" if len(p) else m for m, p in params.items())
+    sigs = sorted(results["bleu_signature"].dropna().unique()) if "bleu_signature" in results else []
+    shas = sorted(results["git_sha"].dropna().astype(str).unique()) if "git_sha" in results else []
+    src = spec.get("data_source", "l10n")
+    return Block("note", "\n".join([
+        f"**Scale: {scale.get('name', '?')}** — {scale.get('description', '')}. "
+        + ("This is a toy-scale run: trends only, not the paper's numbers."
+           if scale.get("name") in ("smoke", "cpu") and "trends only" not in scale.get("description", "") else ""),
+        f"Corpus: {DATA_NOTES.get(src, src)}.",
+        f"Models: {model_desc}. Finetuning: {', '.join(sorted(results['method'].dropna().unique()))}. "
+        f"Cells: {int((results['status'] == 'ok').sum())} of {len(results)} evaluated.",
+        f"sacreBLEU signature: {'; '.join(sigs) or 'n/a'}.",
+        f"Git SHA: {', '.join(shas) or git_sha() + ' (of the report; the table records none)'}. "
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{spec.get('results_name', 'results.csv')}`.",
+    ]))
+
+
+def cells_section(results: pd.DataFrame) -> list[Block]:
+    n_ok = int((results["status"] == "ok").sum())
+    blocks = [Block("h2", "Cells"),
+              Block("p", f"{n_ok} of {len(results)} cells evaluated; {int((results['status'] == 'missing').sum())} "
+                         f"missing, {int((results['status'] == 'failed').sum())} failed.")]
+    bad = excluded(results)
+    if len(bad):
+        reasons = results.loc[bad.index, "reason"].fillna("").astype(str)
+        table = (Block("table", header=["task", "mixture", "model", "method", "Dp rung", "Df", "seed", "why"],
+                            rows=[[str(r["task"]), str(r["mixture"]), str(r["model"]), str(r.get("method")),
+                                   fmt_count(results.at[i, "dp_rung"] if "dp_rung" in results else r["dp"]),
+                                   fmt_count(r["df"]), fmt_count(r.get("seed")),
+                                   r["why"] + (f": {reasons[i]}" if reasons[i] and reasons[i] != "nan" else "")]
+                                  for i, r in bad.iterrows()]))
+        why = "; ".join(f"{n} {w}" for w, n in bad["why"].value_counts().items())
+        blocks.append(Block("p", f"{len(bad)} cell(s) are left out of the fits ({why}):"))
+        blocks.append(collapsed(f"The {len(bad)} cells left out, with why", table, len(bad)))
+    return blocks
+
+
+
+def inputs(x: str, v: Any) -> str:
+    """A held-out point's inputs by name: `Dp = 4.194e+06`, or `N = 3.000e+06, Df = 1,000` for joint laws."""
+    names = {"dp": "Dp", "df": "Df", "params": "N"}
+    keys = str(x).split(">")[0].split(",")
+    vals = np.atleast_1d(v)
+    return ", ".join(f"{names.get(k, k)} = {fmt_count(u) if k == 'df' else fmt(float(u))}" for k, u in zip(keys, vals))
+
+
+def fit_counts(results: pd.DataFrame, fits_df: pd.DataFrame) -> str:
+    """The state of the study in one sentence: how many cells, how many laws fitted."""
+    n_ok = int((results["status"] == "ok").sum())
+    parts = []
+    for law, x, name in (("bleu_log", "dp", "BLEU log-law"), ("power", "dp", "CE power law"),
+                         ("two_stage", None, "two-stage route"), ("joint", "dp,df", "joint (Dp, Df) law"),
+                         ("chinchilla", None, "Chinchilla law across sizes"), ("joint", "params,df", "joint (N, Df) law")):
+        f = fits_df[fits_df["law"] == law]
+        if x is not None:
+            f = f[f["x"].astype(str) == x]
+        if len(f):
+            parts.append(f"the {name} on {int(f['ok'].map(is_ok).sum())} of {len(f)}")
+    return (f"{n_ok} of {len(results)} cells evaluated (see Cells). Fitted: " + "; ".join(parts) + "."
+            if parts else f"{n_ok} of {len(results)} cells evaluated; no law was fitted.")
+
+
+def holdout_table(fits: list[dict[str, Any]]) -> Block:
+    """Every held-out point of every fitted law: observed, predicted, error."""
+    rows = []
+    for r in fits:
+        for h in r.get("holdout") or []:
+            rows.append([str(r["task"]), str(r["mixture"]), str(r["model"]), str(r.get("method")), fmt_df(r["df"]),
+                         str(r["law"]) + (f" ({r['x']})" if str(r.get("x", "dp")) != "dp" else ""),
+                         inputs(r.get("x", "dp"), h["x"]), fmt(h["y"]), fmt(h["pred"]),
+                         fmt(h["abs_err"]), fmt_pct(h["rel_err"])])
+    if not rows:
+        return Block("p", "No held-out points (too few rungs, or no fit succeeded).")
+    table = Block("table", header=["task", "mixture", "model", "method", "Df", "law", "held-out point", "observed",
+                                   "predicted", "abs. error", "rel. error"], rows=rows)
+    return collapsed(f"Every held-out point ({len(rows)} rows)", table, len(rows))
+
+
+def cells_table(ok_rows: pd.DataFrame) -> Block:
+    """Every evaluated cell with its metrics."""
+    cols = ["task", "mixture", "model", "method", "dp", "df", "seed", "bleu", "chrf", "ce", "bp", "gen_len",
+            "upstream_loss_mixture", "finetune_steps"]
+    counts = {"dp", "df", "seed", "finetune_steps"}
+    rows = [[str(r[c]) if isinstance(r[c], str) else fmt_count(r[c]) if c in counts else fmt(num(r.get(c)))
+             for c in cols] for _, r in ok_rows.sort_values(["task", "mixture", "model", "method", "df", "dp"]).iterrows()]
+    table = Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed", "BLEU", "chrF", "CE", "BP",
+                                   "gen. length", "upstream loss", "finetune steps"], rows=rows)
+    return collapsed(f"Every evaluated cell ({len(rows)} rows)", table, len(rows))

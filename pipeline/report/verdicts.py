@@ -1,0 +1,249 @@
+"""Plain sentences generated from the numbers: per (task, model, method) the laws' state, extrapolation,
+misalignment, what pretraining changes and which mixture wins; and the sentences of the three questions
+(correlations, model sizes, finetuning methods). Each sentence is said once, listing the curves it covers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.report.figures import records
+from pipeline.report.fmt import (
+    METRIC,
+    and_list,
+    finite,
+    fmt,
+    fmt_count,
+    fmt_df,
+    fmt_pct,
+    fmt_tokens,
+    plain_reason,
+)
+from pipeline.results import is_ok
+
+# A law "holds" when its held-out relative error is at most this. The misalignment verdict of the fitter
+# (pipeline.scaling.misalignment, max_rel_err) uses the same threshold by default.
+GOOD_MRE = 0.10
+BLEU_FLOOR = 1.0  # below this no cell translates: BLEU counts a few stray n-grams
+MONOTONE_RHO = 0.8  # |Spearman ρ| at least this: an upstream loss that ranks a curve's points
+
+
+def curve_name(mix: str, df: Any) -> str:
+    return f"{mix} at Df = {fmt_df(df)}"
+
+
+def grouped(pairs: list[tuple[str, str]]) -> list[str]:
+    """(sentence, curve) pairs -> one line per sentence listing its curves: said once, not once a curve."""
+    by: dict[str, list[str]] = {}
+    for sentence, curve in pairs:
+        by.setdefault(sentence, []).append(curve)
+    return [s.replace("{where}", and_list(c)) for s, c in by.items()]  # not format(): reasons may hold braces
+
+
+def _law_status(f: pd.DataFrame, law: str, metric: str, n_curves: int) -> list[str]:
+    """Failed fits of one law, one line per reason; all curves failing for one reason is one line."""
+    bad = f[(f["law"] == law) & ~f["ok"].map(is_ok)]
+    name = {"bleu_log": "The BLEU log-law", "power": "The CE power law"}[law]
+    if len(bad) == n_curves and bad["reason"].nunique() == 1:
+        return [f"{name} could not be fitted on any curve: {plain_reason(bad['reason'].iloc[0], metric)}."]
+    return grouped([(f"{name} could not be fitted for {{where}}: {plain_reason(r['reason'], metric)}.",
+                      curve_name(r["mixture"], r["df"])) for _, r in bad.iterrows()])
+
+
+def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], model: str,
+             method: str) -> list[str]:
+    """Plain sentences generated from the numbers, for one (task, model, method); each said once."""
+    out: list[str] = []
+    g = pts[pts["task"] == task]
+    dfs = sorted(g["df"].unique())
+    f = fits_df[(fits_df["task"] == task) & (fits_df["model"] == model) & (fits_df["method"] == method)
+                & (fits_df["x"].astype(str) == "dp")]
+    n_curves = len(g.groupby(["mixture", "df"]))
+    top = g["bleu"].max() if len(g) else np.nan
+    if np.isfinite(top) and top < BLEU_FLOOR:
+        out.append(f"BLEU stays below {BLEU_FLOOR:g} in every cell (at most {fmt(top, 3)}): the models do not translate "
+                   f"yet at this scale, so BLEU's ups and downs are noise; read the cross-entropy, or run a larger "
+                   f"scale.")
+    for law, metric in (("bleu_log", "bleu"), ("power", "ce")):
+        out += _law_status(f, law, metric, n_curves)
+    for mix, gm in g.groupby("mixture", sort=False):
+        bl = f[(f["mixture"] == mix) & (f["law"] == "bleu_log")]
+        ok = bl[bl["ok"].map(is_ok)]
+        if not len(ok):
+            continue
+        align = gm["alignment"].iloc[0]
+        good = ok[ok["holdout_mre"].fillna(np.inf) <= GOOD_MRE]
+        if len(good) == len(bl):
+            out.append(f"**{mix}** (alignment {fmt(align, 3)}): BLEU follows the log-law at every Df "
+                       f"(held-out relative error ≤ {GOOD_MRE:.0%}).")
+        else:
+            worst = ok.sort_values("holdout_mre", na_position="first").iloc[-1]
+            out.append(f"**{mix}** (alignment {fmt(align, 3)}): the BLEU log-law fits {len(ok)} of {len(bl)} Df "
+                       f"values; the worst held-out relative error is {fmt_pct(worst['holdout_mre'])} at Df = "
+                       f"{fmt_df(worst['df'])}.")
+        for _, r in ok.iterrows():
+            curve = gm[(gm["df"].astype(str) == str(r["df"])) & (gm["dp"] > 0)].sort_values("dp")
+            if curve.empty:  # fits.csv from another table than this one
+                continue
+            last = curve.iloc[-1]
+            gain = r["next_rung_pred"] - last["bleu"]
+            out.append(f"**{mix}**, Df = {fmt_df(r['df'])}: doubling Dp to {fmt_tokens(r['next_rung'])} tokens is "
+                       f"predicted to move BLEU from {fmt(last['bleu'], 3)} to {fmt(r['next_rung_pred'], 3)} "
+                       f"({gain:+.2f}).")
+    # Misalignment (Isik et al. §3.5): CE falls while BLEU does not follow; one line per kind of disagreement.
+    flagged = []
+    for r in records(fits, task=task, metric="verdict", model=model, method=method):
+        if not r.get("flag") or (np.isfinite(top) and top < BLEU_FLOOR):  # no BLEU signal to disagree with
+            continue
+        if not r.get("bleu_monotone"):
+            s = "CE keeps falling with Dp while BLEU goes up and down, for {where}: CE is a misleading proxy there."
+        elif not r.get("bleu_fit_ok"):
+            s = "CE keeps falling with Dp while BLEU follows no log-law (see above), for {where}."
+        else:
+            s = (f"CE keeps falling with Dp while the BLEU law misses the held-out Dp by more than {GOOD_MRE:.0%}, "
+                 "for {where}.")
+        flagged.append((s, curve_name(r["mixture"], r["df"])))
+    out += grouped(flagged)
+    # Does pretraining still matter at the largest Df?
+    if len(dfs) >= 2:
+        for mix, gm in g.groupby("mixture", sort=False):
+            gains = {}
+            for d in (dfs[0], dfs[-1]):
+                s = gm[gm["df"] == d].sort_values("dp")
+                if len(s) >= 2 and (s["dp"] == 0).any():
+                    gains[d] = float(s["bleu"].iloc[-1] - s[s["dp"] == 0]["bleu"].iloc[0])
+            if len(gains) < 2:
+                continue
+            lo, hi = gains[dfs[0]], gains[dfs[-1]]
+            head = f"**{mix}**: the largest Dp changes BLEU by {lo:+.2f} over no pretraining at Df = {fmt(int(dfs[0]))}"
+            if max(abs(lo), abs(hi)) < 0.5:
+                out.append(f"{head} and {hi:+.2f} at Df = {fmt(int(dfs[-1]))}: pretraining makes no visible "
+                           "difference to BLEU at any Df here.")
+            else:
+                fades = hi < 0.25 * lo if lo > 0 else False
+                out.append(f"{head} and {hi:+.2f} at Df = {fmt(int(dfs[-1]))}"
+                           + (": at the largest Df pretraining no longer matters much." if fades else "."))
+    # The cross-entropy side of the same question (the signal that remains when BLEU is at its floor).
+    for mix, gm in g.groupby("mixture", sort=False):
+        drops = []
+        for d in dfs:
+            c = gm[(gm["df"] == d) & gm["ce"].notna()].sort_values("dp")
+            if len(c) >= 2 and (c["dp"] == 0).any() and c["dp"].iloc[-1] > 0:
+                drops.append((d, float(c["ce"].iloc[-1] - c[c["dp"] == 0]["ce"].iloc[0])))
+        if drops:
+            out.append(f"**{mix}**: from no pretraining to the largest Dp, CE changes by "
+                       + ", ".join(f"{v:+.3f} at Df = {fmt(int(d))}" for d, v in drops) + " (nats a token).")
+    # Alignment: which mixture wins at the largest Dp, per Df.
+    if g["mixture"].nunique() >= 2:
+        for d in dfs:
+            top = g[(g["df"] == d) & (g["dp"] > 0)]
+            if top.empty:
+                continue
+            best = top.sort_values("dp").groupby("mixture").tail(1).sort_values("bleu", ascending=False)
+            if best["bleu"].nunique() == 1:
+                out.append(f"At the largest Dp and Df = {fmt(int(d))}, every mixture has the same BLEU "
+                           f"({fmt(best['bleu'].iloc[0], 3)}).")
+                continue
+            desc = ", ".join(f"{r['mixture']} {fmt(r['bleu'], 3)} (A = {fmt(r['alignment'], 3)})" for _, r in best.iterrows())
+            out.append(f"At the largest Dp and Df = {fmt(int(d))}, BLEU by mixture: {desc}.")
+    return out
+
+
+def corr_verdicts(corr: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Sentences on the per-curve correlations, and on the pooled ones."""
+    out: list[str] = []
+    per_curve = corr[corr["mixture"].astype(str) != "all"]
+    for (up, metric), c in per_curve.groupby(["upstream", "metric"], sort=False):
+        v = c["spearman"].dropna()
+        name = f"{METRIC[metric]} against the upstream loss on the {'mixture' if up == 'mixture' else 'target language'}"
+        if not len(v):
+            reasons = sorted({str(r) for r in c["reason"].dropna()})
+            out.append(f"{name}: undefined on every curve ({'; '.join(reasons)}).")
+            continue
+        sign = 1 if metric == "ce" else -1
+        good = int((sign * v >= MONOTONE_RHO).sum())
+        out.append(f"{name}: Spearman ρ from {fmt(v.min(), 3)} to {fmt(v.max(), 3)} (median {fmt(v.median(), 3)}) over "
+                   f"{len(v)} curves; {good} of {len(v)} show the expected monotone relation (ρ {'≥ ' if sign > 0 else '≤ −'}{MONOTONE_RHO:g}).")
+    per_curve, out = out, []
+    pooled = corr[(corr["mixture"].astype(str) == "all") & (corr["metric"] == "ce")]
+    for _, r in pooled.iterrows():
+        if finite(r["pearson"]):
+            out.append(f"Pooled over mixtures and Df ({r['model']}, {r['method']}, {'mixture' if r['upstream'] == 'mixture' else 'target-language'} "
+                       f"loss): CE r = {fmt(r['pearson'], 3)}, ρ = {fmt(r['spearman'], 3)} over {fmt_count(r['n'])} points"
+                       + (" — one upstream loss does not rank curves across mixtures." if r["spearman"] < MONOTONE_RHO else "."))
+    return per_curve, out
+
+
+def size_verdicts(pts: pd.DataFrame, fits_df: pd.DataFrame, models: list[str]) -> list[str]:
+    out = []
+    if len(models) >= 2:
+        p = pts[pts["dp"] > 0]
+        for (task, mix), g in p.groupby(["task", "mixture"], sort=False):
+            top = g[g["dp"] == g.groupby("model")["dp"].transform("max")]
+            up = top.groupby("model")["upstream"].mean().reindex(models)
+            ce = top[top["df"] == top["df"].max()].groupby("model")["ce"].mean().reindex(models)
+            if up.notna().all():
+                order = "falls" if (np.diff(up.to_numpy()) < 0).all() else "does not fall"
+                out.append(f"{task} · **{mix}**: at the largest Dp the upstream loss {order} with size ("
+                           + ", ".join(f"{m} {fmt(v, 3)}" for m, v in up.items()) + "); CE at the largest Df: "
+                           + ", ".join(f"{m} {fmt(v, 3)}" for m, v in ce.items()) + ".")
+    for law, x, what in (("chinchilla", "params,dp", "upstream loss"), ("joint", "params,df", "downstream CE")):
+        f = fits_df[(fits_df["law"] == law) & (fits_df["x"].astype(str) == x)]
+        ok = f[f["ok"].map(is_ok)]
+        for _, r in ok.iterrows():
+            if law == "chinchilla":
+                out.append(f"{r['task']} · **{r['mixture']}**: {what} falls as N^−{fmt(r['p_alpha'], 3)} with size and "
+                           f"Dp^−{fmt(r['p_beta'], 3)} with data, towards E = {fmt(r['p_E'], 3)}.")
+            else:
+                out.append(f"{r['task']} · **{r['mixture']}** · {r['method']}: {what} falls as N^−{fmt(r['p_alpha'], 3)} "
+                           f"with size and Df^−{fmt(r['p_beta'], 3)} with finetuning data.")
+        out += grouped([(f"The {what} law across sizes could not be fitted for {{where}}: {r['reason']}.",
+                          f"{r['mixture']}" + (f" ({r['method']})" if law == "joint" else ""))
+                         for _, r in f[~f["ok"].map(is_ok)].iterrows()])
+    return out
+
+
+def _gap_trend(first: float, last: float) -> str:
+    a, b = abs(first), abs(last)
+    if np.sign(first) != np.sign(last) and min(a, b) > 0:
+        return "changes sign as Dp grows"
+    if b < 0.8 * a:
+        return "narrows as Dp grows"
+    if b > 1.25 * a:
+        return "widens as Dp grows"
+    return "stays about the same across Dp"
+
+
+def method_summary(methods: pd.DataFrame) -> list[str]:
+    """One sentence per (method against its reference, metric): how the gaps move over the curves."""
+    out = []
+    m = methods[methods["delta_first"].map(finite)] if len(methods) else methods
+    for (method, ref, metric), g in m.groupby(["method", "reference", "metric"], sort=False):
+        trends = pd.Series([_gap_trend(r["delta_first"], r["delta_last"]) for _, r in g.iterrows()]).value_counts()
+        differs = g["alpha_differs"].astype(str).str.lower()
+        n_cmp = int(differs.isin(["true", "false"]).sum())
+        out.append(f"{method} − {ref}, {METRIC[metric]}: the mean gap over Dp > 0 is {fmt(g['delta_mean'].mean(), 3)} "
+                   f"(over {len(g)} curves); the gap " + ", ".join(f"{t} on {n}" for t, n in trends.items())
+                   + (f"; the fitted exponents differ on {int((differs == 'true').sum())} of {n_cmp} curves where both "
+                      "laws were fitted." if n_cmp else "; no curve has both laws fitted, so no exponents to compare."))
+    return out
+
+
+def method_verdicts(methods: pd.DataFrame) -> list[str]:
+    out = []
+    for _, r in methods.iterrows():
+        if not finite(r["delta_first"]):
+            continue
+        trend = _gap_trend(r["delta_first"], r["delta_last"])
+        where = "at Dp = 0 (no pretraining)" if r["dp_maxabs"] == 0 else f"at Dp = {fmt_tokens(r['dp_maxabs'])}"
+        line = (f"{r['task']} · {r['model']} · **{r['mixture']}**, Df = {fmt_df(r['df'])}, {METRIC[r['metric']]}: "
+                f"{r['method']} − {r['reference']} is {r['delta_first']:+.3g} at the smallest Dp and "
+                f"{r['delta_last']:+.3g} at the largest; the gap {trend}, largest {where}")
+        differs = str(r["alpha_differs"]).lower()
+        if differs in ("true", "false"):
+            line += ("; the fitted exponents differ (disjoint intervals)" if differs == "true"
+                     else "; the fitted exponents agree within their intervals")
+        out.append(line + ".")
+    return out

@@ -1,0 +1,55 @@
+"""The results table (`results.csv`): its columns, what an older table is given for a column it lacks, and how
+it is read. One schema for the stage that writes it (collect) and the stages that read it (fit, report);
+docs/ARCHITECTURE.md explains each column. A new metric column is added here (COLUMNS, and DEFAULTS when
+the fitter or the report reads it) and filled in `collect._cell_row`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# The table's columns, in the order collect writes them. Old tables may lack later ones.
+COLUMNS = [
+    "task", "src", "tgt", "mixture", "alignment", "model", "params", "params_non_embedding",
+    "dp", "dp_rung", "pretrain_steps", "df", "df_tokens", "df_tokens_source", "df_tokens_target",
+    "seed", "method", "lr", "selected",
+    "bleu", "chrf", "ce", "bp", "p1", "p2", "p3", "p4", "sys_len", "ref_len", "gen_len", "n_test",
+    "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
+    "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
+    "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
+]
+# Without these a table cannot be fitted; every other column a reader uses has a default below.
+REQUIRED = ["task", "mixture", "model", "dp", "df", "bleu", "ce", "status"]
+DEFAULTS: dict[str, Any] = {
+    "method": "full", "seed": 0, "selected": True, "alignment": np.nan, "src": None, "tgt": None, "chrf": np.nan,
+    "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan, "reason": "",
+}
+
+
+class ResultsError(ValueError):
+    """A results table the fitter cannot read (missing columns, unreadable file)."""
+
+
+def load_results(path: Path) -> pd.DataFrame:
+    """Read a results table, old or new: missing optional columns get defaults; required ones must exist."""
+    try:
+        df = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: cannot read the results table ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}; a results table has {', '.join(REQUIRED)}")
+    for k, v in DEFAULTS.items():
+        if k not in df.columns:
+            df[k] = v
+    df["method"] = df["method"].fillna(DEFAULTS["method"])
+    df["selected"] = df["selected"].astype(str).str.lower().isin(["true", "1"])
+    return df
+
+
+def is_ok(v: Any) -> bool:
+    """An `ok` cell of fits.csv / methods.csv read back by pandas (bool, 'True' or 'true')."""
+    return str(v).lower() == "true"
