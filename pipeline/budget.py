@@ -166,9 +166,13 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
         lines.append("  unique text available: " + ", ".join(
             f"{k} {human_count(v['words'])} words" for k, v in known.items() if v.get("words")))
     lines.append("")
-    total = s["pretrain_flops"] + s["finetune_flops_max"]
+    ev = s.get("evaluate_flops", 0.0)
+    total = s["pretrain_flops"] + s["finetune_flops_max"] + ev
     lines.append(f"compute: pretraining {s['pretrain_flops']:.3g} FLOPs, finetuning at most {s['finetune_flops_max']:.3g} "
-                 f"(early stopping cuts it), total <= {total:.3g}")
+                 + (f"({s['finetune_steps']:,} steps in all; early stopping cuts it)" if "finetune_steps" in s
+                    else "(early stopping cuts it)")
+                 + (f", evaluation about {ev:.3g} ({s['test_sentences']:,} test sentences a cell)" if ev else "")
+                 + f", total <= {total:.3g}")
     if peak:
         dev, flops = peak
         mfu = ASSUMED_MFU["cuda" if dev == "cuda" else "cpu"]

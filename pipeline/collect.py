@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
     row.update({
         "bleu": m["bleu"], "chrf": m["chrf"], "ce": m["ce"], "bp": m["bp"], "p1": p[0], "p2": p[1], "p3": p[2],
         "p4": p[3], "sys_len": m["sys_len"], "ref_len": m["ref_len"], "gen_len": m["gen_len_mean"],
-        "n_test": m["n_test"], "bleu_signature": m["bleu_signature"],
+        "n_test": m["n_test"], "bleu_signature": m["bleu_signature"], "test_split": m.get("test_split", "test"),
         "df_tokens_source": f["df_tokens"]["source"], "df_tokens_target": f["df_tokens"]["target"],
         "df_tokens": f["df_tokens"]["source"] + f["df_tokens"]["target"],
         "finetune_steps": f["steps"], "best_step": f["best_step"], "best_val_ce": f["best_val_ce"],
@@ -54,6 +55,10 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
         "device": m["device"], "checkpoint": f["checkpoint"], "git_sha": st.get("git_sha") or ft_st.get("git_sha"),
         "status": "ok", "reason": "",
     })
+    other = m.get("other")
+    if other:  # the second held-out split, scored beside the first
+        row.update({"other_split": other["test_split"], "other_bleu": other["bleu"], "other_chrf": other["chrf"],
+                    "other_ce": other["ce"]})
     meta = _checkpoint_meta(f["checkpoint"])
     if meta:
         params = meta.get("params") or {}
@@ -121,14 +126,33 @@ def write_results(df: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
 
 
+def comparisons(df: pd.DataFrame, cells: list[Cell], dirs: dict[str, str], out: Path) -> pd.DataFrame:
+    """The paired-bootstrap BLEU comparisons the report reads (pipeline.significance), from each cell's stored
+    predictions; those of an earlier comparisons.csv whose cells did not change are kept."""
+    from pipeline.significance import compare_cells
+
+    def predictions(i: int) -> tuple[list[str], list[str]]:
+        rows = [json.loads(x) for x in (Path(dirs[cells[i].evaluate_id]) / "predictions.jsonl").read_text(
+            encoding="utf-8").splitlines() if x.strip()]
+        return [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
+
+    cached = pd.read_csv(out) if out.exists() and out.stat().st_size > 1 else None
+    sig = df["bleu_signature"].dropna()
+    tokenize = sig.iloc[0].split("tok:")[1].split("|")[0] if len(sig) and "tok:" in sig.iloc[0] else "13a"
+    return compare_cells(df, predictions, tokenize, cached)
+
+
 def run(task) -> None:
     spec = task.spec
     out = Path(spec["reports_dir"]) / "results.csv"
+    cells = [Cell(**c) for c in spec["cells"]]
     # Read and write under one lock: with the lock around the write alone, a collect that read the cells
     # earlier could replace a newer table with its older snapshot.
     with locked(out.with_name(".results.lock")):
-        df = collect([Cell(**c) for c in spec["cells"]], spec["dirs"])
+        df = collect(cells, spec["dirs"])
         write_results(df, out)
+        comp = comparisons(df, cells, spec["dirs"], out.with_name("comparisons.csv"))
+        atomic_write_text(out.with_name("comparisons.csv"), comp.to_csv(index=False, float_format="%.10g"))
     bad = df[df["status"] != "ok"]
     print(f"collect {spec['sweep']}: {int((df['status'] == 'ok').sum())} of {len(df)} cells evaluated -> {out}")
     for _, r in bad.iterrows():

@@ -20,6 +20,10 @@ FF_TYPES = ("gated-gelu", "relu")
 SOURCES = ("l10n", "hub", "local")
 EXECUTORS = ("local", "slurm")
 TRACKERS = ("none", "wandb")
+# Held-out splits a stage may read: whole unseen packages (every source), or the training packages' own domains
+# (the offline corpus only: pipeline/corpus/indomain.py)
+VALIDATION_SPLITS = ("validation", "validation_indomain")
+TEST_SPLITS = ("test", "test_indomain")
 # Languages the code knows how to name in reports; a data source may offer fewer.
 KNOWN_LANGUAGES = {"en": "English", "de": "German", "fr": "French", "ro": "Romanian"}
 
@@ -163,6 +167,11 @@ class SweepConfig:
                 seen.setdefault(m.weights, m)
         return tuple(seen.values())
 
+    def languages(self) -> list[str]:
+        """Every language the study reads: its mixtures' and its tasks' two sides, sorted."""
+        return sorted({lang for t in self.tasks for m in t.mixtures for lang in m.languages}
+                      | {lang for t in self.tasks for lang in (t.src, t.tgt)})
+
 
 # ----------------------------------------------------------------------------------------- training
 
@@ -236,6 +245,10 @@ class FinetuneConfig:
     weight_decay: float
     grad_clip: float
     lora: LoraConfig
+    schedule: str = "constant"  # after warmup: constant | inverse_sqrt | linear (to 0 at the cell's last step)
+    warmup_steps: int = 0
+    validation_split: str = "validation"  # model selection and early stopping: validation | validation_indomain
+    seeds_df_max: int | None = None  # seeds after the first only at Df up to this (None: every seed at every Df)
 
 
 @dataclass(frozen=True)
@@ -245,6 +258,9 @@ class EvaluateConfig:
     num_beams: int
     max_new_tokens: int
     bleu_tokenize: str
+    # The first split gives the table's bleu/chrf/ce, the fits and the significance tests; a second is scored
+    # beside it (other_* columns): test (whole held-out packages), test_indomain (l10n only)
+    test_splits: tuple[str, ...] = ("test",)
 
 
 @dataclass(frozen=True)
@@ -457,6 +473,10 @@ def _parse_finetune(d: Mapping[str, Any]) -> FinetuneConfig:
         dropout_rate=_num(d, "dropout_rate", p, lo=0, hi=0.9),
         weight_decay=_num(d, "weight_decay", p, lo=0),
         grad_clip=_num(d, "grad_clip", p, lo=0),
+        schedule=_choice(d, "schedule", p, ("constant", "inverse_sqrt", "linear"), "constant"),
+        warmup_steps=_num(d, "warmup_steps", p, kind=int, lo=0, default=0),
+        validation_split=_choice(d, "validation_split", p, VALIDATION_SPLITS, "validation"),
+        seeds_df_max=_num(d, "seeds_df_max", p, kind=int, lo=1, default=None),
         lora=LoraConfig(
             r=_num(lora_d, "r", f"{p}.lora", kind=int, lo=1),
             alpha=_num(lora_d, "alpha", f"{p}.lora", lo=0, lo_open=True),
@@ -469,7 +489,12 @@ def _parse_finetune(d: Mapping[str, Any]) -> FinetuneConfig:
 def _parse_evaluate(d: Mapping[str, Any]) -> EvaluateConfig:
     p = "evaluate"
     _known(d, p, {f.name for f in dataclasses.fields(EvaluateConfig)})
+    splits = tuple(str(x) for x in _list(d, "test_splits", p, ["test"]))
+    for s in splits:
+        _req(s in TEST_SPLITS, f"{p}.test_splits", f"unknown test split {s!r}; allowed: {', '.join(TEST_SPLITS)}")
+    _req(len(set(splits)) == len(splits) <= 2, f"{p}.test_splits", f"one or two different splits, got {list(splits)}")
     return EvaluateConfig(
+        test_splits=splits,
         test_size=_num(d, "test_size", p, kind=int, lo=1, default=None),
         batch_size=_num(d, "batch_size", p, kind=int, lo=1),
         num_beams=_num(d, "num_beams", p, kind=int, lo=1, hi=64),

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 TEST_SEED = 20_240_207
 
 
-def test_rows(source, pair: str, size: int | None) -> list[dict[str, str]]:
-    test = source.parallel(pair, "test")
+def test_rows(source, pair: str, size: int | None, split: str = "test") -> list[dict[str, str]]:
+    test = source.parallel(pair, split)
     if size is not None and size < len(test):
         idx = np.sort(np.random.default_rng(TEST_SEED).choice(len(test), size=size, replace=False))
         test = test.select(idx)
@@ -104,7 +104,25 @@ def run(task) -> None:
     tokenizer = load_tokenizer(best)
     model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(best))).to(rt.device).eval()
     source = get_source(data_config(spec["data"]), Path(spec["cache"]))
-    rows = test_rows(source, spec["pair"], cfg["test_size"])
+    splits = cfg["test_splits"]
+    results = [score_split(model, tokenizer, source, spec, cfg, split, rt) for split in splits]
+    metrics = {**results[0][0], "test_split": splits[0]}
+    if len(results) > 1:  # the second held-out set: its own predictions file, its numbers under "other"
+        other, rows, hyps = results[1]
+        metrics["other"] = {**other, "test_split": splits[1]}
+        write_predictions(out / f"predictions-{splits[1]}.jsonl", [r[spec["src"]] for r in rows],
+                          [r[spec["tgt"]] for r in rows], hyps)
+    _, rows, hyps = results[0]
+    write_outputs(out, [r[spec["src"]] for r in rows], [r[spec["tgt"]] for r in rows], hyps, metrics)
+    for (m, _, _), split in zip(results, splits):
+        log.info("%s: %s BLEU %.2f chrF %.2f CE %.4f (%d sentences, %.1f sentences/s)", task.name, split, m["bleu"],
+                 m["chrf"], m["ce"], m["n_test"], m["sentences_per_s"])
+
+
+def score_split(model, tokenizer, source, spec: dict[str, Any], cfg: dict[str, Any], split: str,
+                rt) -> tuple[dict[str, Any], list[dict[str, str]], list[str]]:
+    """BLEU, chrF and reference CE of one held-out split; with its rows and hypotheses."""
+    rows = test_rows(source, spec["pair"], cfg["test_size"], split)
     src, tgt = spec["src"], spec["tgt"]
     # References are scored in full (a generous cap only guards memory); sources as in finetuning.
     s_ids, t_ids = encode_pairs(tokenizer, rows, src, tgt, spec["task_prefix"], spec["max_source_length"], 1024)
@@ -115,8 +133,7 @@ def run(task) -> None:
                        cfg["max_new_tokens"], cfg["num_beams"], rt.device, rt.autocast)
     hyps = decode(tokenizer, pad_batch(gen, tokenizer.pad_token_id))
     t_gen = time.time() - t0 - t_ce
-    refs = [r[tgt] for r in rows]
-    metrics = score(hyps, refs, cfg["bleu_tokenize"])
+    metrics = score(hyps, [r[tgt] for r in rows], cfg["bleu_tokenize"])
     gen_len = [len(g) for g in gen]
     metrics.update({
         "ce": ce, "ce_tokens": n_tok, "n_test": len(rows), "gen_len_mean": float(np.mean(gen_len)) if gen_len else 0.0,
@@ -125,14 +142,16 @@ def run(task) -> None:
         "seconds_ce": t_ce, "seconds_generate": t_gen, "sentences_per_s": len(rows) / max(t_gen, 1e-9),
         "device": str(rt.device),
     })
-    write_outputs(out, [r[src] for r in rows], refs, hyps, metrics)
-    log.info("%s: BLEU %.2f chrF %.2f CE %.4f (%d sentences, %.1f sentences/s)", task.name, metrics["bleu"],
-             metrics["chrf"], ce, len(rows), metrics["sentences_per_s"])
+    return metrics, rows, hyps
+
+
+def write_predictions(path: Path, sources: list[str], refs: list[str], hyps: list[str]) -> None:
+    """One line per test sentence (source, reference, hypothesis), for a person and for the significance tests."""
+    atomic_write_text(path, "".join(json.dumps({"source": s, "reference": r, "hypothesis": h}, ensure_ascii=False)
+                                    + "\n" for s, r, h in zip(sources, refs, hyps)))
 
 
 def write_outputs(out: Path, sources: list[str], refs: list[str], hyps: list[str], metrics: dict[str, Any]) -> None:
-    """predictions.jsonl (for a person to read) and metrics.json, each replaced atomically; metrics last."""
-    atomic_write_text(Path(out) / "predictions.jsonl", "".join(
-        json.dumps({"source": s, "reference": r, "hypothesis": h}, ensure_ascii=False) + "\n"
-        for s, r, h in zip(sources, refs, hyps)))
+    """predictions.jsonl and metrics.json, each replaced atomically; metrics last (its presence means done)."""
+    write_predictions(Path(out) / "predictions.jsonl", sources, refs, hyps)
     atomic_write_json(Path(out) / "metrics.json", metrics)

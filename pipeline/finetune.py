@@ -32,6 +32,7 @@ from pipeline.training import (
     StopFlag,
     capture_rng,
     latest_checkpoint,
+    lr_lambda,
     make_optimizer,
     prune_states,
     restore_rng,
@@ -150,7 +151,7 @@ def run(task) -> None:
     pool = source.parallel(spec["pair"], "train")
     idx = nested_subset(len(pool), spec["df"], spec["seed"])
     train_rows = [r["translation"] for r in pool.select(idx)]
-    val = source.parallel(spec["pair"], "validation")
+    val = source.parallel(spec["pair"], cfg["validation_split"])
     val_rows = [r["translation"] for r in val.select(range(min(cfg["validation_size"], len(val))))]
     enc = dict(tokenizer=tokenizer, src=src_lang, tgt=tgt_lang, prefix=cfg["task_prefix"],
                max_src=cfg["max_source_length"], max_tgt=cfg["max_target_length"])
@@ -171,6 +172,8 @@ def run(task) -> None:
     model.to(rt.device).train()
     train_loss = Seq2SeqLoss(model)  # the same loss, its output layer and cross-entropy fused
     opt = make_optimizer(model.parameters(), "adamw", spec["lr"], (0.9, 0.999), cfg["weight_decay"])
+    # Set from the step each time (no scheduler state): a resumed cell continues the same curve.
+    lr_at = lr_lambda(cfg["schedule"], cfg["warmup_steps"], max_steps)
     st: dict[str, Any] = {"step": 0, "best_val": math.inf, "best_step": 0, "bad_evals": 0, "curve": []}
     if resume is not None:
         state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
@@ -211,6 +214,8 @@ def run(task) -> None:
                     batches.clear()
                     batches[epoch] = epoch_batches(lengths, B, spec["seed"], epoch)
                 sel = batches[epoch][k]
+                for g in opt.param_groups:
+                    g["lr"] = spec["lr"] * lr_at(st["step"])
                 b = {key: v.to(rt.device) for key, v in collate([tr_src[i] for i in sel], [tr_tgt[i] for i in sel], pad).items()}
                 with rt.autocast():
                     loss = train_loss(**b).loss

@@ -130,9 +130,16 @@ def _pretrain_identity(cfg: Config) -> dict[str, Any]:
     return d
 
 
+def seeds_at(cfg: Config, df: int) -> tuple[int, ...]:
+    """The finetuning seeds of a Df: all of them, or past `seeds_df_max` the first only (seed variance is
+    measured where it is largest and cheapest, at the small Df)."""
+    s = cfg.finetune.seeds
+    return s if cfg.finetune.seeds_df_max is None or df <= cfg.finetune.seeds_df_max else s[:1]
+
+
 def _finetune_identity(cfg: Config) -> dict[str, Any]:
     d = to_dict(cfg.finetune)
-    for k in ("df_ladder", "seeds", "methods", "lrs"):
+    for k in ("df_ladder", "seeds", "methods", "lrs", "seeds_df_max"):
         d.pop(k)
     return d
 
@@ -155,7 +162,8 @@ def build_plan(cfg: Config, source: Any) -> Plan:
         return tasks[t.id]
 
     data_id = source.identity()
-    tok_slice = {"tokenizer": to_dict(cfg.tokenizer), "data": data_id, "languages": list(cfg.data.languages)}
+    # The vocabulary is learnt from the languages the study reads (its mixtures and its tasks' two sides)
+    tok_slice = {"tokenizer": to_dict(cfg.tokenizer), "data": data_id, "languages": cfg.sweep.languages()}
     tok = add("tokenizer", f"tok-{cfg.tokenizer.algorithm}{cfg.tokenizer.vocab_size}", tok_slice, [],
               {"data": to_dict(cfg.data), "cache": str(cfg.paths.cache)})
 
@@ -167,8 +175,7 @@ def build_plan(cfg: Config, source: Any) -> Plan:
         return math.ceil(dp / tokens_per_step)
 
     # Languages whose text is tokenized: every mixture's languages and every task's (for upstream losses).
-    langs = sorted({lang for t in cfg.sweep.tasks for m in t.mixtures for lang in m.languages}
-                   | {lang for t in cfg.sweep.tasks for lang in (t.src, t.tgt)})
+    langs = cfg.sweep.languages()
     needed = {lang: 0 for lang in langs}  # tokens each language must supply without repetition
     ladders: dict[tuple, tuple[int, ...]] = {}
     for t in cfg.sweep.tasks:
@@ -249,7 +256,7 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                 steps = steps_for(dp) if dp else 0
                 ckpt = {"parent_dir": parent.dir, "dp_rung": dp, "steps": steps}
                 for df in cfg.finetune.df_ladder:
-                    for seed in cfg.finetune.seeds:
+                    for seed in seeds_at(cfg, df):
                         for method in cfg.finetune.methods:
                             for lr in cfg.finetune.lrs:
                                 cell_name = f"ft-{t.pair}-{m.name if m else 'init'}-{preset.name}-dp{dp}-df{df}-s{seed}-{method}"
@@ -343,6 +350,28 @@ def stored_tokens(source: Any, lang: str, tokens_task: Task, needed: int) -> int
     return int(stats["chars"] / CHARS_PER_TOKEN) if stats else needed
 
 
+PAIRS_SAMPLED = 2000
+
+
+def mean_pair_tokens(source: Any, cfg: Config) -> tuple[int, int]:
+    """Mean source and target tokens of the first task's training pairs (a sample's characters over
+    CHARS_PER_TOKEN, capped at the finetuning lengths): batches are length-bucketed, so they pad little and a
+    step costs what its pairs hold. A streamed source is not read: the caps stand in (an upper bound)."""
+    caps = (cfg.finetune.max_source_length, cfg.finetune.max_target_length)
+    t = cfg.sweep.tasks[0]
+    if not getattr(source, "bounded", True):
+        return caps
+    try:
+        pool = source.parallel(t.pair, "train")
+        rows = [r["translation"] for r in pool.select(range(min(PAIRS_SAMPLED, len(pool))))]
+    except Exception:  # noqa: BLE001 - an estimate: without a readable pool the caps stand in
+        return caps
+    if not rows:
+        return caps
+    mean = [sum(len(r[lang]) for r in rows) / len(rows) / CHARS_PER_TOKEN + 1 for lang in (t.src, t.tgt)]
+    return min(caps[0], math.ceil(mean[0])), min(caps[1], math.ceil(mean[1]))
+
+
 def source_max_tokens(source: Any, needed: int) -> int | None:
     """How much text a tokens task takes: all of a bounded source, what the ladder needs (+5%) of a stream."""
     return None if getattr(source, "bounded", True) else int(needed * 1.05) + 1
@@ -365,12 +394,24 @@ def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed,
             runs.append({"mixture": m.name, "weights": m.key(), "steps": steps, "rungs": len(ladders[m.weights]),
                          "dp_max": steps * tokens_per_step, "flops": flops})
         models[preset.name] = {"params": params, "flops_per_example": f["per_example"], "runs": runs}
-    # Finetuning cost: an upper bound (max_steps, full-length sequences); early stopping cuts it.
-    n_ft = len({c.finetune_id for c in cells})
-    ft_flops = 0.0
+    # Finetuning cost: an upper bound (each cell's steps at full-length sequences); early stopping cuts it.
+    # A cell's length follows its Df: max_epochs over its pairs, capped by max_steps.
+    ft_cells = {c.finetune_id: c.df for c in cells}
+    steps = sum(min(cfg.finetune.max_steps, cfg.finetune.max_epochs * math.ceil(df / cfg.finetune.batch_size))
+                for df in ft_cells.values())
+    n_ft = len(ft_cells)
+    ft_flops = eval_flops = 0.0
+    n_test = sum(source.pool_size(t.pair, split) or 0 if cfg.evaluate.test_size is None
+                 else min(cfg.evaluate.test_size, source.pool_size(t.pair, split) or cfg.evaluate.test_size)
+                 for t in cfg.sweep.tasks[:1] for split in cfg.evaluate.test_splits)
+    src_len, tgt_len = mean_pair_tokens(source, cfg)
     for preset in presets:
-        f = flops_per_token(preset, vocab, cfg.finetune.max_source_length, cfg.finetune.max_target_length)
-        ft_flops += f["per_example"] * cfg.finetune.batch_size * cfg.finetune.max_steps * n_ft / len(presets)
+        f = flops_per_token(preset, vocab, src_len, tgt_len)
+        ft_flops += f["per_example"] * cfg.finetune.batch_size * steps / len(presets)
+        # evaluation: a forward pass for the reference CE and one for greedy decoding, each a third of a
+        # training step's FLOPs, per test sentence
+        e = flops_per_token(preset, vocab, src_len, tgt_len)
+        eval_flops += 2 * e["per_example"] / 3 * n_test * n_ft / len(presets)
     return {
         "scale": cfg.scale,
         "vocab_size": vocab,
@@ -395,6 +436,9 @@ def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed,
         "n_cells": len(cells),
         "pretrain_flops": pretrain_flops,
         "finetune_flops_max": ft_flops,
+        "finetune_steps": steps,
+        "evaluate_flops": eval_flops,
+        "test_sentences": n_test,
     }
 
 

@@ -16,7 +16,8 @@ COLUMNS = [
     "task", "src", "tgt", "mixture", "alignment", "model", "params", "params_non_embedding",
     "dp", "dp_rung", "pretrain_steps", "df", "df_tokens", "df_tokens_source", "df_tokens_target",
     "seed", "method", "lr", "selected",
-    "bleu", "chrf", "ce", "bp", "p1", "p2", "p3", "p4", "sys_len", "ref_len", "gen_len", "n_test",
+    "test_split", "bleu", "chrf", "ce", "bp", "p1", "p2", "p3", "p4", "sys_len", "ref_len", "gen_len", "n_test",
+    "other_split", "other_bleu", "other_chrf", "other_ce",
     "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
     "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
     "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
@@ -26,6 +27,7 @@ REQUIRED = ["task", "mixture", "model", "dp", "df", "bleu", "ce", "status"]
 DEFAULTS: dict[str, Any] = {
     "method": "full", "seed": 0, "selected": True, "alignment": np.nan, "src": None, "tgt": None, "chrf": np.nan,
     "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan, "reason": "",
+    "test_split": "test", "other_split": None, "other_bleu": np.nan, "other_chrf": np.nan, "other_ce": np.nan,
 }
 
 

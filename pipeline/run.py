@@ -90,9 +90,16 @@ def prepare(cfg_any: Any) -> tuple[Config, Plan]:
     from pipeline.sources import get_source
 
     source = get_source(cfg.data, cfg.paths.cache)
-    langs = sorted({lang for t in cfg.sweep.tasks for m in t.mixtures for lang in m.languages}
-                   | {lang for t in cfg.sweep.tasks for lang in (t.src, t.tgt)})
-    source.validate(langs, [t.pair for t in cfg.sweep.tasks])
+    langs = cfg.sweep.languages()
+    splits = ("train", cfg.finetune.validation_split, *cfg.evaluate.test_splits)
+    indomain = [s for s in splits if s.endswith("_indomain")]
+    if indomain and cfg.data.source != "l10n":
+        key = "evaluate.test_splits" if indomain[-1].startswith("test") else "finetune.validation_split"
+        raise ConfigError(key, f"{indomain[-1]} exists in the offline corpus only (data=l10n), not in data={cfg.data.source}")
+    if indomain:
+        source.validate(langs, [t.pair for t in cfg.sweep.tasks], splits=("validation", "test", *splits))
+    else:
+        source.validate(langs, [t.pair for t in cfg.sweep.tasks])
     plan = build_plan(cfg, source)
     if cfg.stage not in ("plan", *READ_STAGES):
         disk = disk_check(cfg, plan)

@@ -11,10 +11,11 @@ set), so a comparison is a function of the predictions.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 
 ALPHA = 0.05  # a difference with p below this is called significant
 RESAMPLES = 1000  # sacreBLEU's default for the paired bootstrap
@@ -82,3 +83,77 @@ def paired_bleu(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Sequence[str
     lo, hi = np.percentile(diff, [2.5, 97.5])
     return Comparison(bleu_a=a.score, bleu_b=b.score, delta=b.score - a.score, delta_lo=float(lo),
                       delta_hi=float(hi), p_value=float(b.p_value), n=len(refs), resamples=resamples)
+
+
+# ------------------------------------------------------------------------------ the comparisons a study reads
+
+KEYS = ["task", "model", "method", "df"]  # a comparison is between cells that differ only in what they test
+COLUMNS = ["kind", *KEYS, "mixture_a", "dp_rung_a", "mixture_b", "dp_rung_b", "seeds", "bleu_a", "bleu_b", "delta",
+           "delta_lo", "delta_hi", "p_value", "significant", "n", "resamples", "id_a", "id_b"]
+
+
+def planned(results: pd.DataFrame) -> list[tuple[str, int, int]]:
+    """(kind, row a, row b) for every comparison the report reads, on rows of one seed each:
+    `pretraining` (each rung against Dp = 0), `rung` (each rung against the one below), `mixture` (at each rung,
+    every mixture against the first). Rows are the lr-selected, evaluated cells; indices into `results`."""
+    ok = results[(results["status"] == "ok") & results["selected"].astype(bool)]
+    out: list[tuple[str, int, int]] = []
+    for _, g in ok.groupby(KEYS + ["seed"], sort=False):
+        mixtures = list(dict.fromkeys(g["mixture"]))
+        base = g[g["dp_rung"] == 0]
+        for mix in mixtures:
+            curve = g[(g["mixture"] == mix) & (g["dp_rung"] > 0)].sort_values("dp_rung")
+            b0 = base[base["mixture"] == mix]
+            prev = b0.index[0] if len(b0) else None
+            for i in curve.index:
+                if len(b0):
+                    out.append(("pretraining", b0.index[0], i))
+                if prev is not None and prev != (b0.index[0] if len(b0) else None):
+                    out.append(("rung", prev, i))
+                prev = i
+        for rung in sorted(g.loc[g["dp_rung"] > 0, "dp_rung"].unique()):
+            at = g[g["dp_rung"] == rung].drop_duplicates("mixture")
+            first = at[at["mixture"] == mixtures[0]]
+            for i in at.index:
+                if len(first) and i != first.index[0]:
+                    out.append(("mixture", first.index[0], i))
+    return out
+
+
+def compare_cells(results: pd.DataFrame, predictions: Callable[[int], tuple[list[str], list[str]]],
+                  tokenize: str, cached: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per planned comparison, seeds pooled: the paired bootstrap runs over (sentence, seed) items, both
+    systems' predictions of every seed both sides have concatenated. `predictions(row)` gives (hypotheses,
+    references) of a results row; `cached` rows (a previous comparisons.csv) whose cells are unchanged (id_a,
+    id_b: the cells' evaluation hashes) are kept instead of recomputed."""
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    for kind, a, b in planned(results):
+        ra, rb = results.loc[a], results.loc[b]
+        key = (kind, *(ra[k] for k in KEYS), ra["mixture"], int(ra["dp_rung"]), rb["mixture"], int(rb["dp_rung"]))
+        groups.setdefault(key, []).append((a, b))
+    old = {}
+    if cached is not None and len(cached):
+        old = {(r["kind"], str(r["id_a"]), str(r["id_b"])): r for r in cached.to_dict("records")}
+    rows = []
+    for key, pairs in groups.items():
+        pairs = sorted(pairs, key=lambda ab: results.loc[ab[0], "seed"])
+        id_a = "+".join(str(results.loc[a, "config_hash"]) for a, _ in pairs)
+        id_b = "+".join(str(results.loc[b, "config_hash"]) for _, b in pairs)
+        if (key[0], id_a, id_b) in old:
+            rows.append(old[key[0], id_a, id_b])
+            continue
+        hyp_a, hyp_b, refs = [], [], []
+        for a, b in pairs:
+            ha, ra = predictions(a)
+            hb, rb = predictions(b)
+            if ra != rb:
+                raise ValueError(f"cells {results.loc[a, 'config_hash']} and {results.loc[b, 'config_hash']} were "
+                                 "scored on different test sentences")
+            hyp_a, hyp_b, refs = hyp_a + ha, hyp_b + hb, refs + ra
+        c = paired_bleu(hyp_a, hyp_b, refs, tokenize)
+        kind, task, model, method, df, mix_a, rung_a, mix_b, rung_b = key
+        rows.append({"kind": kind, "task": task, "model": model, "method": method, "df": df, "mixture_a": mix_a,
+                     "dp_rung_a": rung_a, "mixture_b": mix_b, "dp_rung_b": rung_b,
+                     "seeds": "+".join(str(int(results.loc[a, "seed"])) for a, _ in pairs), **c.as_dict(),
+                     "id_a": id_a, "id_b": id_b})
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # imported lazily at run time: `datasets` costs a second at s
     import datasets
 
 SPLITS = ("train", "validation", "test")
+# Held-out sets only the offline corpus has: a sample of its training packages' own domains (corpus/indomain.py).
+INDOMAIN_SPLITS = ("validation_indomain", "test_indomain")
 TEXT_SPLITS = ("train", "validation")
 
 
@@ -247,7 +249,7 @@ class L10nSource(Source):
             yield from _dedup_side(_load_json(f, cache_dir), lang, seen)
 
     def parallel(self, pair: str, split: str) -> datasets.Dataset:
-        self._check_split(split, SPLITS)
+        self._check_split(split, SPLITS + INDOMAIN_SPLITS)
         self.manifest()
         f = self.pair_file(pair, split)
         if not f.is_file():
@@ -283,7 +285,7 @@ class L10nSource(Source):
         self.manifest()
         return {"source": "l10n", "manifest_sha256": _sha256(self.manifest_path)}
 
-    def validate(self, languages: Iterable[str], pairs: Iterable[str]) -> None:
+    def validate(self, languages: Iterable[str], pairs: Iterable[str], splits: Iterable[str] = SPLITS) -> None:
         self.manifest()
         for lang in languages:
             f = self.mono_file(lang)
@@ -292,7 +294,7 @@ class L10nSource(Source):
             if not self._validation_pair_files(lang):
                 raise ConfigError(self.KEY, f"no held-out {lang} text: no validation pairs with {lang} in {self.dir / 'pairs'}")
         for pair in pairs:
-            for split in SPLITS:
+            for split in splits:
                 f = self.pair_file(pair, split)
                 if not f.is_file() or f.stat().st_size == 0:
                     raise ConfigError(self.KEY, f"{f}: no {pair} {split} pairs in the offline corpus; rebuild with `make corpus`")

@@ -123,7 +123,7 @@ def run(task) -> None:
     data = data_config(spec["data"])
     source = get_source(data, Path(spec["cache"]))
     samples = {}
-    for i, lang in enumerate(data.languages):
+    for i, lang in enumerate(spec["config"]["languages"]):
         samples[lang] = sample_lines(source.iter_texts(lang, "train"), cfg["sample_lines_per_language"], seed=i)
         log.info("tokenizer: %s lines of %s", f"{len(samples[lang]):,}", lang)
     tokenizer = train_tokenizer(_interleave(samples), cfg["vocab_size"], cfg["num_sentinels"], cfg["algorithm"])

@@ -124,16 +124,21 @@ def _fused_adamw_supported() -> bool:
     return (major, minor) >= (2, 4)
 
 
-def lr_lambda(kind: str, warmup: int):
-    """Constant after linear warmup, or inverse square root after it: neither depends on the run's length,
-    so the checkpoint at any step stands for a run of that length (Isik et al.)."""
+def lr_lambda(kind: str, warmup: int, total: int | None = None):
+    """Linear warmup, then constant, inverse square root, or linear to 0 at step `total`. The first two do not
+    depend on the run's length, so the checkpoint at any step stands for a run of that length (Isik et al.):
+    pretraining uses those; `linear` is for finetuning, whose length is known when it starts."""
     warmup = max(0, int(warmup))
+    if kind == "linear" and not total:
+        raise ValueError("the linear schedule needs the run's total steps")
 
     def f(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
         if kind == "inverse_sqrt":
             return math.sqrt(max(warmup, 1)) / math.sqrt(max(step, warmup, 1))
+        if kind == "linear":
+            return max(0.0, (total - step) / max(total - warmup, 1))
         return 1.0
 
     return f

@@ -5,13 +5,14 @@
 Both sides train the same model (the scale's preset, built from the same init checkpoint), on the same packed
 span-corruption batches (the mixture sampler's rows, corrupted by pipeline.span_corruption: in our loop's
 step, in the Trainer's data collator), with the same optimizer (AdamW, the config's lr, betas, clipping,
-constant schedule with warmup), in fp32 on the CPU. Ours is timed on the whole `pretrain.run` call (model
+constant schedule with warmup), in fp32 on the CPU, in bf16 autocast on a GPU (both sides). Ours is timed on the whole `pretrain.run` call (model
 loading, the rung's held-out evaluation and its checkpoint included); the Trainer's on `trainer.train()`
 (no saving, no logging backends). Each side runs `--repeats` times, alternating, and its fastest run counts.
 
 Prints tokens/s (encoder + decoder tokens) of each side, model FLOPs per token (encoder-decoder formula,
-pipeline.model.flops_per_token), the machine's matmul peak measured here with a large torch.mm and the
-fraction of it each side reaches; the last line is `ratio: X` (ours / Trainer tokens/s).
+pipeline.model.flops_per_token), the peak (on a CPU measured here with a large torch.mm; on a GPU the card's
+dense bf16 peak, pipeline.training.peak_flops) and the fraction of it each side reaches (MFU); the last line
+is `ratio: X` (ours / Trainer tokens/s).
 """
 
 from __future__ import annotations
@@ -35,8 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
+CUDA = torch.cuda.is_available()
+
+
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of a large fp32 torch.mm with every intra-op thread, best of `reps`."""
+    """The FLOP/s MFU is taken against: the GPU's dense bf16 peak, or on a CPU a large fp32 torch.mm with
+    every intra-op thread, best of `reps`."""
+    if CUDA:
+        from pipeline.training import peak_flops
+
+        return peak_flops(torch.device("cuda")) or float("nan")
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
     best = float("inf")
@@ -115,7 +124,8 @@ def run_trainer(task, steps: int, out: Path) -> float:
         output_dir=str(out), per_device_train_batch_size=B, max_steps=steps, learning_rate=cfg["lr"],
         adam_beta1=cfg["betas"][0], adam_beta2=cfg["betas"][1], weight_decay=cfg["weight_decay"],
         max_grad_norm=cfg["grad_clip"], lr_scheduler_type="constant_with_warmup", warmup_steps=cfg["warmup_steps"],
-        optim="adamw_torch_fused", logging_steps=cfg["log_every"], save_strategy="no", report_to=[], use_cpu=True,
+        optim="adamw_torch_fused", logging_steps=cfg["log_every"], save_strategy="no", report_to=[], use_cpu=not CUDA,
+        bf16=CUDA,  # autocast, as our loop's dtype=auto on a GPU
         disable_tqdm=True, dataloader_num_workers=0, seed=seed, remove_unused_columns=False)
     trainer = Sequential(model=model, args=args, train_dataset=Rows(), data_collator=collator)
     t0 = time.perf_counter()
@@ -153,11 +163,12 @@ def main() -> None:
     tps = {k: tokens / min(v) for k, v in times.items()}
 
     print(f"date: {datetime.date.today()}  machine: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
+          f"{os.cpu_count()} cores, torch {torch.__version__}, "
+          + (f"{torch.cuda.get_device_name()}, bf16 autocast" if CUDA else f"{torch.get_num_threads()} threads, fp32"))
     print(f"model: {preset.name} (vocab {vocab}), batch {cfg['batch_size']} x ({I} inputs + {T} targets), "
           f"{a.steps} steps x {a.repeats} repeats (best counts)")
     print(f"model FLOPs per token: {fpt:,.0f} (training, encoder-decoder formula incl. attention)")
-    print(f"matmul peak (torch.mm 2048^2 fp32): {peak / 1e9:,.1f} GFLOP/s")
+    print(f"peak: {peak / 1e9:,.1f} GFLOP/s " + ("(the GPU's dense bf16)" if CUDA else "(torch.mm 2048^2 fp32)"))
     for k, name in (("ours", "ours (pipeline.pretrain.run)"), ("trainer", "transformers.Seq2SeqTrainer")):
         print(f"{name}: {tps[k]:,.0f} tokens/s  ({tps[k] * fpt / peak:.1%} of the matmul peak)  "
               f"runs: {json.dumps([round(x, 2) for x in times[k]])} s")

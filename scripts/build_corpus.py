@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from pipeline.corpus import AptUnavailable, build, corpus_dir, default_cache  # noqa: E402
+from pipeline.corpus.build import VERSION, built_version  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache or default_cache()
     manifest = corpus_dir(cache) / "manifest.json"
     if manifest.exists() and not args.force:
-        print(f"corpus already built: {manifest} (--force to rebuild)")
-        return 0
+        if built_version(manifest.parent) == VERSION:
+            print(f"corpus already built: {manifest} (--force to rebuild)")
+            return 0
+        print(f"corpus at {manifest.parent} is from builder version {built_version(manifest.parent)}; rebuilding as {VERSION}")
     t0 = time.time()
     try:
         out = build(cache, lean=args.lean, force=args.force, jobs=args.jobs)
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     m = json.loads((out / "manifest.json").read_text())
     for pair, c in m["pairs"].items():
-        print(f"{pair}: train {c['train']:,}  validation {c['validation']:,}  test {c['test']:,}")
+        print(f"{pair}: train {c['train']:,}  validation {c['validation']:,}  test {c['test']:,}  "
+              f"in-domain validation {c['validation_indomain']:,}  test {c['test_indomain']:,}")
     print("mono words: " + "  ".join(f"{k} {v['words']:,}" for k, v in m["mono"].items()))
     print(f"wrote {out} in {time.time() - t0:.0f}s")
     return 0

@@ -7,7 +7,8 @@ before a whole study is sized (docs/results-desk.md records every run).
 
 Scores, at every evaluation, two held-out sets: the corpus's test set (whole unseen packages) and the in-domain
 set carved from the training pool (pipeline.corpus.indomain), each a fixed sample of `--test-size` pairs.
-Writes <out>/<name>.jsonl (one line per evaluation) and prints it. The pipeline's own pieces do the work
+Writes <out>/<name>.jsonl (one line per evaluation) and prints it; <out>/<name>.pt holds the state at the last
+evaluation, so the same command with a larger --minutes continues the run (the same data order). The pipeline's own pieces do the work
 (tokenizer, model, fused loss, batching, greedy decoding, sacreBLEU), so what wins here is what the stages run.
 """
 
@@ -86,14 +87,19 @@ def main() -> None:
     cache.mkdir(exist_ok=True)
 
     tok = tokenizer_for(args.corpus, args.vocab, ["en", "de"], cache, args.tok_lines)
-    rows = jsonl(args.corpus / "pairs" / "en-de" / "train.jsonl", "translation")
-    split = split_for([(r["en"], r["de"]) for r in rows], cache, 2000, 1000)
-    pool = [rows[i] for i in split["train"]]
+    pairs = args.corpus / "pairs" / "en-de"
+    rows = jsonl(pairs / "train.jsonl", "translation")
+    if (pairs / "test_indomain.jsonl").exists():  # a corpus that has its own in-domain sets (builder version 2)
+        pool, id_test, id_val = rows, jsonl(pairs / "test_indomain.jsonl", "translation"), \
+            jsonl(pairs / "validation_indomain.jsonl", "translation")
+    else:
+        split = split_for([(r["en"], r["de"]) for r in rows], cache, 2000, 1000)
+        pool, id_test, id_val = ([rows[i] for i in split[k]] for k in ("train", "test", "validation"))
     train = pool if not args.df else [pool[i] for i in nested_subset(len(pool), args.df, args.seed)]
-    pkg = jsonl(args.corpus / "pairs" / "en-de" / "test.jsonl", "translation")
+    pkg = jsonl(pairs / "test.jsonl", "translation")
     pkg = [pkg[i] for i in np.sort(np.random.default_rng(TEST_SEED).choice(len(pkg), args.test_size, replace=False))]
-    tests = {"id": [rows[i] for i in split["test"][: args.test_size]], "pkg": pkg}
-    val = [rows[i] for i in split["validation"][:256]]
+    tests = {"id": id_test[: args.test_size], "pkg": pkg}
+    val = id_val[:256]
     enc = dict(tokenizer=tok, src="en", tgt="de", prefix="", max_src=args.max_len, max_tgt=args.max_len)
     tr_s, tr_t = encode_pairs(rows=train, **enc)
     va_s, va_t = encode_pairs(rows=val, **enc)
@@ -114,13 +120,23 @@ def main() -> None:
 
     lengths = np.array([len(a) + len(b) for a, b in zip(tr_s, tr_t)])
     spe = math.ceil(len(tr_s) / args.batch)
-    log_path = args.out / f"{args.name}.jsonl"
-    log_path.unlink(missing_ok=True)
+    log_path, state_path = args.out / f"{args.name}.jsonl", args.out / f"{args.name}.pt"
+    step, cpu = 0, 0.0
+    if state_path.exists():  # a longer budget for the same name continues the run where it stopped
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["rng"])
+        step, cpu = state["step"], state["cpu"]
+        print(f"resuming {args.name} at step {step}, {cpu:.1f} CPU minutes", flush=True)
+    else:
+        log_path.unlink(missing_ok=True)
     header = {"name": args.name, "args": {k: str(v) for k, v in vars(args).items()}, "params": params,
               "train_pairs": len(tr_s), "train_tokens": int(lengths.sum()), "threads": torch.get_num_threads()}
     print(json.dumps(header), flush=True)
-    with open(log_path, "a") as f:
-        f.write(json.dumps(header) + "\n")
+    if not step:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(header) + "\n")
 
     def evaluate(step: int, cpu_min: float, train_loss: float) -> None:
         t0 = time.process_time()
@@ -141,12 +157,16 @@ def main() -> None:
         print(json.dumps(rec, ensure_ascii=False), flush=True)
         with open(log_path, "a") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(), "step": step,
+                    "cpu": cpu_min}, tmp)
+        os.replace(tmp, state_path)
 
-    step, cpu, loss_ema, next_eval = 0, 0.0, float("nan"), args.eval_minutes
+    loss_ema, next_eval = float("nan"), (math.floor(cpu / args.eval_minutes) + 1) * args.eval_minutes
     batches: list[np.ndarray] = []
     while cpu < args.minutes:
         epoch, k = divmod(step, spe)
-        if k == 0:
+        if k == 0 or not batches:
             batches = epoch_batches(lengths, args.batch, args.seed, epoch)
         t0 = time.process_time()
         sel = batches[k]
@@ -170,7 +190,8 @@ def main() -> None:
         if cpu >= next_eval:
             evaluate(step, cpu, loss_ema)
             next_eval += args.eval_minutes
-    evaluate(step, cpu, loss_ema)
+    if cpu - (next_eval - args.eval_minutes) > 0.5:  # the budget's end, unless an evaluation was just made
+        evaluate(step, cpu, loss_ema)
 
 
 if __name__ == "__main__":

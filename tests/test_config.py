@@ -9,7 +9,7 @@ from conftest import CONF, cli, compose
 from pipeline.config import ConfigError, Mixture, load_config
 
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
-SCALES = ["smoke", "cpu", "gpu", "paper"]
+SCALES = ["smoke", "cpu", "desk", "gpu", "paper"]
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -67,6 +67,11 @@ BAD = [
     (["evaluate.num_beams=0"], "evaluate.num_beams", ">= 1"),
     (["+pretrain.learning_rate=1e-3"], "pretrain.learning_rate", "unknown key"),
     (["tokenizer.vocab_size=50"], "tokenizer.vocab_size", ">="),
+    (["finetune.schedule=cosine"], "finetune.schedule", "allowed: constant, inverse_sqrt, linear"),
+    (["finetune.warmup_steps=-1"], "finetune.warmup_steps", ">= 0"),
+    (["finetune.validation_split=test"], "finetune.validation_split", "allowed: validation, validation_indomain"),
+    (["evaluate.test_splits=[train]"], "evaluate.test_splits", "allowed: test, test_indomain"),
+    (["evaluate.test_splits=[test,test]"], "evaluate.test_splits", "one or two different splits"),
 ]
 
 
@@ -85,13 +90,15 @@ def test_missing_sweep_is_refused():
 
 @pytest.mark.parametrize("args,words", [
     (["+sweep=en_xx"], "sweep=en_xx: unknown sweep; allowed: all, en_de"),
-    (["+sweep=en_de", "scale=huge"], "scale=huge: unknown scale; allowed: cpu, gpu, paper, smoke"),
+    (["+sweep=en_de", "scale=huge"], "scale=huge: unknown scale; allowed: cpu, desk, gpu, paper, smoke"),
     (["+sweep=en_de", "model=t5_giant"], "model=t5_giant: unknown model"),
     (["+sweep=en_de", "data=s3"], "data=s3: unknown data; allowed: hub, l10n, local"),
     (["+sweep=en_de", "executor=k8s"], "executor=k8s: unknown executor; allowed: local, slurm"),
     (["+sweep=en_de", "pretrain.no_such_key=1"], "no_such_key"),
     (["+sweep=en_de", "sweep.tasks.en-de.mixtures.en100.en=0.9"], "weights must sum to 1, got 0.9"),
     (["+sweep=en_de", "finetune.df_ladder=[0]"], "finetune.df_ladder: sizes must be positive"),
+    (["+sweep=en_de", "data=local", "evaluate.test_splits=[test_indomain]"],
+     "evaluate.test_splits: test_indomain exists in the offline corpus only (data=l10n), not in data=local"),
 ])
 def test_command_line_gives_one_line_and_exit_2_before_writing(tmp_path, args, words):
     art = tmp_path / "artifacts"

@@ -4,6 +4,7 @@ held-out packages, no overlap; and the CLI's two early exits."""
 import importlib
 import importlib.util
 import json
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests.test_corpus_mo import write_mo
 B = importlib.import_module("pipeline.corpus.build")
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"pa": 6, "pb": 7, "pc": 8, "pd": 9, "pe": 30, "pf": 30, "pg": 30, "ph": 30, "pi": 30}
+WORDS = [f"{a}{b}{c}" for a in "bdgkmpst" for b in "aeiou" for c in "lnrx"]
 SHARED = ("Could not open the file %s for reading", "Die Datei %s konnte nicht zum Lesen geöffnet werden")
 
 
@@ -44,9 +46,12 @@ def fake_debs(tmp_path_factory):
     debs = {}
     for p, n in SIZES.items():
         cat = {b"": b"Content-Type: text/plain; charset=UTF-8\n"}
+        rng = random.Random(p)
         for i in range(n):
-            cat[f"This is sentence number {i} of package {p}".encode()] = (
-                f"Das ist Satz Nummer {i} von Paket {p}".encode()
+            # distinct words, so the in-domain held-out sets find texts that are not near-duplicates
+            w = [rng.choice(WORDS) for _ in range(6)]
+            cat[f"This is sentence number {i} of package {p}: {' '.join(w)}".encode()] = (
+                f"Das ist Satz Nummer {i} von Paket {p}: {' '.join(x.upper() for x in w)}".encode()
             )
         cat[SHARED[0].encode()] = SHARED[1].encode()  # in every package: must not leak from test into train
         files = {f"usr/share/locale/de/LC_MESSAGES/{p}.mo": write_mo(cat)}
@@ -85,7 +90,7 @@ def built(fake_debs, tmp_path_factory):
 def test_layout_and_manifest(built):
     assert built == corpus_dir(built.parent)
     for pair in ("en-de", "en-fr", "en-ro"):
-        for s in ("train", "validation", "test"):
+        for s in B.SPLITS:
             assert (built / "pairs" / pair / f"{s}.jsonl").exists()
     for lang in ("en", "de", "fr", "ro"):
         assert (built / "mono" / f"{lang}.jsonl").exists()
@@ -111,12 +116,13 @@ def _jsonl(path: Path) -> list[dict]:
 def test_no_heldout_sentence_in_train_or_mono(built):
     m = json.loads((built / "manifest.json").read_text())
     held_pkgs = {p for ps in m["pairs"]["en-de"]["heldout_packages"].values() for p in ps}
-    rows = {s: _jsonl(built / "pairs/en-de" / f"{s}.jsonl") for s in ("train", "validation", "test")}
+    rows = {s: _jsonl(built / "pairs/en-de" / f"{s}.jsonl") for s in B.SPLITS}
+    assert m["pairs"]["en-de"]["test_indomain"] == len(rows["test_indomain"]) > 0
     held = set()
-    for s in ("validation", "test"):
+    for s in ("validation", "test", "validation_indomain", "test_indomain"):
         for r in rows[s]:
             held |= text_keys(r["translation"]["en"]) | text_keys(r["translation"]["de"])
-            assert r["source"] in held_pkgs
+            assert (r["source"] in held_pkgs) == (not s.endswith("_indomain"))
     assert sum(r["translation"]["en"].startswith("Could not open") for s in rows for r in rows[s]) == 1
     for r in rows["train"]:
         assert r["source"] not in held_pkgs
@@ -148,9 +154,19 @@ def _cli():
 
 def test_cli_exits_0_when_built(tmp_path, capsys):
     (corpus_dir(tmp_path)).mkdir(parents=True)
-    (corpus_dir(tmp_path) / "manifest.json").write_text("{}")
+    (corpus_dir(tmp_path) / "manifest.json").write_text(json.dumps({"version": B.VERSION}))
     assert _cli().main(["--cache", str(tmp_path)]) == 0
-    assert "manifest.json" in capsys.readouterr().out
+    assert "already built" in capsys.readouterr().out
+
+
+def test_cli_rebuilds_a_corpus_of_an_older_builder(tmp_path, capsys, monkeypatch):
+    (corpus_dir(tmp_path)).mkdir(parents=True)
+    (corpus_dir(tmp_path) / "manifest.json").write_text(json.dumps({"version": B.VERSION - 1}))
+    cli = _cli()
+    calls = []
+    monkeypatch.setattr(cli, "build", lambda *a, **k: calls.append(k) or (_ for _ in ()).throw(AptUnavailable("x")))
+    assert cli.main(["--cache", str(tmp_path)]) == 2 and len(calls) == 1
+    assert f"rebuilding as {B.VERSION}" in capsys.readouterr().out
 
 
 def test_cli_without_apt_says_one_line_and_exits_2(tmp_path, capsys, monkeypatch):

@@ -23,7 +23,11 @@ def smoke(tmp_path_factory, request):
     if not (corpus_dir() / "manifest.json").exists():
         pytest.skip(f"the offline corpus is not built at {corpus_dir()} (run `make corpus`)")
     root = tmp_path_factory.mktemp("smoke")
-    args = ["+sweep=en_de", "scale=smoke", f"paths.artifacts={root / 'artifacts'}", f"paths.reports={root / 'reports'}"]
+    # Both held-out sets (the in-domain one scored beside the packages one), model selection on the in-domain
+    # validation set, and a warmup + linear finetuning schedule: the desk scale's choices, end to end.
+    args = ["+sweep=en_de", "scale=smoke", f"paths.artifacts={root / 'artifacts'}", f"paths.reports={root / 'reports'}",
+            "evaluate.test_splits=[test,test_indomain]", "finetune.validation_split=validation_indomain",
+            "finetune.schedule=linear", "finetune.warmup_steps=5"]
     t0 = time.time()
     r = cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -39,6 +43,10 @@ def test_results_table_is_complete_and_finite(smoke):
     for c in ("bleu", "chrf", "ce", "bp", "dp", "df_tokens", "params", "finetune_steps"):
         assert df[c].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v)).all(), c
     assert (df["ce"] > 0).all() and df["bleu_signature"].str.contains("tok:13a").all()
+    assert (df["test_split"] == "test").all() and (df["other_split"] == "test_indomain").all()
+    for c in ("other_bleu", "other_chrf", "other_ce"):
+        assert df[c].map(math.isfinite).all(), c
+    assert (df["other_ce"] != df["ce"]).all()  # another test set, not a copy
     assert set(df["alignment"].round(6)) == {1.0, 0.7}
     assert (df.loc[df["dp"] == 0, "pretrain_steps"] == 0).all()
     assert df.loc[df["dp"] > 0, "upstream_loss_mixture"].notna().all()
@@ -61,6 +69,22 @@ def test_every_rung_is_a_loadable_checkpoint_and_the_loss_falls(smoke):
         curve = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in curve if "loss" in r]
         assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_every_bleu_difference_the_report_reads_was_tested(smoke):
+    reports = smoke["root"] / "reports" / "en_de"
+    comp = pd.read_csv(reports / "comparisons.csv")
+    # per Df: 2 mixtures x 3 rungs against Dp = 0, 2 x 2 rung steps, 3 rungs between the mixtures
+    assert sorted(comp.groupby("df").size()) == [6 + 4 + 3] * 2
+    assert set(comp["kind"]) == {"pretraining", "rung", "mixture"}
+    assert comp["p_value"].between(0, 1).all() and (comp["delta_lo"] <= comp["delta_hi"]).all()
+    res = pd.read_csv(reports / "results.csv")
+    for _, c in comp.iterrows():  # each side's BLEU is the table's
+        a = res[(res["mixture"] == c["mixture_a"]) & (res["dp_rung"] == c["dp_rung_a"]) & (res["df"] == c["df"])]
+        assert c["bleu_a"] == pytest.approx(a["bleu"].iloc[0], abs=1e-6)
+    assert "Which BLEU differences are real" in (reports / "report.md").read_text()
+    ev = sorted((smoke["root"] / "artifacts" / "evaluate").glob("ev-*"))[0]
+    assert (ev / "predictions-test_indomain.jsonl").exists()
 
 
 def test_report_files_are_written(smoke):

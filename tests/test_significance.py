@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pandas as pd
 import pytest
 from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
 
-from pipeline.significance import paired_bleu
+from pipeline.significance import compare_cells, paired_bleu, planned
 
 WORDS = ["the", "file", "could", "not", "be", "opened", "because", "a", "disk", "error", "stopped", "every", "write", "to", "it"]
 
@@ -67,3 +68,93 @@ def test_identical_systems_are_no_difference():
 def test_mismatched_test_sets_are_refused():
     with pytest.raises(ValueError, match="same non-empty test set"):
         paired_bleu(["a b"], ["a b", "c"], ["a b"])
+
+
+# ---------------------------------------------------------------- the comparisons collect makes, the report reads
+
+def _table(seeds=(0, 1)) -> pd.DataFrame:
+    """en50_de50 and en100 at two rungs plus the shared Dp = 0 baseline (listed under each mixture), two Df."""
+    rows = []
+    for df in (100, 1000):
+        for seed in seeds:
+            for mix in ("en50_de50", "en100"):
+                for rung in (0, 1024, 2048):
+                    h = f"{'init' if rung == 0 else mix}-{rung}-{df}-{seed}"
+                    rows.append({"task": "en-de", "model": "t5_tiny", "method": "full", "df": df, "seed": seed,
+                                 "mixture": mix, "dp_rung": rung, "dp": rung, "status": "ok", "selected": True,
+                                 "config_hash": h, "bleu": 0.0, "ce": 1.0, "alignment": 1.0 if mix == "en50_de50" else 0.7})
+    return pd.DataFrame(rows)
+
+
+# quality of each system: en50_de50 improves with Dp at Df 100 (a lot), nothing changes at Df 1000
+QUALITY = {("en50_de50", 1024, 100): 0.6, ("en50_de50", 2048, 100): 0.9, ("en100", 1024, 100): 0.3,
+           ("en100", 2048, 100): 0.35}
+
+
+def _predictions(table: pd.DataFrame, refs: list[str]):
+    def f(i: int):
+        r = table.loc[i]
+        q = QUALITY.get((r["mixture"], int(r["dp_rung"]), int(r["df"])), 0.3)
+        return _damage(refs, q, seed=int(r["seed"]) + 10 * int(r["dp_rung"] > 0)), refs
+    return f
+
+
+def test_planned_comparisons_cover_baseline_rungs_and_mixtures():
+    t = _table(seeds=(0,))
+    kinds = [(k, t.loc[a, "mixture"], int(t.loc[a, "dp_rung"]), t.loc[b, "mixture"], int(t.loc[b, "dp_rung"]),
+              int(t.loc[a, "df"])) for k, a, b in planned(t)]
+    df100 = [k[:5] for k in kinds if k[5] == 100]
+    assert sorted(df100) == sorted([
+        ("pretraining", "en50_de50", 0, "en50_de50", 1024), ("pretraining", "en50_de50", 0, "en50_de50", 2048),
+        ("rung", "en50_de50", 1024, "en50_de50", 2048),
+        ("pretraining", "en100", 0, "en100", 1024), ("pretraining", "en100", 0, "en100", 2048),
+        ("rung", "en100", 1024, "en100", 2048),
+        ("mixture", "en50_de50", 1024, "en100", 1024), ("mixture", "en50_de50", 2048, "en100", 2048)])
+    # a failed or unselected cell is never compared
+    t.loc[(t["mixture"] == "en100") & (t["dp_rung"] == 2048), "status"] = "failed"
+    assert not any(t.loc[b, "status"] != "ok" for _, _, b in planned(t))
+
+
+def test_compare_cells_pools_seeds_and_reuses_unchanged_rows():
+    t, refs = _table(), _refs(120, seed=9)
+    comp = compare_cells(t, _predictions(t, refs), "13a")
+    row = comp[(comp["kind"] == "pretraining") & (comp["mixture_b"] == "en50_de50") & (comp["dp_rung_b"] == 2048)
+               & (comp["df"] == 100)].iloc[0]
+    assert row["seeds"] == "0+1" and row["n"] == 240
+    pred = _predictions(t, refs)
+    a = [i for i in t.index if t.loc[i, "mixture"] == "en50_de50" and t.loc[i, "dp_rung"] == 0 and t.loc[i, "df"] == 100]
+    b = [i for i in t.index if t.loc[i, "mixture"] == "en50_de50" and t.loc[i, "dp_rung"] == 2048 and t.loc[i, "df"] == 100]
+    direct = paired_bleu(pred(a[0])[0] + pred(a[1])[0], pred(b[0])[0] + pred(b[1])[0], refs + refs)
+    assert row["p_value"] == direct.p_value and row["delta"] == pytest.approx(direct.delta) and row["significant"]
+    same = comp[(comp["df"] == 1000) & (comp["kind"] == "rung")]
+    assert len(same) == 2 and not same["significant"].any()  # identical quality: inside the noise
+    # unchanged cells are read back, not recomputed; a changed cell is recomputed
+    calls = []
+    def counting(i):
+        calls.append(i)
+        return pred(i)
+    again = compare_cells(t, counting, "13a", cached=comp)
+    assert not calls and again.equals(comp)
+    t.loc[b[0], "config_hash"] = "changed"
+    compare_cells(t, counting, "13a", cached=comp)
+    assert b[0] in calls
+
+
+def test_the_reports_sentences_quote_their_comparisons():
+    from pipeline.report.verdicts import comparison, sig_text, verdicts
+
+    t, refs = _table(), _refs(120, seed=9)
+    pred = _predictions(t, refs)
+    t["bleu"] = [BLEU().corpus_score(pred(i)[0], [refs]).score for i in t.index]  # the table as collect writes it
+    comp = compare_cells(t, pred, "13a")
+    pts = t.groupby(["task", "model", "method", "mixture", "df", "dp"], as_index=False).agg(
+        bleu=("bleu", "mean"), ce=("ce", "mean"), alignment=("alignment", "first"))
+    fits = pd.DataFrame(columns=["task", "mixture", "model", "method", "df", "metric", "law", "x", "ok", "reason"])
+    text = "\n".join(verdicts("en-de", pts, fits, [], "t5_tiny", "full", comp))
+    c = comparison(comp, "pretraining", "en-de", "t5_tiny", "full", 100, mixture_b="en50_de50")
+    assert int(c["dp_rung_b"]) == 2048 and sig_text(c) in text and "beyond the noise" in sig_text(c)
+    c2 = comparison(comp, "pretraining", "en-de", "t5_tiny", "full", 1000, mixture_b="en50_de50")
+    assert f"{c2['delta']:+.2f} BLEU [{c2['delta_lo']:+.2f}, {c2['delta_hi']:+.2f}], p = {c2['p_value']:.3f}" in text
+    m = comparison(comp, "mixture", "en-de", "t5_tiny", "full", 100, mixture_b="en100")
+    assert f"en100 against en50_de50: {sig_text(m)}" in text
+    assert "no significance test" in sig_text(None)

@@ -258,6 +258,14 @@ def test_schedules_do_not_depend_on_run_length():
     assert lr_lambda("constant", 0)(0) == 1.0
 
 
+def test_linear_schedule_warms_up_then_reaches_zero_at_the_last_step():
+    lin = lr_lambda("linear", 2, total=10)
+    assert [lin(s) for s in range(11)] == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0])
+    assert lin(12) == 0.0
+    with pytest.raises(ValueError, match="total steps"):
+        lr_lambda("linear", 2)
+
+
 def test_adamw_is_fused_on_cpu_and_steps_like_the_foreach_one():
     w = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in w]

@@ -1,7 +1,11 @@
 """Orchestration: download -> extract (parallel) -> pair help pages -> split -> filter mono -> write + manifest.
 
 Output layout (the contract other stages read):
-    <cache>/l10n/manifest.json, LICENSES.md, pairs/en-XX/{train,validation,test}.jsonl, mono/{en,de,fr,ro}.jsonl
+    <cache>/l10n/manifest.json, LICENSES.md, mono/{en,de,fr,ro}.jsonl,
+    pairs/en-XX/{train,validation,test,validation_indomain,test_indomain}.jsonl
+test/validation are whole held-out packages (an unseen domain); the *_indomain sets are a sample of the other
+packages' pairs with every near-duplicate of them out of train (pipeline.corpus.indomain). Every held-out sentence
+of either kind is also out of the monolingual text.
 Every file is written atomically; the manifest is written last, so its presence means the build is complete.
 """
 
@@ -22,10 +26,11 @@ from . import packages as P
 from .clean import PH
 from .extract import LANGS, Extract, extract_package, help_docs, pair_gimphelp, pair_lohelp
 from .fetch import download, licence, read_copyright
-from .split import filter_doc, pick_heldout, split_pairs
+from .indomain import indomain_split, norm
+from .split import filter_doc, pick_heldout, split_pairs, text_keys
 
-VERSION = 1
-SPLITS = ("train", "validation", "test")
+VERSION = 2  # 2: the in-domain held-out sets
+SPLITS = ("train", "validation", "test", "validation_indomain", "test_indomain")
 HELDOUT = {  # per pair: test/validation targets (pairs) and the package sizes that count as "mid-sized"
     "test": 2500,
     "validation": 1500,
@@ -33,10 +38,19 @@ HELDOUT = {  # per pair: test/validation targets (pairs) and the package sizes t
     "max_pkg": 1200,
     "seed": "l10n-heldout-v1",
 }
+INDOMAIN = {"test": 2000, "validation": 1000, "seed": "indomain-v1", "similarity": 85.0}
 
 
 def corpus_dir(cache_dir: Path) -> Path:
     return Path(cache_dir) / "l10n"
+
+
+def built_version(out: Path) -> int | None:
+    """The builder version of the corpus at `out` (None when there is none or it is unreadable)."""
+    try:
+        return json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError):
+        return None
 
 
 def default_cache() -> Path:
@@ -73,7 +87,7 @@ def build(
     """Build the corpus under corpus_dir(cache_dir) and return that directory. Raises fetch.AptUnavailable."""
     out = corpus_dir(cache_dir)
     manifest = out / "manifest.json"
-    if manifest.exists() and not force:
+    if manifest.exists() and not force and built_version(out) == VERSION:
         return out
     if manifest.exists():
         manifest.unlink()  # the old files are no longer a complete build
@@ -114,6 +128,15 @@ def _split_task(args: tuple) -> tuple:
         sizes, n_test, n_val, HELDOUT["min_pkg"], HELDOUT["max_pkg"], HELDOUT["seed"]
     )
     sp, h_en, h_tg = split_pairs(pk, test_pkgs, val_pkgs)
+    train = sp["train"]
+    distinct = len({norm(e) for e, _, _ in train})  # held-out rows are one per normalised English text
+    idx = indomain_split([(e, t) for e, t, _ in train], min(INDOMAIN["test"], distinct // 20),
+                         min(INDOMAIN["validation"], distinct // 40), INDOMAIN["seed"], INDOMAIN["similarity"])
+    sp = {**sp, **{f"{s}_indomain": [train[i] for i in idx[s]] for s in ("test", "validation")},
+          "train": [train[i] for i in idx["train"]]}
+    for s in ("test_indomain", "validation_indomain"):
+        h_en = h_en.union(*(text_keys(e) for e, _, _ in sp[s]))
+        h_tg = h_tg.union(*(text_keys(t) for _, t, _ in sp[s]))
     return pair, sp, h_en, h_tg, {"test": test_pkgs, "validation": val_pkgs}
 
 
@@ -247,6 +270,7 @@ def _assemble(exs, debs, out, pool, lean, cache_dir, log, t0, t_dl, t_ex) -> Pat
             "max_en_words": 150,
             "max_char_ratio": 2.5,
             "heldout": HELDOUT,
+            "indomain": INDOMAIN,
             "debian": _debian_release(),
         },
         "pairs": {

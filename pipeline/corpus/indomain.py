@@ -58,7 +58,7 @@ def indomain_split(pairs: Sequence[tuple[str, str]], n_test: int, n_val: int, se
             picked.append(i)
     if len(picked) < n_test + n_val:
         raise ValueError(f"a pool of {len(pairs):,} pairs cannot give {n_test:,} + {n_val:,} in-domain held-out pairs")
-    test, val = np.array(picked[:n_test]), np.array(picked[n_test:])
+    test, val = np.array(picked[:n_test], dtype=int), np.array(picked[n_test:], dtype=int)
     # Validation rows near a test row would let model selection see the test set.
     val = val[~_near([en[i] for i in test], [en[i] for i in val], similarity)
               & ~_near([tg[i] for i in test], [tg[i] for i in val], similarity)]

@@ -31,6 +31,7 @@ from pipeline.report.tables import (
     header,
     holdout_table,
     param_names,
+    significance_section,
 )
 from pipeline.report.verdicts import verdicts
 from pipeline.results import is_ok
@@ -43,7 +44,8 @@ class Report:
 
 
 def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], spec: dict[str, Any],
-          corr: pd.DataFrame | None = None, methods: pd.DataFrame | None = None) -> Report:
+          corr: pd.DataFrame | None = None, methods: pd.DataFrame | None = None,
+          comp: pd.DataFrame | None = None) -> Report:
     """The report as blocks, read top down: verdicts and key tables first, figures and the three questions,
     then the long per-point tables (collapsed); and the figures those blocks show, not drawn yet."""
     corr = pd.DataFrame() if corr is None else corr
@@ -63,7 +65,7 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
                 if sel.empty:
                     continue
                 summary.append(Block("p", f"**{task} · {model} · {method}**"))
-                summary.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method)
+                summary.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method, comp)
                                      or ["Nothing to conclude yet."]))
     if pts.empty:
         summary.append(Block("p", "No evaluated cells yet: nothing to conclude."))
@@ -114,6 +116,7 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
             if q.summary:
                 summary += [Block("p", f"**{title}** (details below)"), Block("list", items=q.summary)]
 
+    body += significance_section(comp)
     appendix = [Block("h2", "Appendix: the per-point tables"),
                 Block("h3", "Held-out extrapolation, per point"), holdout_table(fits),
                 Block("h3", "All evaluated cells"), cells_table(ok_rows)]
@@ -146,7 +149,8 @@ def run(task) -> None:
                            group=spec["sweep"])
     try:
         report = build(results, fits_df, fits, {**spec, "results_name": results_path.name},
-                       corr=_read_csv(out / "correlations.csv"), methods=_read_csv(out / "methods.csv"))
+                       corr=_read_csv(out / "correlations.csv"), methods=_read_csv(out / "methods.csv"),
+                       comp=_read_csv(results_path.with_name("comparisons.csv")))
         render(report.figures, out)
         for f in report.figures:
             tracker.log_image(f"report/{f.name.removeprefix('fig_').removesuffix('.png')}", out / f.name)

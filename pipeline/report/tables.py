@@ -51,6 +51,12 @@ def param_names(fits_df: pd.DataFrame, law: str, x: str | None = None) -> list[s
     return [c[2:] for c in sub.columns if c.startswith("p_") and sub[c].notna().any()]
 
 
+TEST_SPLIT_NOTES = {
+    "test": "whole source packages held out: a domain the model never saw",
+    "test_indomain": "a sample of the training packages' own domains, every near-duplicate out of training",
+}
+
+
 def header(results: pd.DataFrame, spec: dict[str, Any]) -> Block:
     scale = spec.get("scale") or {}
     models = sorted(results["model"].dropna().unique())
@@ -59,11 +65,20 @@ def header(results: pd.DataFrame, spec: dict[str, Any]) -> Block:
     sigs = sorted(results["bleu_signature"].dropna().unique()) if "bleu_signature" in results else []
     shas = sorted(results["git_sha"].dropna().astype(str).unique()) if "git_sha" in results else []
     src = spec.get("data_source", "l10n")
+    split = results["test_split"].dropna().iloc[0] if "test_split" in results and results["test_split"].notna().any() \
+        else "test"
+    other = results["other_split"].dropna() if "other_split" in results else pd.Series(dtype=object)
+    ok = results[results["status"] == "ok"]
+    test_note = (f"BLEU, chrF and CE on the `{split}` split ({TEST_SPLIT_NOTES.get(split, split)})"
+                 + (f"; beside it `{other.iloc[0]}` ({TEST_SPLIT_NOTES.get(other.iloc[0], other.iloc[0])}), best "
+                    f"BLEU {fmt(ok['other_bleu'].max(), 3)} there against {fmt(ok['bleu'].max(), 3)}"
+                    if len(other) and len(ok) else "") + ".")
     return Block("note", "\n".join([
         f"**Scale: {scale.get('name', '?')}** — {scale.get('description', '')}. "
         + ("This is a toy-scale run: trends only, not the paper's numbers."
            if scale.get("name") in ("smoke", "cpu") and "trends only" not in scale.get("description", "") else ""),
         f"Corpus: {DATA_NOTES.get(src, src)}.",
+        test_note,
         f"Models: {model_desc}. Finetuning: {', '.join(sorted(results['method'].dropna().unique()))}. "
         f"Cells: {int((results['status'] == 'ok').sum())} of {len(results)} evaluated.",
         f"sacreBLEU signature: {'; '.join(sigs) or 'n/a'}.",
@@ -143,3 +158,31 @@ def cells_table(ok_rows: pd.DataFrame) -> Block:
     table = Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed", "BLEU", "chrF", "CE", "BP",
                                    "gen. length", "upstream loss", "finetune steps"], rows=rows)
     return collapsed(f"Every evaluated cell ({len(rows)} rows)", table, len(rows))
+
+
+def significance_section(comp: pd.DataFrame | None) -> list[Block]:
+    """Every BLEU comparison collect tested (pipeline.significance): against Dp = 0, rung to rung, between
+    mixtures; how many are beyond the noise, then the table (collapsed)."""
+    from pipeline.significance import ALPHA
+
+    out = [Block("h2", "Which BLEU differences are real")]
+    if comp is None or comp.empty:
+        return out + [Block("p", "No significance tests: collect found no stored predictions to compare (a results "
+                                 "table copied without its evaluation directories).")]
+    sig = comp["significant"].map(is_ok)
+    out.append(Block("p", f"sacreBLEU's paired bootstrap resampling ({int(comp['resamples'].iloc[0]):,} resamples of "
+                          f"the test sentences, seeds pooled), p < {ALPHA:g} called significant; the interval is the "
+                          f"95% interval of the difference. "
+                          + "; ".join(f"{k}: {int(sig[comp['kind'] == k].sum())} of {int((comp['kind'] == k).sum())} "
+                                      "beyond the noise" for k in dict.fromkeys(comp["kind"])) + "."))
+    rows = []
+    for _, r in comp.iterrows():
+        rows.append([str(r["kind"]), str(r["task"]), fmt_df(r["df"]),
+                     f"{r['mixture_a']} Dp {fmt_tokens(r['dp_rung_a']) if r['dp_rung_a'] else '0'}",
+                     f"{r['mixture_b']} Dp {fmt_tokens(r['dp_rung_b']) if r['dp_rung_b'] else '0'}",
+                     f"{fmt(r['bleu_a'], 3)} → {fmt(r['bleu_b'], 3)}",
+                     f"{r['delta']:+.2f} [{r['delta_lo']:+.2f}, {r['delta_hi']:+.2f}]", f"{r['p_value']:.3f}",
+                     "yes" if is_ok(r["significant"]) else "no"])
+    out.append(Block("details", "All comparisons", children=[Block("table", header=[
+        "kind", "task", "Df", "a", "b", "BLEU a → b", "Δ [95% CI]", "p", "significant"], rows=rows)]))
+    return out

@@ -52,9 +52,35 @@ def _law_status(f: pd.DataFrame, law: str, metric: str, n_curves: int) -> list[s
                       curve_name(r["mixture"], r["df"])) for _, r in bad.iterrows()])
 
 
+def comparison(comp: pd.DataFrame | None, kind: str, task: str, model: str, method: str, df: Any,
+               mixture_a: str | None = None, mixture_b: str | None = None) -> pd.Series | None:
+    """The paired-bootstrap comparison (pipeline.significance, from comparisons.csv) of this kind at the largest
+    rung it covers, or None when collect made none (a results table copied without its predictions)."""
+    if comp is None or comp.empty:
+        return None
+    c = comp[(comp["kind"] == kind) & (comp["task"] == task) & (comp["model"] == model) & (comp["method"] == method)
+             & (comp["df"].astype(str) == str(df))]
+    if mixture_a is not None:
+        c = c[c["mixture_a"] == mixture_a]
+    if mixture_b is not None:
+        c = c[c["mixture_b"] == mixture_b]
+    return c.sort_values("dp_rung_b").iloc[-1] if len(c) else None
+
+
+def sig_text(c: pd.Series | None) -> str:
+    """'+3.10 BLEU [+1.20, +5.00], p = 0.002' with its reading; a note when no test could be made."""
+    if c is None:
+        return "no significance test (the cells' predictions were not collected)"
+    p = float(c["p_value"])
+    iv = (f"{float(c['delta']):+.2f} BLEU [{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], "
+          f"p = {p:.3f}, paired bootstrap over {int(c['n']):,} sentences")
+    return iv + (": beyond the noise" if is_ok(c["significant"]) else ": inside the noise of the test set")
+
+
 def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], model: str,
-             method: str) -> list[str]:
-    """Plain sentences generated from the numbers, for one (task, model, method); each said once."""
+             method: str, comp: pd.DataFrame | None = None) -> list[str]:
+    """Plain sentences generated from the numbers, for one (task, model, method); each said once. Every BLEU
+    difference read carries its paired-bootstrap test from `comp` (comparisons.csv)."""
     out: list[str] = []
     g = pts[pts["task"] == task]
     dfs = sorted(g["df"].unique())
@@ -117,14 +143,19 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
             if len(gains) < 2:
                 continue
             lo, hi = gains[dfs[0]], gains[dfs[-1]]
-            head = f"**{mix}**: the largest Dp changes BLEU by {lo:+.2f} over no pretraining at Df = {fmt(int(dfs[0]))}"
-            if max(abs(lo), abs(hi)) < 0.5:
-                out.append(f"{head} and {hi:+.2f} at Df = {fmt(int(dfs[-1]))}: pretraining makes no visible "
-                           "difference to BLEU at any Df here.")
+            c_lo, c_hi = (comparison(comp, "pretraining", task, model, method, d, mixture_b=mix) for d in (dfs[0], dfs[-1]))
+            head = (f"**{mix}**: the largest Dp changes BLEU by {lo:+.2f} over no pretraining at Df = {fmt(int(dfs[0]))} "
+                    f"({sig_text(c_lo)})")
+            tail = f" and by {hi:+.2f} at Df = {fmt(int(dfs[-1]))} ({sig_text(c_hi)})"
+            sig = [c for c in (c_lo, c_hi) if c is not None]
+            if sig and not any(is_ok(c["significant"]) for c in sig):
+                out.append(f"{head}{tail}: pretraining makes no difference to BLEU beyond the noise at either Df.")
+            elif not sig and max(abs(lo), abs(hi)) < 0.5:
+                out.append(f"{head}{tail}: pretraining makes no visible difference to BLEU at any Df here.")
             else:
-                fades = hi < 0.25 * lo if lo > 0 else False
-                out.append(f"{head} and {hi:+.2f} at Df = {fmt(int(dfs[-1]))}"
-                           + (": at the largest Df pretraining no longer matters much." if fades else "."))
+                fades = (hi < 0.25 * lo if lo > 0 else False) or (
+                    c_lo is not None and c_hi is not None and is_ok(c_lo["significant"]) and not is_ok(c_hi["significant"]))
+                out.append(f"{head}{tail}" + (": at the largest Df pretraining no longer matters much." if fades else "."))
     # The cross-entropy side of the same question (the signal that remains when BLEU is at its floor).
     for mix, gm in g.groupby("mixture", sort=False):
         drops = []
@@ -147,7 +178,10 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                            f"({fmt(best['bleu'].iloc[0], 3)}).")
                 continue
             desc = ", ".join(f"{r['mixture']} {fmt(r['bleu'], 3)} (A = {fmt(r['alignment'], 3)})" for _, r in best.iterrows())
-            out.append(f"At the largest Dp and Df = {fmt(int(d))}, BLEU by mixture: {desc}.")
+            tests = [f"{c['mixture_b']} against {c['mixture_a']}: {sig_text(c)}" for c in (
+                comparison(comp, "mixture", task, model, method, d, mixture_b=m) for m in best["mixture"]) if c is not None]
+            out.append(f"At the largest Dp and Df = {fmt(int(d))}, BLEU by mixture: {desc}"
+                       + (f" ({'; '.join(tests)})." if tests else "."))
     return out
 
 
