@@ -158,3 +158,14 @@ def test_the_reports_sentences_quote_their_comparisons():
     m = comparison(comp, "mixture", "en-de", "t5_tiny", "full", 100, mixture_b="en100")
     assert f"en100 against en50_de50: {sig_text(m)}" in text
     assert "no significance test" in sig_text(None)
+
+
+def test_rung_steps_count_the_changes_beyond_the_noise_along_a_curve():
+    from pipeline.report.verdicts import rung_steps
+
+    t, refs = _table(seeds=(0,)), _refs(120, seed=9)
+    comp = compare_cells(t, _predictions(t, refs), "13a")
+    # Df 100: en50_de50 goes 0.6 -> 0.9 of the sentences right between its rungs (beyond the noise); Df 1000: flat
+    assert rung_steps(comp, "en-de", "t5_tiny", "full", 100, "en50_de50") == (1, 1)
+    assert rung_steps(comp, "en-de", "t5_tiny", "full", 1000, "en50_de50") == (0, 1)
+    assert rung_steps(None, "en-de", "t5_tiny", "full", 100, "en50_de50") is None

@@ -67,6 +67,16 @@ def comparison(comp: pd.DataFrame | None, kind: str, task: str, model: str, meth
     return c.sort_values("dp_rung_b").iloc[-1] if len(c) else None
 
 
+def rung_steps(comp: pd.DataFrame | None, task: str, model: str, method: str, df: Any,
+               mixture: str) -> tuple[int, int] | None:
+    """(rung-to-rung BLEU changes beyond the noise, all of them) along one curve; None without comparisons."""
+    if comp is None or comp.empty:
+        return None
+    c = comp[(comp["kind"] == "rung") & (comp["task"] == task) & (comp["model"] == model)
+             & (comp["method"] == method) & (comp["df"].astype(str) == str(df)) & (comp["mixture_a"] == mixture)]
+    return (int(c["significant"].map(is_ok).sum()), len(c)) if len(c) else None
+
+
 def sig_text(c: pd.Series | None) -> str:
     """'+3.10 BLEU [+1.20, +5.00], p = 0.002' with its reading; a note when no test could be made."""
     if c is None:
@@ -124,7 +134,14 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
         if not r.get("flag") or (np.isfinite(top) and top < BLEU_FLOOR):  # no BLEU signal to disagree with
             continue
         if not r.get("bleu_monotone"):
-            s = "CE keeps falling with Dp while BLEU goes up and down, for {where}: CE is a misleading proxy there."
+            steps = rung_steps(comp, task, model, method, r["df"], r["mixture"])
+            if steps is not None and not steps[0]:  # no rung-to-rung change is beyond the noise
+                s = ("CE keeps falling with Dp while BLEU's ups and downs are all inside the noise of the test set, "
+                     "for {where}: BLEU does not move there.")
+            else:
+                s = ("CE keeps falling with Dp while BLEU goes up and down"
+                     + (" beyond the noise" if steps is not None else "") + ", for {where}: CE is a misleading proxy "
+                     "there.")
         elif not r.get("bleu_fit_ok"):
             s = "CE keeps falling with Dp while BLEU follows no log-law (see above), for {where}."
         else:
