@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ import torch
 
 from pipeline import greedy
 from pipeline.artifacts import atomic_write_json, atomic_write_text
-from pipeline.config import data_config
+from pipeline.config import DataConfig, EvaluateConfig, TrackingConfig
 from pipeline.finetune import encode_pairs, pad_batch, reference_ce
 from pipeline.model import use_fused_kernels
 from pipeline.tokenizer import load_tokenizer
 from pipeline.training import setup_runtime
+from pipeline.typed import Spec
 
 log = logging.getLogger(__name__)
 TEST_SEED = 20_240_207
@@ -91,37 +93,52 @@ def score(hyps: list[str], refs: list[str], tokenize: str) -> dict[str, Any]:
             "chrf": c.score, "chrf_signature": str(chrf.get_signature())}
 
 
+@dataclass(frozen=True)
+class EvaluateSpec(Spec):
+    config: dict[str, Any]  # identity: evaluate settings, pair, data identity
+    evaluate: EvaluateConfig
+    pair: str
+    src: str
+    tgt: str
+    finetune_dir: str  # the cell's finetune task directory (its `best/` is evaluated)
+    task_prefix: str  # as in finetuning
+    max_source_length: int
+    data: DataConfig
+    cache: str
+    tracking: TrackingConfig
+
+
 def run(task) -> None:
     from transformers import T5ForConditionalGeneration
 
     from pipeline.sources import get_source
 
-    spec = task.spec
-    cfg = spec["evaluate"]
+    spec: EvaluateSpec = task.spec
+    cfg = spec.evaluate
     out = Path(task.dir)
     rt = setup_runtime("auto", "none")
-    best = Path(spec["finetune_dir"]) / "best"
+    best = Path(spec.finetune_dir) / "best"
     tokenizer = load_tokenizer(best)
     model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(best))).to(rt.device).eval()
-    source = get_source(data_config(spec["data"]), Path(spec["cache"]))
-    rows = test_rows(source, spec["pair"], cfg["test_size"])
-    src, tgt = spec["src"], spec["tgt"]
+    source = get_source(spec.data, Path(spec.cache))
+    rows = test_rows(source, spec.pair, cfg.test_size)
+    src, tgt = spec.src, spec.tgt
     # References are scored in full (a generous cap only guards memory); sources as in finetuning.
-    s_ids, t_ids = encode_pairs(tokenizer, rows, src, tgt, spec["task_prefix"], spec["max_source_length"], 1024)
+    s_ids, t_ids = encode_pairs(tokenizer, rows, src, tgt, spec.task_prefix, spec.max_source_length, 1024)
     t0 = time.time()
-    ce, n_tok = reference_ce(model, s_ids, t_ids, tokenizer.pad_token_id, cfg["batch_size"], rt.device, rt.autocast)
+    ce, n_tok = reference_ce(model, s_ids, t_ids, tokenizer.pad_token_id, cfg.batch_size, rt.device, rt.autocast)
     t_ce = time.time() - t0
-    gen = generate_ids(model, s_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg["batch_size"],
-                       cfg["max_new_tokens"], cfg["num_beams"], rt.device, rt.autocast)
+    gen = generate_ids(model, s_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.batch_size,
+                       cfg.max_new_tokens, cfg.num_beams, rt.device, rt.autocast)
     hyps = decode(tokenizer, pad_batch(gen, tokenizer.pad_token_id))
     t_gen = time.time() - t0 - t_ce
     refs = [r[tgt] for r in rows]
-    metrics = score(hyps, refs, cfg["bleu_tokenize"])
+    metrics = score(hyps, refs, cfg.bleu_tokenize)
     gen_len = [len(g) for g in gen]
     metrics.update({
         "ce": ce, "ce_tokens": n_tok, "n_test": len(rows), "gen_len_mean": float(np.mean(gen_len)) if gen_len else 0.0,
         "hit_max_new_tokens": int(sum(tokenizer.eos_token_id not in g for g in gen)),
-        "num_beams": cfg["num_beams"], "max_new_tokens": cfg["max_new_tokens"],
+        "num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens,
         "seconds_ce": t_ce, "seconds_generate": t_gen, "sentences_per_s": len(rows) / max(t_gen, 1e-9),
         "device": str(rt.device),
     })

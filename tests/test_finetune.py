@@ -28,7 +28,9 @@ from test_training import (
 
 import pipeline.evaluate as evaluate
 import pipeline.finetune as finetune
+from pipeline.config import LoraConfig
 from pipeline.training import MARKER, STATE
+from pipeline.typed import from_dict
 
 PREFIX = "translate English to German: "
 
@@ -196,7 +198,7 @@ def test_dp0_baseline_starts_from_the_random_init_checkpoint(plan, tmp_path):
     _, val_rows, tok = data(task)
     va_src, va_tgt = encode(task, tok, val_rows)
     ft = task.spec["finetune"]
-    model = finetune.load_for_finetune(init_path(init.dir), "full", ft["dropout_rate"], ft["lora"])
+    model = finetune.load_for_finetune(init_path(init.dir), "full", ft["dropout_rate"], from_dict(LoraConfig, ft["lora"]))
     ce, _ = finetune.reference_ce(model, va_src, va_tgt, tok.pad_token_id, 2 * task.spec["finetune"]["batch_size"],
                                   torch.device("cpu"), contextlib.nullcontext)
     assert info["curve"][0] == {"step": 0, "val_ce": ce}

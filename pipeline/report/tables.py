@@ -23,7 +23,7 @@ from pipeline.report.fmt import (
     num,
     plain_reason,
 )
-from pipeline.results import is_ok
+from pipeline.results import ReadSpec, is_ok
 
 
 def fit_table(fits_df: pd.DataFrame, law: str, names: list[str], x: str | None = None) -> Block:
@@ -51,24 +51,24 @@ def param_names(fits_df: pd.DataFrame, law: str, x: str | None = None) -> list[s
     return [c[2:] for c in sub.columns if c.startswith("p_") and sub[c].notna().any()]
 
 
-def header(results: pd.DataFrame, spec: dict[str, Any]) -> Block:
-    scale = spec.get("scale") or {}
+def header(results: pd.DataFrame, spec: ReadSpec, results_name: str) -> Block:
+    scale = spec.scale
     models = sorted(results["model"].dropna().unique())
     params = {m: results.loc[results["model"] == m, "params"].dropna() for m in models}
     model_desc = ", ".join(f"{m} ({fmt_tokens(float(p.iloc[0]))} parameters)" if len(p) else m for m, p in params.items())
     sigs = sorted(results["bleu_signature"].dropna().unique()) if "bleu_signature" in results else []
     shas = sorted(results["git_sha"].dropna().astype(str).unique()) if "git_sha" in results else []
-    src = spec.get("data_source", "l10n")
+    src = spec.data_source
     return Block("note", "\n".join([
-        f"**Scale: {scale.get('name', '?')}** — {scale.get('description', '')}. "
+        f"**Scale: {scale.name}** — {scale.description}. "
         + ("This is a toy-scale run: trends only, not the paper's numbers."
-           if scale.get("name") in ("smoke", "cpu") and "trends only" not in scale.get("description", "") else ""),
+           if scale.name in ("smoke", "cpu") and "trends only" not in scale.description else ""),
         f"Corpus: {DATA_NOTES.get(src, src)}.",
         f"Models: {model_desc}. Finetuning: {', '.join(sorted(results['method'].dropna().unique()))}. "
         f"Cells: {int((results['status'] == 'ok').sum())} of {len(results)} evaluated.",
         f"sacreBLEU signature: {'; '.join(sigs) or 'n/a'}.",
         f"Git SHA: {', '.join(shas) or git_sha() + ' (of the report; the table records none)'}. "
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{spec.get('results_name', 'results.csv')}`.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{results_name}`.",
     ]))
 
 
