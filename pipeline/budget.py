@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError
+from pipeline.config import Config, ConfigError
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s (SXM), the MFU reference of the paper-scale estimate
 ASSUMED_MFU = {"cuda": 0.40, "cpu": 0.25}  # what our loop reaches (docs/benchmarks.md); stated in the printout
@@ -37,6 +38,32 @@ def measured_peak(device: str | None = None) -> tuple[str, float]:
 
 
 # Bytes a parameter takes on disk: fp32 weights (safetensors), AdamW's two fp32 moments (Adafactor keeps less).
+def compute(cfg: Config, presets, vocab: int, targets_len: int, tokens_per_step: int, ladders: dict[tuple, tuple],
+            n_finetune: int) -> tuple[dict[str, Any], float, float]:
+    """The plan's compute: per model its parameters, FLOPs per example and pretraining runs (steps, FLOPs);
+    the pretraining FLOPs of the sweep; and an upper bound on its finetuning FLOPs (max_steps at full length;
+    early stopping cuts it)."""
+    from pipeline.model import count_params, flops_per_token
+
+    models, pretrain_flops = {}, 0.0
+    for preset in presets:
+        f = flops_per_token(preset, vocab, cfg.pretrain.inputs_length, targets_len)
+        runs = []
+        for m in cfg.sweep.mixtures():
+            steps = math.ceil(max(ladders[m.weights]) / tokens_per_step)
+            flops = f["per_example"] * cfg.pretrain.batch_size * steps
+            pretrain_flops += flops
+            runs.append({"mixture": m.name, "weights": m.key(), "steps": steps, "rungs": len(ladders[m.weights]),
+                         "dp_max": steps * tokens_per_step, "flops": flops})
+        models[preset.name] = {"params": count_params(preset, vocab), "flops_per_example": f["per_example"],
+                               "runs": runs}
+    ft_flops = 0.0
+    for preset in presets:
+        f = flops_per_token(preset, vocab, cfg.finetune.max_source_length, cfg.finetune.max_target_length)
+        ft_flops += f["per_example"] * cfg.finetune.batch_size * cfg.finetune.max_steps * n_finetune / len(presets)
+    return models, pretrain_flops, ft_flops
+
+
 WEIGHT_BYTES = 4
 OPTIMIZER_BYTES = 8
 STATES_KEPT = 2  # pipeline.training.prune_states: the optimizer state of the two newest checkpoints stays

@@ -320,28 +320,11 @@ def source_max_tokens(source: Any, needed: int) -> int | None:
 
 
 def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells) -> dict[str, Any]:
-    from pipeline.model import count_params, flops_per_token
+    from pipeline.budget import compute
 
     tokens_per_step = cfg.pretrain.batch_size * raw_len
-    models = {}
-    pretrain_flops = 0.0
-    for preset in presets:
-        params = count_params(preset, vocab)
-        f = flops_per_token(preset, vocab, cfg.pretrain.inputs_length, targets_len)
-        runs = []
-        for m in cfg.sweep.mixtures():
-            steps = math.ceil(max(ladders[m.weights]) / tokens_per_step)
-            flops = f["per_example"] * cfg.pretrain.batch_size * steps
-            pretrain_flops += flops
-            runs.append({"mixture": m.name, "weights": m.key(), "steps": steps, "rungs": len(ladders[m.weights]),
-                         "dp_max": steps * tokens_per_step, "flops": flops})
-        models[preset.name] = {"params": params, "flops_per_example": f["per_example"], "runs": runs}
-    # Finetuning cost: an upper bound (max_steps, full-length sequences); early stopping cuts it.
     n_ft = len({c.finetune_id for c in cells})
-    ft_flops = 0.0
-    for preset in presets:
-        f = flops_per_token(preset, vocab, cfg.finetune.max_source_length, cfg.finetune.max_target_length)
-        ft_flops += f["per_example"] * cfg.finetune.batch_size * cfg.finetune.max_steps * n_ft / len(presets)
+    models, pretrain_flops, ft_flops = compute(cfg, presets, vocab, targets_len, tokens_per_step, ladders, n_ft)
     return {
         "scale": cfg.scale,
         "vocab_size": vocab,
