@@ -21,8 +21,8 @@ import torch
 from pipeline import greedy
 from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import DataConfig, EvaluateConfig, TrackingConfig
-from pipeline.finetune import encode_pairs, pad_batch, reference_ce
-from pipeline.model import use_fused_kernels
+from pipeline.model import load_model
+from pipeline.seq2seq import encode_pairs, pad_batch, reference_ce
 from pipeline.tokenizer import load_tokenizer
 from pipeline.training import setup_runtime
 from pipeline.typed import Spec
@@ -109,7 +109,6 @@ class EvaluateSpec(Spec):
 
 
 def run(task) -> None:
-    from transformers import T5ForConditionalGeneration
 
     from pipeline.sources import get_source
 
@@ -119,7 +118,7 @@ def run(task) -> None:
     rt = setup_runtime("auto", "none")
     best = Path(spec.finetune_dir) / "best"
     tokenizer = load_tokenizer(best)
-    model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(best))).to(rt.device).eval()
+    model = load_model(best).to(rt.device).eval()
     source = get_source(spec.data, Path(spec.cache))
     rows = test_rows(source, spec.pair, cfg.test_size)
     src, tgt = spec.src, spec.tgt

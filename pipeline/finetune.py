@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from pipeline.artifacts import atomic_write_json, dir_hash
 from pipeline.config import DataConfig, FinetuneConfig, LoraConfig, TrackingConfig
-from pipeline.model import ModelPreset, Seq2SeqLoss, use_fused_kernels
+from pipeline.model import ModelPreset, Seq2SeqLoss, load_model
 from pipeline.pretrain import checkpoint_for
+from pipeline.seq2seq import collate, encode_pairs, reference_ce
 from pipeline.tokenizer import load_tokenizer
 from pipeline.tracking import make_tracker
 from pipeline.training import (
@@ -33,9 +34,10 @@ from pipeline.training import (
     StopFlag,
     capture_rng,
     latest_checkpoint,
+    load_state,
     make_optimizer,
-    prune_states,
     restore_rng,
+    retain,
     save_checkpoint,
     seed_all,
     setup_runtime,
@@ -54,53 +56,6 @@ def nested_subset(pool_size: int, df: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, SUBSET_SALT]).permutation(pool_size)[:df]
 
 
-def encode_pairs(tokenizer, rows: list[dict[str, str]], src: str, tgt: str, prefix: str, max_src: int,
-                 max_tgt: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids (EOS included, truncated keeping EOS) of the prefixed sources and of the targets."""
-    def enc(texts: list[str], n: int) -> list[list[int]]:
-        return [x[: n - 1] + [tokenizer.eos_token_id] if len(x) > n else x
-                for x in tokenizer(texts, add_special_tokens=True).input_ids]
-
-    return (enc([prefix + r[src] for r in rows], max_src), enc([r[tgt] for r in rows], max_tgt))
-
-
-def pad_batch(seqs: list[list[int]], value: int) -> torch.Tensor:
-    n = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), n), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
-
-
-def collate(src: list[list[int]], tgt: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    ids = pad_batch(src, pad_id)
-    return {"input_ids": ids, "attention_mask": (ids != pad_id).long() if pad_id is not None else None,
-            "labels": pad_batch(tgt, -100)}
-
-
-def reference_ce(model, src: list[list[int]], tgt: list[list[int]], pad_id: int, batch_size: int, device,
-                 autocast) -> tuple[float, int]:
-    """Token-mean negative log-likelihood of the references under teacher forcing, and the token count.
-    Batches are sorted by length so padding stays small; -100 labels are ignored."""
-    order = np.argsort([len(s) + len(t) for s, t in zip(src, tgt)], kind="stable")
-    total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            b = collate([src[j] for j in idx], [tgt[j] for j in idx], pad_id)
-            b = {k: v.to(device) for k, v in b.items()}
-            with autocast():
-                logits = model(**b).logits
-            nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), b["labels"].flatten(),
-                                                    ignore_index=-100, reduction="sum")
-            total += nll.item()
-            count += int((b["labels"] != -100).sum())
-    model.train(was_training)
-    return total / max(count, 1), count
-
-
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, pool: int = 50) -> list[np.ndarray]:
     """One epoch's batches: a seeded shuffle, sorted by length within pools of `pool` batches so a batch pads
     little (random batches of these short sentences padded to their longest cost ~2x the compute), then the
@@ -116,9 +71,7 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
 
 
 def load_for_finetune(path: Path, method: str, dropout: float, lora: LoraConfig):
-    from transformers import T5ForConditionalGeneration
-
-    model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(path), dropout_rate=dropout))
+    model = load_model(path, dropout_rate=dropout)
     if method == "lora":
         import peft
 
@@ -204,7 +157,7 @@ def run(task) -> None:
     opt = make_optimizer(model.parameters(), "adamw", spec.lr, (0.9, 0.999), cfg.weight_decay)
     st: dict[str, Any] = {"step": 0, "best_val": math.inf, "best_step": 0, "bad_evals": 0, "curve": []}
     if resume is not None:
-        state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
+        state = load_state(resume)
         if lora:
             model.load_state_dict(state["trainable"], strict=False)
         opt.load_state_dict(state["optimizer"])
@@ -218,9 +171,7 @@ def run(task) -> None:
         trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k} if lora else None
         state = {"optimizer": opt.state_dict(), "rng": capture_rng(), "loop": dict(st), "trainable": trainable}
         save_checkpoint(step_dir(state_root, st["step"]), bare(model), None, state, {"step": st["step"]})
-        prune_states(state_root)
-        for p in sorted(state_root.glob("step-*"), reverse=True)[2:]:
-            shutil.rmtree(p, ignore_errors=True)
+        retain(state_root)
 
     tracker = make_tracker(out, spec.tracking, run_id=f"ft-{dir_hash(out)}", name=task.name,
                            config={"finetune": to_dict(cfg), "pair": spec.pair, "df": spec.df, "seed": spec.seed,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pipeline.model import (
     build_model,
     count_params,
     flops_per_token,
-    use_fused_kernels,
+    load_model,
 )
 from pipeline.span_corruption import corrupt_batch
 from pipeline.tokenizer import load_tokenizer, sentinel_ids
@@ -47,12 +46,13 @@ from pipeline.training import (
     full_state_for_save,
     latest_checkpoint,
     load_optimizer_state,
+    load_state,
     make_optimizer,
     make_schedule,
     no_sync,
     peak_flops,
-    prune_states,
     restore_rng,
+    retain,
     save_checkpoint,
     seed_all,
     setup_runtime,
@@ -179,9 +179,7 @@ def run(task) -> None:
 
     resume = latest_checkpoint(ckroot)
     start = resume or init_path(spec.init_dir)
-    from transformers import T5ForConditionalGeneration
-
-    model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(start))).to(rt.device)
+    model = load_model(start).to(rt.device)
     model.config.dropout_rate = 0.0  # no dropout in pretraining (T5 v1.1)
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -204,7 +202,7 @@ def run(task) -> None:
     running = torch.zeros((), device=rt.device)
     n_run = 0
     if resume is not None:
-        state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
+        state = load_state(resume)
         load_optimizer_state(dmodel, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
@@ -234,12 +232,7 @@ def run(task) -> None:
                 "model": preset.name, "rung": rung is not None, "upstream": history.get(str(rung)) if rung else None}
         if rt.is_main:
             save_checkpoint(step_dir(ckroot, step), inner, tokenizer, state, meta, state_dict=full_sd)
-            # Time-based checkpoints are dropped once two newer ones exist; rungs keep their weights.
-            newer = sorted(ckroot.glob("step-*"), reverse=True)
-            for p in newer[2:]:
-                if not _is_rung(p):
-                    shutil.rmtree(p, ignore_errors=True)
-            prune_states(ckroot)
+            retain(ckroot, kept=_is_rung)  # time-based checkpoints go once two newer exist; rungs keep their weights
         barrier(rt)
 
     last_save = time.time()

@@ -16,9 +16,10 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,20 @@ def latest_checkpoint(root: Path, deep: bool = True) -> Path | None:
 
 def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step-{step:08d}"
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    """The training state saved beside a checkpoint's weights (what `latest_checkpoint` found resumable)."""
+    return torch.load(Path(ckpt) / STATE, map_location="cpu", weights_only=False)
+
+
+def retain(root: Path, keep: int = 2, kept: Callable[[Path], bool] | None = None) -> None:
+    """After a save: delete all but the `keep` newest checkpoints under root (except those `kept` says stay,
+    e.g. pretraining's rungs), and drop the optimizer state of all but the `keep` newest (prune_states)."""
+    for p in sorted(Path(root).glob("step-*"), reverse=True)[keep:]:
+        if kept is None or not kept(p):
+            shutil.rmtree(p, ignore_errors=True)
+    prune_states(root, keep)
 
 
 def prune_states(root: Path, keep: int = 2) -> None:

@@ -14,7 +14,7 @@ import torch
 from test_training import first, small_plan, with_spec
 
 from pipeline.evaluate import decode, generate, generate_ids, score
-from pipeline.finetune import collate, encode_pairs, reference_ce
+from pipeline.seq2seq import collate, encode_pairs, reference_ce
 
 CPU = torch.device("cpu")
 no_autocast = contextlib.nullcontext
