@@ -10,7 +10,6 @@ valid `COMPLETE` is never read as a checkpoint; a corrupted newest one is skippe
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.artifacts import atomic_dir, atomic_write_text, clean_temporaries
+from pipeline.artifacts import atomic_dir, atomic_write_text, clean_temporaries, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +170,6 @@ def seed_all(seed: int) -> None:
 # ------------------------------------------------------------------------------------- checkpoints
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(path: Path, model, tokenizer, state: dict[str, Any] | None, meta: dict[str, Any],
                     state_dict: dict[str, Any] | None = None) -> Path:
     """Atomically write a loadable checkpoint directory; COMPLETE (with file sizes and hashes) goes last.
@@ -192,7 +183,7 @@ def save_checkpoint(path: Path, model, tokenizer, state: dict[str, Any] | None, 
         if state is not None:
             torch.save(state, tmp / STATE)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _digest(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MARKER).write_text(json.dumps({"files": files}, indent=2) + "\n")
     return path
 
@@ -212,7 +203,7 @@ def verify_checkpoint(path: Path, deep: bool = False) -> str | None:
             return f"{name} is missing"
         if p.stat().st_size != info["bytes"]:
             return f"{name} has {p.stat().st_size} bytes, expected {info['bytes']}"
-        if deep and _digest(p) != info["sha256"]:
+        if deep and file_sha256(p) != info["sha256"]:
             return f"{name} does not match its hash"
     return None
 

@@ -4,7 +4,6 @@ counting, hashing, the translation-pair checks)."""
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -34,14 +33,6 @@ def langs_of(pair: str) -> tuple[str, str]:
     if not src or not tgt:
         raise ConfigError("data.pairs", f"{pair!r} is not SRC-TGT")
     return src, tgt
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def count_lines(path: Path) -> int:

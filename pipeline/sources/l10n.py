@@ -9,20 +9,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.artifacts import file_sha256
 from pipeline.config import ConfigError, DataConfig
-from pipeline.sources.base import (
-    SPLITS,
-    TEXT_SPLITS,
-    Source,
-    as_pairs,
-    count_lines,
-    dedup_side,
-    jsonl_texts,
-    langs_of,
-    load_json,
-    sha256,
-    text_stats,
-)
+from pipeline.sources import base
+from pipeline.sources.base import SPLITS, TEXT_SPLITS, Source
 
 if TYPE_CHECKING:  # imported lazily at run time: `datasets` costs a second at start-up
     import datasets
@@ -65,7 +55,7 @@ class L10nSource(Source):
 
     def pair_file(self, pair: str, split: str) -> Path:
         """pairs/en-de/<split>.jsonl, or pairs/de-en/... when the corpus stores the other direction."""
-        src, tgt = langs_of(pair)
+        src, tgt = base.langs_of(pair)
         for name in (f"{src}-{tgt}", f"{tgt}-{src}"):
             p = self.dir / "pairs" / name / f"{split}.jsonl"
             if p.exists():
@@ -78,7 +68,7 @@ class L10nSource(Source):
 
     def _validation_pair_files(self, lang: str) -> list[Path]:
         # Every pair of the corpus that has this language, so the held-out text depends on the corpus only.
-        files = [self.dir / "pairs" / p / "validation.jsonl" for p in self.corpus_pairs() if lang in langs_of(p)]
+        files = [self.dir / "pairs" / p / "validation.jsonl" for p in self.corpus_pairs() if lang in base.langs_of(p)]
         return [f for f in files if f.is_file()]
 
     def iter_texts(self, lang: str, split: str = "train") -> Iterator[str]:
@@ -86,7 +76,7 @@ class L10nSource(Source):
         self.manifest()
         cache_dir = self.cache / "datasets"
         if split == "train":
-            for row in load_json(self.mono_file(lang), cache_dir):
+            for row in base.load_json(self.mono_file(lang), cache_dir):
                 if row["text"]:
                     yield row["text"]
             return
@@ -95,7 +85,7 @@ class L10nSource(Source):
             raise ConfigError(self.KEY, f"no held-out {lang} text: no validation pairs with {lang} in {self.dir / 'pairs'}")
         seen: set[str] = set()
         for f in files:
-            yield from dedup_side(load_json(f, cache_dir), lang, seen)
+            yield from base.dedup_side(base.load_json(f, cache_dir), lang, seen)
 
     def parallel(self, pair: str, split: str) -> datasets.Dataset:
         self._check_split(split, SPLITS)
@@ -103,7 +93,7 @@ class L10nSource(Source):
         f = self.pair_file(pair, split)
         if not f.is_file():
             raise ConfigError(self.KEY, f"{f}: missing; rebuild with `make corpus`")
-        return as_pairs(load_json(f, self.cache / "datasets"), pair, self.KEY)
+        return base.as_pairs(base.load_json(f, self.cache / "datasets"), pair, self.KEY)
 
     def text_stats(self, lang: str) -> dict[str, int] | None:
         if lang not in self._stats:
@@ -114,12 +104,12 @@ class L10nSource(Source):
             if isinstance(s, Mapping) and all(isinstance(s.get(k), int) for k in keys):
                 self._stats[lang] = {k: int(s[k]) for k in keys}
             else:
-                self._stats[lang] = text_stats(jsonl_texts(self.mono_file(lang)))
+                self._stats[lang] = base.text_stats(base.jsonl_texts(self.mono_file(lang)))
         return dict(self._stats[lang])
 
     def pool_size(self, pair: str, split: str = "train") -> int | None:
         m = self.manifest()
-        src, tgt = langs_of(pair)
+        src, tgt = base.langs_of(pair)
         pairs = m.get("pairs") if isinstance(m.get("pairs"), Mapping) else {}
         entry = pairs.get(pair) or pairs.get(f"{tgt}-{src}") or {}
         v = entry.get(split) if isinstance(entry, Mapping) else None
@@ -128,11 +118,11 @@ class L10nSource(Source):
         if isinstance(v, int) and not isinstance(v, bool):
             return v
         f = self.pair_file(pair, split)
-        return count_lines(f) if f.is_file() else None
+        return base.count_lines(f) if f.is_file() else None
 
     def identity(self) -> dict[str, Any]:
         self.manifest()
-        return {"source": "l10n", "manifest_sha256": sha256(self.manifest_path)}
+        return {"source": "l10n", "manifest_sha256": file_sha256(self.manifest_path)}
 
     def validate(self, languages: Iterable[str], pairs: Iterable[str]) -> None:
         self.manifest()

@@ -10,21 +10,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.artifacts import file_sha256
 from pipeline.config import ConfigError, DataConfig
-from pipeline.sources.base import (
-    SPLITS,
-    TEXT_SPLITS,
-    Source,
-    as_pairs,
-    count_lines,
-    dedup_side,
-    jsonl_texts,
-    langs_of,
-    load_json,
-    options_section,
-    sha256,
-    text_stats,
-)
+from pipeline.sources import base
+from pipeline.sources.base import SPLITS, TEXT_SPLITS, Source
 
 if TYPE_CHECKING:  # imported lazily at run time: `datasets` costs a second at start-up
     import datasets
@@ -38,9 +27,9 @@ class LocalSource(Source):
 
     def __init__(self, data: DataConfig, cache: Path):
         super().__init__(data, cache)
-        self.mono = options_section(self.opts, "mono", self.KEY)
-        self.mono_validation = options_section(self.opts, "mono_validation", self.KEY)
-        self.pair_specs = options_section(self.opts, "pairs", self.KEY)
+        self.mono = base.options_section(self.opts, "mono", self.KEY)
+        self.mono_validation = base.options_section(self.opts, "mono_validation", self.KEY)
+        self.pair_specs = base.options_section(self.opts, "pairs", self.KEY)
         self._stats: dict[str, dict[str, int]] = {}
 
     # -- files and their config keys
@@ -61,7 +50,7 @@ class LocalSource(Source):
         return f
 
     def _pair_key(self, pair: str, split: str) -> str:
-        src, tgt = langs_of(pair)
+        src, tgt = base.langs_of(pair)
         for name in (pair, f"{tgt}-{src}"):
             if name in self.pair_specs:
                 return f"{self.KEY}.pairs.{name}.{split}"
@@ -69,7 +58,7 @@ class LocalSource(Source):
 
     def _validation_pair_files(self, lang: str) -> list[Path]:
         files = self._files()
-        return [files[k] for p in sorted(self.pair_specs) if lang in langs_of(p)
+        return [files[k] for p in sorted(self.pair_specs) if lang in base.langs_of(p)
                 if (k := f"{self.KEY}.pairs.{p}.validation") in files]
 
     # -- the interface
@@ -79,7 +68,7 @@ class LocalSource(Source):
         cache_dir = self.cache / "datasets"
         if split == "train" or lang in self.mono_validation:
             key = f"{self.KEY}.{'mono' if split == 'train' else 'mono_validation'}.{lang}"
-            for row in load_json(self._file(key), cache_dir):
+            for row in base.load_json(self._file(key), cache_dir):
                 if row["text"]:
                     yield row["text"]
             return
@@ -89,24 +78,24 @@ class LocalSource(Source):
                               '{"text": ...} jsonl, or a pair with a validation split that has ' + lang)
         seen: set[str] = set()
         for f in files:
-            yield from dedup_side(load_json(f, cache_dir), lang, seen)
+            yield from base.dedup_side(base.load_json(f, cache_dir), lang, seen)
 
     def parallel(self, pair: str, split: str) -> datasets.Dataset:
         self._check_split(split, SPLITS)
         key = self._pair_key(pair, split)
-        return as_pairs(load_json(self._file(key), self.cache / "datasets"), pair, key)
+        return base.as_pairs(base.load_json(self._file(key), self.cache / "datasets"), pair, key)
 
     def text_stats(self, lang: str) -> dict[str, int] | None:
         key = f"{self.KEY}.mono.{lang}"
         if key not in self._files():
             return None
         if lang not in self._stats:
-            self._stats[lang] = text_stats(jsonl_texts(self._file(key)))
+            self._stats[lang] = base.text_stats(base.jsonl_texts(self._file(key)))
         return dict(self._stats[lang])
 
     def pool_size(self, pair: str, split: str = "train") -> int | None:
         f = self._files().get(self._pair_key(pair, split))
-        return count_lines(f) if f is not None and f.is_file() else None
+        return base.count_lines(f) if f is not None and f.is_file() else None
 
     def identity(self) -> dict[str, Any]:
         hashes = _HashCache(self.cache / "sources" / "sha256.json")
@@ -142,7 +131,7 @@ class LocalSource(Source):
                 raise ConfigError(key, f'no {lang} text: give a jsonl file of {{"text": ...}} lines ({key}=/path/{lang}.jsonl)')
             check(key)
         for pair in pairs:
-            src, tgt = langs_of(pair)
+            src, tgt = base.langs_of(pair)
             if not any(n in self.pair_specs for n in (pair, f"{tgt}-{src}")):
                 raise ConfigError(f"{self.KEY}.pairs.{pair}", "no files for this pair: give train, validation and test "
                                   '{"translation": {...}} jsonl files')
@@ -152,12 +141,12 @@ class LocalSource(Source):
             if lang in self.mono_validation:
                 check(f"{self.KEY}.mono_validation.{lang}")
                 continue
-            held_out = [p for p in sorted(self.pair_specs) if lang in langs_of(p) and self.pair_specs[p].get("validation")]
+            held_out = [p for p in sorted(self.pair_specs) if lang in base.langs_of(p) and self.pair_specs[p].get("validation")]
             if not held_out:
                 raise ConfigError(f"{self.KEY}.mono_validation.{lang}", f"no held-out {lang} text: give a "
                                   '{"text": ...} jsonl, or a pair with a validation split that has ' + lang)
             for p in held_out:
-                check(f"{self.KEY}.pairs.{p}.validation", langs_of(p))
+                check(f"{self.KEY}.pairs.{p}.validation", base.langs_of(p))
 
 
 def check_jsonl(path: Path, key: str, langs: tuple[str, ...] | None = None) -> int:
@@ -225,7 +214,7 @@ class _HashCache:
     def get(self, f: Path, st: os.stat_result) -> str:
         k = f"{f}|{st.st_size}|{st.st_mtime_ns}"
         if k not in self.d:
-            self.d[k] = sha256(f)
+            self.d[k] = file_sha256(f)
             self.dirty = True
         return self.d[k]
 
