@@ -31,6 +31,15 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (checkpoint markers, data files, downloads)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def stage_dir(root: Path, stage: str, name: str, config_slice: Any, input_hashes: list[str] | tuple = ()) -> Path:
     h = stable_hash({"stage": stage, "config": config_slice, "inputs": sorted(input_hashes)})
     return Path(root) / stage / f"{name}-{h}"

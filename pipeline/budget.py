@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError
+from pipeline.config import Config, ConfigError
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s (SXM), the MFU reference of the paper-scale estimate
 ASSUMED_MFU = {"cuda": 0.40, "cpu": 0.25}  # what our loop reaches (docs/benchmarks.md); stated in the printout
@@ -37,6 +38,60 @@ def measured_peak(device: str | None = None) -> tuple[str, float]:
 
 
 # Bytes a parameter takes on disk: fp32 weights (safetensors), AdamW's two fp32 moments (Adafactor keeps less).
+def compute(cfg: Config, presets, vocab: int, targets_len: int, tokens_per_step: int, ladders: dict[tuple, tuple],
+            finetune_dfs: list[int], pair_tokens: tuple[int, int],
+            test_sentences: int) -> tuple[dict[str, Any], float, float, int, float]:
+    """The plan's compute: per model its parameters, FLOPs per example and pretraining runs (steps, FLOPs); the
+    sweep's pretraining FLOPs; an upper bound on its finetuning FLOPs and steps (each cell's max_epochs of its
+    Df capped by max_steps, at the pairs' mean lengths `pair_tokens`: batches are length-bucketed; early stopping
+    cuts it); and its evaluation FLOPs (per test sentence a forward pass for the reference CE and one for
+    decoding, each a third of a training example's FLOPs)."""
+    from pipeline.model import count_params, flops_per_token
+
+    models, pretrain_flops = {}, 0.0
+    for preset in presets:
+        f = flops_per_token(preset, vocab, cfg.pretrain.inputs_length, targets_len)
+        runs = []
+        for m in cfg.sweep.mixtures():
+            steps = math.ceil(max(ladders[m.weights]) / tokens_per_step)
+            flops = f["per_example"] * cfg.pretrain.batch_size * steps
+            pretrain_flops += flops
+            runs.append({"mixture": m.name, "weights": m.key(), "steps": steps, "rungs": len(ladders[m.weights]),
+                         "dp_max": steps * tokens_per_step, "flops": flops})
+        models[preset.name] = {"params": count_params(preset, vocab), "flops_per_example": f["per_example"],
+                               "runs": runs}
+    ft = cfg.finetune
+    ft_steps = sum(min(ft.max_steps, ft.max_epochs * math.ceil(df / ft.batch_size)) for df in finetune_dfs)
+    ft_flops = eval_flops = 0.0
+    for preset in presets:
+        per_pair = flops_per_token(preset, vocab, *pair_tokens)["per_example"]
+        ft_flops += per_pair * ft.batch_size * ft_steps / len(presets)
+        eval_flops += 2 * per_pair / 3 * test_sentences * len(finetune_dfs) / len(presets)
+    return models, pretrain_flops, ft_flops, ft_steps, eval_flops
+
+
+PAIRS_SAMPLED = 2000
+CHARS_PER_TOKEN = 3.0  # what the plan assumes before a tokenizer exists (pipeline.plan sizes text with it too)
+
+
+def mean_pair_tokens(source: Any, cfg: Config) -> tuple[int, int]:
+    """Mean source and target tokens of the first task's training pairs (a sample's characters over
+    CHARS_PER_TOKEN, capped at the finetuning lengths). A streamed source is not read: the caps stand in."""
+    caps = (cfg.finetune.max_source_length, cfg.finetune.max_target_length)
+    t = cfg.sweep.tasks[0]
+    if not getattr(source, "bounded", True):
+        return caps
+    try:
+        pool = source.parallel(t.pair, "train")
+        rows = [r["translation"] for r in pool.select(range(min(PAIRS_SAMPLED, len(pool))))]
+    except Exception:  # noqa: BLE001 - an estimate: without a readable pool the caps stand in
+        return caps
+    if not rows:
+        return caps
+    mean = [sum(len(r[lang]) for r in rows) / len(rows) / CHARS_PER_TOKEN + 1 for lang in (t.src, t.tgt)]
+    return min(caps[0], math.ceil(mean[0])), min(caps[1], math.ceil(mean[1]))
+
+
 WEIGHT_BYTES = 4
 OPTIMIZER_BYTES = 8
 STATES_KEPT = 2  # pipeline.training.prune_states: the optimizer state of the two newest checkpoints stays

@@ -13,14 +13,14 @@ import contextlib
 import fcntl
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_text, dir_hash, read_json, read_status
-from pipeline.plan import Cell
-from pipeline.results import COLUMNS
+from pipeline.results import COLUMNS, Cell, ReadSpec
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +142,24 @@ def comparisons(df: pd.DataFrame, cells: list[Cell], dirs: dict[str, str], out: 
     return compare_cells(df, predictions, tokenize, cached)
 
 
+@dataclass(frozen=True)
+class CollectSpec(ReadSpec):
+    cells: tuple[Cell, ...]  # every planned cell, so a missing one keeps its row
+    dirs: dict[str, str]  # task id -> directory, of every cell's finetune and evaluate task
+
+
 def run(task) -> None:
-    spec = task.spec
-    out = Path(spec["reports_dir"]) / "results.csv"
-    cells = [Cell(**c) for c in spec["cells"]]
+    spec: CollectSpec = task.spec
+    out = Path(spec.reports_dir) / "results.csv"
     # Read and write under one lock: with the lock around the write alone, a collect that read the cells
     # earlier could replace a newer table with its older snapshot.
     with locked(out.with_name(".results.lock")):
-        df = collect(cells, spec["dirs"])
+        df = collect(list(spec.cells), spec.dirs)
         write_results(df, out)
-        comp = comparisons(df, cells, spec["dirs"], out.with_name("comparisons.csv"))
+        comp = comparisons(df, list(spec.cells), spec.dirs, out.with_name("comparisons.csv"))
         atomic_write_text(out.with_name("comparisons.csv"), comp.to_csv(index=False, float_format="%.10g"))
     bad = df[df["status"] != "ok"]
-    print(f"collect {spec['sweep']}: {int((df['status'] == 'ok').sum())} of {len(df)} cells evaluated -> {out}")
+    print(f"collect {spec.sweep}: {int((df['status'] == 'ok').sum())} of {len(df)} cells evaluated -> {out}")
     for _, r in bad.iterrows():
         print(f"  {r['status']:<8} {r['task']} {r['mixture']} {r['model']} Dp={r['dp_rung']} Df={r['df']} "
               f"seed={r['seed']} {r['method']}: {r['reason']}")

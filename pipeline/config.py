@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import stages
+from pipeline.typed import freeze as _freeze
+from pipeline.typed import to_dict  # noqa: F401 (config.to_dict: used across the package)
+from pipeline.validate import ConfigError  # noqa: F401 (config.ConfigError: imported across the package)
+from pipeline.validate import as_list as _list
+from pipeline.validate import boolean as _bool
+from pipeline.validate import choice as _choice
+from pipeline.validate import get as _get
+from pipeline.validate import known as _known
+from pipeline.validate import ladder as _ladder
+from pipeline.validate import mapping as _mapping
+from pipeline.validate import num as _num
+from pipeline.validate import req as _req
 
 FF_TYPES = ("gated-gelu", "relu")
 SOURCES = ("l10n", "hub", "local")
@@ -26,97 +38,6 @@ VALIDATION_SPLITS = ("validation", "validation_indomain")
 TEST_SPLITS = ("test", "test_indomain")
 # Languages the code knows how to name in reports; a data source may offer fewer.
 KNOWN_LANGUAGES = {"en": "English", "de": "German", "fr": "French", "ro": "Romanian"}
-
-
-class ConfigError(ValueError):
-    """A configuration or input problem the user can fix; printed as one line, exit status 2."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}" if key else message)
-
-
-def _k(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _req(cond: bool, key: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(key, message)
-
-
-def _get(d: Mapping[str, Any], key: str, prefix: str, default: Any = dataclasses.MISSING) -> Any:
-    if key in d and d[key] is not None:
-        return d[key]
-    if default is not dataclasses.MISSING:
-        return default
-    raise ConfigError(_k(prefix, key), "is required")
-
-
-def _num(d: Mapping[str, Any], key: str, prefix: str, *, kind=float, lo=None, hi=None, lo_open=False,
-         default: Any = dataclasses.MISSING):
-    v = _get(d, key, prefix, default)
-    if v is None:
-        return None
-    k = _k(prefix, key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(k, f"must be a number, got {v!r}")
-    if kind is int:
-        if float(v) != int(v):
-            raise ConfigError(k, f"must be a whole number, got {v!r}")
-        v = int(v)
-    else:
-        v = float(v)
-    _req(math.isfinite(v), k, f"must be finite, got {v!r}")
-    if lo is not None:
-        _req(v > lo if lo_open else v >= lo, k, f"must be {'>' if lo_open else '>='} {lo}, got {v!r}")
-    if hi is not None:
-        _req(v <= hi, k, f"must be <= {hi}, got {v!r}")
-    return v
-
-
-def _choice(d: Mapping[str, Any], key: str, prefix: str, allowed, default: Any = dataclasses.MISSING) -> str:
-    v = _get(d, key, prefix, default)
-    _req(v in allowed, _k(prefix, key), f"unknown value {v!r}; allowed: {', '.join(map(str, allowed))}")
-    return v
-
-
-def _bool(d: Mapping[str, Any], key: str, prefix: str, default: Any = dataclasses.MISSING) -> bool:
-    v = _get(d, key, prefix, default)
-    _req(isinstance(v, bool), _k(prefix, key), f"must be true or false, got {v!r}")
-    return v
-
-
-def _list(d: Mapping[str, Any], key: str, prefix: str, default: Any = dataclasses.MISSING) -> list:
-    v = _get(d, key, prefix, default)
-    _req(isinstance(v, (list, tuple)), _k(prefix, key), f"must be a list, got {v!r}")
-    _req(len(v) > 0, _k(prefix, key), "must not be empty")
-    return list(v)
-
-
-def _ladder(d: Mapping[str, Any], key: str, prefix: str) -> tuple[int, ...]:
-    k = _k(prefix, key)
-    out = []
-    for v in _list(d, key, prefix):
-        _req(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v), k,
-             f"must hold numbers, got {v!r}")
-        _req(v > 0, k, f"sizes must be positive, got {v!r}")
-        out.append(int(round(v)))
-    _req(all(a < b for a, b in zip(out, out[1:])), k, f"must be strictly increasing, got {out}")
-    return tuple(out)
-
-
-def _mapping(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    """A config section that must be a mapping of its own keys (`pretrain=7` is refused, not a TypeError)."""
-    v = _get(d, key, "")
-    _req(isinstance(v, Mapping), key, f"must be a mapping of {key}.* settings, got {v!r}")
-    return v
-
-
-def _known(d: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
-    extra = sorted(set(d) - allowed)
-    _req(not extra, f"{prefix}.{extra[0]}" if extra else prefix,
-         f"unknown key; allowed: {', '.join(sorted(allowed))}")
 
 
 # --------------------------------------------------------------------------------------------- study
@@ -331,15 +252,6 @@ class Config:
 
 
 # ------------------------------------------------------------------------------------------ parsing
-
-
-def _freeze(v: Any) -> Any:
-    """Plain nested data -> hashable tuples (dicts become sorted (key, value) tuples)."""
-    if isinstance(v, Mapping):
-        return tuple((k, _freeze(x)) for k, x in sorted(v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
-    return v
 
 
 def _parse_sweep(d: Any, data_languages: tuple[str, ...], data_pairs: tuple[str, ...]) -> SweepConfig:
@@ -604,16 +516,3 @@ def data_config(d: Mapping[str, Any]) -> DataConfig:
     """A DataConfig back from its plan.json form (what a task receives)."""
     return DataConfig(source=d["source"], languages=tuple(d["languages"]), pairs=tuple(d["pairs"]),
                       options=_freeze(d.get("options") or {}))
-
-
-def to_dict(obj: Any) -> Any:
-    """Frozen config objects -> plain JSON-safe data (for plan.json and config.yaml of a stage)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "raw"}
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, tuple) and obj and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in obj):
-        return {k: to_dict(v) for k, v in obj}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(x) for x in obj]
-    return obj

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ import torch
 
 from pipeline import greedy
 from pipeline.artifacts import atomic_write_json, atomic_write_text
-from pipeline.config import data_config
-from pipeline.finetune import encode_pairs, pad_batch, reference_ce
-from pipeline.model import use_fused_kernels
+from pipeline.config import DataConfig, EvaluateConfig, TrackingConfig
+from pipeline.model import load_model
+from pipeline.seq2seq import encode_pairs, pad_batch, reference_ce
 from pipeline.tokenizer import load_tokenizer
 from pipeline.training import setup_runtime
+from pipeline.typed import Spec
 
 log = logging.getLogger(__name__)
 TEST_SEED = 20_240_207
@@ -91,54 +93,68 @@ def score(hyps: list[str], refs: list[str], tokenize: str) -> dict[str, Any]:
             "chrf": c.score, "chrf_signature": str(chrf.get_signature())}
 
 
-def run(task) -> None:
-    from transformers import T5ForConditionalGeneration
+@dataclass(frozen=True)
+class EvaluateSpec(Spec):
+    config: dict[str, Any]  # identity: evaluate settings, pair, data identity
+    evaluate: EvaluateConfig
+    pair: str
+    src: str
+    tgt: str
+    finetune_dir: str  # the cell's finetune task directory (its `best/` is evaluated)
+    task_prefix: str  # as in finetuning
+    max_source_length: int
+    data: DataConfig
+    cache: str
+    tracking: TrackingConfig
 
+
+def run(task) -> None:
     from pipeline.sources import get_source
 
-    spec = task.spec
-    cfg = spec["evaluate"]
+    spec: EvaluateSpec = task.spec
+    cfg = spec.evaluate
     out = Path(task.dir)
     rt = setup_runtime("auto", "none")
-    best = Path(spec["finetune_dir"]) / "best"
+    best = Path(spec.finetune_dir) / "best"
     tokenizer = load_tokenizer(best)
-    model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(best))).to(rt.device).eval()
-    source = get_source(data_config(spec["data"]), Path(spec["cache"]))
-    splits = cfg["test_splits"]
-    results = [score_split(model, tokenizer, source, spec, cfg, split, rt) for split in splits]
+    model = load_model(best).to(rt.device).eval()
+    source = get_source(spec.data, Path(spec.cache))
+    splits = cfg.test_splits
+    results = [score_split(model, tokenizer, source, spec, split, rt) for split in splits]
     metrics = {**results[0][0], "test_split": splits[0]}
     if len(results) > 1:  # the second held-out set: its own predictions file, its numbers under "other"
         other, rows, hyps = results[1]
         metrics["other"] = {**other, "test_split": splits[1]}
-        write_predictions(out / f"predictions-{splits[1]}.jsonl", [r[spec["src"]] for r in rows],
-                          [r[spec["tgt"]] for r in rows], hyps)
+        write_predictions(out / f"predictions-{splits[1]}.jsonl", [r[spec.src] for r in rows],
+                          [r[spec.tgt] for r in rows], hyps)
     _, rows, hyps = results[0]
-    write_outputs(out, [r[spec["src"]] for r in rows], [r[spec["tgt"]] for r in rows], hyps, metrics)
+    write_outputs(out, [r[spec.src] for r in rows], [r[spec.tgt] for r in rows], hyps, metrics)
     for (m, _, _), split in zip(results, splits):
         log.info("%s: %s BLEU %.2f chrF %.2f CE %.4f (%d sentences, %.1f sentences/s)", task.name, split, m["bleu"],
                  m["chrf"], m["ce"], m["n_test"], m["sentences_per_s"])
 
 
-def score_split(model, tokenizer, source, spec: dict[str, Any], cfg: dict[str, Any], split: str,
+def score_split(model, tokenizer, source, spec: EvaluateSpec, split: str,
                 rt) -> tuple[dict[str, Any], list[dict[str, str]], list[str]]:
     """BLEU, chrF and reference CE of one held-out split; with its rows and hypotheses."""
-    rows = test_rows(source, spec["pair"], cfg["test_size"], split)
-    src, tgt = spec["src"], spec["tgt"]
+    cfg = spec.evaluate
+    rows = test_rows(source, spec.pair, cfg.test_size, split)
+    src, tgt = spec.src, spec.tgt
     # References are scored in full (a generous cap only guards memory); sources as in finetuning.
-    s_ids, t_ids = encode_pairs(tokenizer, rows, src, tgt, spec["task_prefix"], spec["max_source_length"], 1024)
+    s_ids, t_ids = encode_pairs(tokenizer, rows, src, tgt, spec.task_prefix, spec.max_source_length, 1024)
     t0 = time.time()
-    ce, n_tok = reference_ce(model, s_ids, t_ids, tokenizer.pad_token_id, cfg["batch_size"], rt.device, rt.autocast)
+    ce, n_tok = reference_ce(model, s_ids, t_ids, tokenizer.pad_token_id, cfg.batch_size, rt.device, rt.autocast)
     t_ce = time.time() - t0
-    gen = generate_ids(model, s_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg["batch_size"],
-                       cfg["max_new_tokens"], cfg["num_beams"], rt.device, rt.autocast)
+    gen = generate_ids(model, s_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.batch_size,
+                       cfg.max_new_tokens, cfg.num_beams, rt.device, rt.autocast)
     hyps = decode(tokenizer, pad_batch(gen, tokenizer.pad_token_id))
     t_gen = time.time() - t0 - t_ce
-    metrics = score(hyps, [r[tgt] for r in rows], cfg["bleu_tokenize"])
+    metrics = score(hyps, [r[tgt] for r in rows], cfg.bleu_tokenize)
     gen_len = [len(g) for g in gen]
     metrics.update({
         "ce": ce, "ce_tokens": n_tok, "n_test": len(rows), "gen_len_mean": float(np.mean(gen_len)) if gen_len else 0.0,
         "hit_max_new_tokens": int(sum(tokenizer.eos_token_id not in g for g in gen)),
-        "num_beams": cfg["num_beams"], "max_new_tokens": cfg["max_new_tokens"],
+        "num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens,
         "seconds_ce": t_ce, "seconds_generate": t_gen, "sentences_per_s": len(rows) / max(t_gen, 1e-9),
         "device": str(rt.device),
     })

@@ -14,6 +14,7 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline.artifacts import atomic_write_json, dir_hash
-from pipeline.config import data_config
-from pipeline.model import Seq2SeqLoss, use_fused_kernels
+from pipeline.config import DataConfig, FinetuneConfig, LoraConfig, TrackingConfig
+from pipeline.model import ModelPreset, Seq2SeqLoss, load_model
 from pipeline.pretrain import checkpoint_for
+from pipeline.seq2seq import collate, encode_pairs, reference_ce
 from pipeline.tokenizer import load_tokenizer
 from pipeline.tracking import make_tracker
 from pipeline.training import (
@@ -32,15 +34,17 @@ from pipeline.training import (
     StopFlag,
     capture_rng,
     latest_checkpoint,
+    load_state,
     lr_lambda,
     make_optimizer,
-    prune_states,
     restore_rng,
+    retain,
     save_checkpoint,
     seed_all,
     setup_runtime,
     step_dir,
 )
+from pipeline.typed import Spec, to_dict
 
 log = logging.getLogger(__name__)
 SUBSET_SALT = 104_729  # the nested-subset permutation depends on the seed only, never on Df
@@ -51,53 +55,6 @@ def nested_subset(pool_size: int, df: int, seed: int) -> np.ndarray:
     if df > pool_size:
         raise ValueError(f"Df {df:,} is larger than the pool of {pool_size:,} pairs")
     return np.random.default_rng([seed, SUBSET_SALT]).permutation(pool_size)[:df]
-
-
-def encode_pairs(tokenizer, rows: list[dict[str, str]], src: str, tgt: str, prefix: str, max_src: int,
-                 max_tgt: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids (EOS included, truncated keeping EOS) of the prefixed sources and of the targets."""
-    def enc(texts: list[str], n: int) -> list[list[int]]:
-        return [x[: n - 1] + [tokenizer.eos_token_id] if len(x) > n else x
-                for x in tokenizer(texts, add_special_tokens=True).input_ids]
-
-    return (enc([prefix + r[src] for r in rows], max_src), enc([r[tgt] for r in rows], max_tgt))
-
-
-def pad_batch(seqs: list[list[int]], value: int) -> torch.Tensor:
-    n = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), n), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
-
-
-def collate(src: list[list[int]], tgt: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    ids = pad_batch(src, pad_id)
-    return {"input_ids": ids, "attention_mask": (ids != pad_id).long() if pad_id is not None else None,
-            "labels": pad_batch(tgt, -100)}
-
-
-def reference_ce(model, src: list[list[int]], tgt: list[list[int]], pad_id: int, batch_size: int, device,
-                 autocast) -> tuple[float, int]:
-    """Token-mean negative log-likelihood of the references under teacher forcing, and the token count.
-    Batches are sorted by length so padding stays small; -100 labels are ignored."""
-    order = np.argsort([len(s) + len(t) for s, t in zip(src, tgt)], kind="stable")
-    total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            b = collate([src[j] for j in idx], [tgt[j] for j in idx], pad_id)
-            b = {k: v.to(device) for k, v in b.items()}
-            with autocast():
-                logits = model(**b).logits
-            nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), b["labels"].flatten(),
-                                                    ignore_index=-100, reduction="sum")
-            total += nll.item()
-            count += int((b["labels"] != -100).sum())
-    model.train(was_training)
-    return total / max(count, 1), count
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, pool: int = 50) -> list[np.ndarray]:
@@ -114,15 +71,14 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def load_for_finetune(path: Path, method: str, dropout: float, lora: dict[str, Any]):
-    from transformers import T5ForConditionalGeneration
-
-    model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(path), dropout_rate=dropout))
+def load_for_finetune(path: Path, method: str, dropout: float, lora: LoraConfig):
+    model = load_model(path, dropout_rate=dropout)
     if method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
+        import peft
 
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=lora["r"], lora_alpha=lora["alpha"],
-                                                 lora_dropout=lora["dropout"], target_modules=list(lora["target_modules"])))
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            task_type=peft.TaskType.SEQ_2_SEQ_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules)))
     return model
 
 
@@ -135,48 +91,76 @@ def bare(model):
     return model
 
 
+@dataclass(frozen=True)
+class Rung:
+    """The checkpoint a cell starts from: a pretraining run's rung, or the init checkpoint (Dp = 0)."""
+
+    parent_dir: str  # the pretrain (or init) task's directory
+    dp_rung: int
+    steps: int  # optimizer steps of that checkpoint (0: the init checkpoint)
+
+
+@dataclass(frozen=True)
+class FinetuneSpec(Spec):
+    config: dict[str, Any]  # identity: finetune settings without the grids, pair, checkpoint, Df, seed, method, lr, data
+    finetune: FinetuneConfig
+    pair: str
+    src: str
+    tgt: str
+    checkpoint: Rung
+    df: int
+    seed: int
+    method: str  # full | lora
+    lr: float
+    model: ModelPreset
+    data: DataConfig
+    cache: str
+    tokenizer_dir: str
+    tracking: TrackingConfig
+
+
 def run(task) -> None:
     from pipeline.sources import get_source
 
-    spec = task.spec
-    cfg = spec["finetune"]
+    spec: FinetuneSpec = task.spec
+    cfg = spec.finetune
     out = Path(task.dir)
     rt = setup_runtime("auto", "none")
-    src_lang, tgt_lang = spec["src"], spec["tgt"]
-    source = get_source(data_config(spec["data"]), Path(spec["cache"]))
-    ckpt = checkpoint_for(spec["checkpoint"]["parent_dir"], spec["checkpoint"]["steps"])
+    src_lang, tgt_lang = spec.src, spec.tgt
+    source = get_source(spec.data, Path(spec.cache))
+    ckpt = checkpoint_for(spec.checkpoint.parent_dir, spec.checkpoint.steps)
     tokenizer = load_tokenizer(ckpt)
     pad = tokenizer.pad_token_id
 
-    pool = source.parallel(spec["pair"], "train")
-    idx = nested_subset(len(pool), spec["df"], spec["seed"])
+    pool = source.parallel(spec.pair, "train")
+    idx = nested_subset(len(pool), spec.df, spec.seed)
     train_rows = [r["translation"] for r in pool.select(idx)]
-    val = source.parallel(spec["pair"], cfg["validation_split"])
-    val_rows = [r["translation"] for r in val.select(range(min(cfg["validation_size"], len(val))))]
-    enc = dict(tokenizer=tokenizer, src=src_lang, tgt=tgt_lang, prefix=cfg["task_prefix"],
-               max_src=cfg["max_source_length"], max_tgt=cfg["max_target_length"])
+    val = source.parallel(spec.pair, cfg.validation_split)
+    val_rows = [r["translation"] for r in val.select(range(min(cfg.validation_size, len(val))))]
+    enc = dict(tokenizer=tokenizer, src=src_lang, tgt=tgt_lang, prefix=cfg.task_prefix,
+               max_src=cfg.max_source_length, max_tgt=cfg.max_target_length)
     tr_src, tr_tgt = encode_pairs(rows=train_rows, **enc)
     va_src, va_tgt = encode_pairs(rows=val_rows, **enc)
     df_tokens = {"source": sum(map(len, tr_src)), "target": sum(map(len, tr_tgt))}
 
-    B = cfg["batch_size"]
+    B = cfg.batch_size
     steps_per_epoch = math.ceil(len(tr_src) / B)
     lengths = np.array([len(a) + len(b) for a, b in zip(tr_src, tr_tgt)])
     batches: dict[int, list[np.ndarray]] = {}
-    max_steps = min(cfg["max_steps"], cfg["max_epochs"] * steps_per_epoch)
+    max_steps = min(cfg.max_steps, cfg.max_epochs * steps_per_epoch)
     state_root = out / "state"
     resume = latest_checkpoint(state_root)
-    lora = spec["method"] == "lora"
+    lora = spec.method == "lora"
     # Full finetuning resumes from the saved weights; LoRA from the base checkpoint plus its saved adapters.
-    model = load_for_finetune(resume if resume and not lora else ckpt, spec["method"], cfg["dropout_rate"], cfg["lora"])
+    model = load_for_finetune(resume if resume and not lora else ckpt, spec.method, cfg.dropout_rate, cfg.lora)
     model.to(rt.device).train()
     train_loss = Seq2SeqLoss(model)  # the same loss, its output layer and cross-entropy fused
-    opt = make_optimizer(model.parameters(), "adamw", spec["lr"], (0.9, 0.999), cfg["weight_decay"])
+    opt = make_optimizer(model.parameters(), "adamw", spec.lr, (0.9, 0.999), cfg.weight_decay)
     # Set from the step each time (no scheduler state): a resumed cell continues the same curve.
-    lr_at = lr_lambda(cfg["schedule"], cfg["warmup_steps"], max_steps)
+    lr_at = lr_lambda(cfg.schedule, cfg.warmup_steps, max_steps)
     st: dict[str, Any] = {"step": 0, "best_val": math.inf, "best_step": 0, "bad_evals": 0, "curve": []}
     if resume is not None:
-        state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
+        state = load_state(resume)
         if lora:
             model.load_state_dict(state["trainable"], strict=False)
         opt.load_state_dict(state["optimizer"])
@@ -184,19 +168,17 @@ def run(task) -> None:
         st = state["loop"]
         log.info("%s: resuming at step %d (best validation CE %.4f)", task.name, st["step"], st["best_val"])
     else:
-        seed_all(spec["seed"])
+        seed_all(spec.seed)
 
     def save_state() -> None:
         trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k} if lora else None
         state = {"optimizer": opt.state_dict(), "rng": capture_rng(), "loop": dict(st), "trainable": trainable}
         save_checkpoint(step_dir(state_root, st["step"]), bare(model), None, state, {"step": st["step"]})
-        prune_states(state_root)
-        for p in sorted(state_root.glob("step-*"), reverse=True)[2:]:
-            shutil.rmtree(p, ignore_errors=True)
+        retain(state_root)
 
-    tracker = make_tracker(out, spec.get("tracking"), run_id=f"ft-{dir_hash(out)}", name=task.name,
-                           config={"finetune": cfg, "pair": spec["pair"], "df": spec["df"], "seed": spec["seed"],
-                                   "method": spec["method"], "lr": spec["lr"]},
+    tracker = make_tracker(out, spec.tracking, run_id=f"ft-{dir_hash(out)}", name=task.name,
+                           config={"finetune": to_dict(cfg), "pair": spec.pair, "df": spec.df, "seed": spec.seed,
+                                   "method": spec.method, "lr": spec.lr},
                            resume_step=st["step"] if resume else None, group="finetune")
     t0 = time.time()
     bar = tqdm(total=max_steps, initial=st["step"], desc=task.name, unit="step", disable=not sys.stderr.isatty(),
@@ -208,25 +190,25 @@ def run(task) -> None:
                 st.update(best_val=ce, best_step=0)
                 st["curve"].append({"step": 0, "val_ce": ce})
                 _save_best(out, model, tokenizer)
-            while st["step"] < max_steps and st["bad_evals"] < cfg["patience"]:
+            while st["step"] < max_steps and st["bad_evals"] < cfg.patience:
                 epoch, k = divmod(st["step"], steps_per_epoch)
                 if epoch not in batches:
                     batches.clear()
-                    batches[epoch] = epoch_batches(lengths, B, spec["seed"], epoch)
+                    batches[epoch] = epoch_batches(lengths, B, spec.seed, epoch)
                 sel = batches[epoch][k]
                 for g in opt.param_groups:
-                    g["lr"] = spec["lr"] * lr_at(st["step"])
+                    g["lr"] = spec.lr * lr_at(st["step"])
                 b = {key: v.to(rt.device) for key, v in collate([tr_src[i] for i in sel], [tr_tgt[i] for i in sel], pad).items()}
                 with rt.autocast():
                     loss = train_loss(**b).loss
                 loss.backward()
-                if cfg["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 st["step"] += 1
                 bar.update(1)
-                if st["step"] % cfg["eval_every"] == 0 or st["step"] == max_steps:
+                if st["step"] % cfg.eval_every == 0 or st["step"] == max_steps:
                     ce, _ = reference_ce(model, va_src, va_tgt, pad, B * 2, rt.device, rt.autocast)
                     st["curve"].append({"step": st["step"], "val_ce": ce, "train_loss": loss.item()})
                     tracker.log({"train_loss": loss.item(), "val_ce": ce, "epoch": epoch}, st["step"])
@@ -243,15 +225,15 @@ def run(task) -> None:
     finally:
         bar.close()
         tracker.close()
-    stopped = ("early_stopping" if st["bad_evals"] >= cfg["patience"]
-               else "max_steps" if st["step"] >= cfg["max_steps"] else "max_epochs")
+    stopped = ("early_stopping" if st["bad_evals"] >= cfg.patience
+               else "max_steps" if st["step"] >= cfg.max_steps else "max_epochs")
     shutil.rmtree(state_root, ignore_errors=True)  # the best model is what stays
     atomic_write_json(out / "finetune.json", {
         "steps": st["step"], "best_step": st["best_step"], "best_val_ce": st["best_val"], "stopped": stopped,
         "df_examples": len(tr_src), "df_tokens": df_tokens, "epochs": st["step"] / steps_per_epoch,
-        "validation_pairs": len(va_src), "seconds": time.time() - t0, "curve": st["curve"], "method": spec["method"],
-        "lr": spec["lr"], "checkpoint": str(ckpt), "dp_rung": spec["checkpoint"]["dp_rung"],
-        "pretrain_steps": spec["checkpoint"]["steps"], "device": str(rt.device)})
+        "validation_pairs": len(va_src), "seconds": time.time() - t0, "curve": st["curve"], "method": spec.method,
+        "lr": spec.lr, "checkpoint": str(ckpt), "dp_rung": spec.checkpoint.dp_rung,
+        "pretrain_steps": spec.checkpoint.steps, "device": str(rt.device)})
     log.info("%s: best validation CE %.4f at step %d of %d (%s)", task.name, st["best_val"], st["best_step"],
              st["step"], stopped)
 

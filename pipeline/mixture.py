@@ -13,11 +13,25 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import ConfigError, Mixture
 from pipeline.tokens import open_stream
 
 
 class DataExhausted(RuntimeError):
     pass
+
+
+def mixture_counts(mix: Mixture, batch_size: int) -> dict[str, int]:
+    """Sequences per language in every global batch. Exact proportions need whole counts."""
+    counts = {}
+    for lang, w in mix.weights:
+        n = batch_size * w
+        if abs(n - round(n)) > 1e-9:
+            raise ConfigError("pretrain.batch_size",
+                              f"{batch_size} x weight {w:g} of {lang} in mixture {mix.name!r} is not a whole number of "
+                              f"sequences; choose a batch size that makes every language's share whole")
+        counts[lang] = int(round(n))
+    return counts
 
 
 class MixtureSampler:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -295,6 +296,12 @@ def use_fused_kernels(model: T5ForConditionalGeneration) -> T5ForConditionalGene
             elif isinstance(child, T5LayerNorm):
                 setattr(module, name, _RMSNorm(child))
     return model
+
+
+def load_model(path: str | Path, **config_overrides: Any) -> T5ForConditionalGeneration:
+    """A checkpoint (`from_pretrained` directory) with the fused kernels swapped in: how every stage loads a
+    model, so training and evaluation run the same functions. `config_overrides`: e.g. dropout_rate=0.1."""
+    return use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(path), **config_overrides))
 
 
 def lm_head_input(model, hidden: torch.Tensor) -> torch.Tensor:

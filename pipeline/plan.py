@@ -27,8 +27,11 @@ from pipeline.artifacts import (
     stable_hash,
     stage_dir,
 )
+from pipeline.budget import CHARS_PER_TOKEN
 from pipeline.config import Config, ConfigError, Mixture, to_dict
+from pipeline.results import Cell, ReadSpec, Scale
 from pipeline.stages import LEVELS, READ_STAGES
+from pipeline.typed import Spec
 
 
 @dataclass(frozen=True)
@@ -38,36 +41,16 @@ class Task:
     name: str
     dir: str
     deps: tuple[str, ...]
-    spec: dict[str, Any] = field(hash=False, compare=False)
+    spec: dict[str, Any] | Spec = field(hash=False, compare=False)  # plan.json's plain data; typed in a stage
 
     def to_dict(self) -> dict[str, Any]:
+        spec = self.spec.to_dict() if isinstance(self.spec, Spec) else self.spec
         return {"id": self.id, "stage": self.stage, "name": self.name, "dir": self.dir, "deps": list(self.deps),
-                "spec": self.spec}
+                "spec": spec}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Task:
         return Task(id=d["id"], stage=d["stage"], name=d["name"], dir=d["dir"], deps=tuple(d["deps"]), spec=d["spec"])
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One row of the results table: what was finetuned from what, and where its evaluation lands."""
-
-    task: str
-    src: str
-    tgt: str
-    mixture: str
-    alignment: float
-    model: str
-    dp_rung: int  # the nominal rung (0 = no pretraining)
-    dp_tokens: int  # raw text tokens actually consumed at that checkpoint
-    pretrain_steps: int
-    df: int
-    seed: int
-    method: str
-    lr: float
-    finetune_id: str
-    evaluate_id: str
 
 
 @dataclass
@@ -108,19 +91,6 @@ def load_plan(path: Path) -> Plan:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def mixture_counts(mix: Mixture, batch_size: int) -> dict[str, int]:
-    """Sequences per language in every global batch. Exact proportions need whole counts."""
-    counts = {}
-    for lang, w in mix.weights:
-        n = batch_size * w
-        if abs(n - round(n)) > 1e-9:
-            raise ConfigError("pretrain.batch_size",
-                              f"{batch_size} x weight {w:g} of {lang} in mixture {mix.name!r} is not a whole number of "
-                              f"sequences; choose a batch size that makes every language's share whole")
-        counts[lang] = int(round(n))
-    return counts
-
-
 def _pretrain_identity(cfg: Config) -> dict[str, Any]:
     """What defines a pretraining run: not its length (the schedule does not depend on it, so a longer
     ladder resumes the same run), not how it is split over processes or logged."""
@@ -149,23 +119,33 @@ def _finetune_identity(cfg: Config) -> dict[str, Any]:
 
 def build_plan(cfg: Config, source: Any) -> Plan:
     """Expand the sweep into tasks. `source` is a pipeline.sources.Source (for identity and sizes)."""
+    from pipeline.collect import CollectSpec
+    from pipeline.evaluate import EvaluateSpec
+    from pipeline.finetune import FinetuneSpec, Rung
+    from pipeline.mixture import mixture_counts
+    from pipeline.pretrain import InitSpec, PretrainSpec
     from pipeline.span_corruption import compute_lengths
+    from pipeline.tokenizer import TokenizerSpec
+    from pipeline.tokens import TokensSpec
 
     art = cfg.paths.artifacts
     tasks: dict[str, Task] = {}
+    cache = str(cfg.paths.cache)
 
-    def add(stage: str, name: str, config_slice: Any, deps: list[Task], spec: dict[str, Any]) -> Task:
-        d = stage_dir(art, stage, name, config_slice, [dir_hash(Path(x.dir)) for x in deps])
+    def add(stage: str, name: str, deps: list[Task], spec: Spec) -> Task:
+        """A task named by the hash of its spec's identity slice and its inputs' hashes."""
+        d = stage_dir(art, stage, name, spec.config, [dir_hash(Path(x.dir)) for x in deps])
         t = Task(id=f"{stage}/{d.name}", stage=stage, name=name, dir=str(d), deps=tuple(x.id for x in deps),
-                 spec={"config": config_slice, **spec})
+                 spec=spec.to_dict())
         tasks.setdefault(t.id, t)
         return tasks[t.id]
 
     data_id = source.identity()
     # The vocabulary is learnt from the languages the study reads (its mixtures and its tasks' two sides)
     tok_slice = {"tokenizer": to_dict(cfg.tokenizer), "data": data_id, "languages": cfg.sweep.languages()}
-    tok = add("tokenizer", f"tok-{cfg.tokenizer.algorithm}{cfg.tokenizer.vocab_size}", tok_slice, [],
-              {"data": to_dict(cfg.data), "cache": str(cfg.paths.cache)})
+    tok = add("tokenizer", f"tok-{cfg.tokenizer.algorithm}{cfg.tokenizer.vocab_size}", [],
+              TokenizerSpec(config=tok_slice, data=cfg.data, cache=cache))
+    tok_dir = str(Path(tok.dir) / "tokenizer")
 
     raw_len, targets_len = compute_lengths(cfg.pretrain.inputs_length, cfg.pretrain.noise_density,
                                            cfg.pretrain.mean_noise_span_length)
@@ -190,13 +170,12 @@ def build_plan(cfg: Config, source: Any) -> Plan:
         top = steps_for(max(ladders[m.weights]))
         for lang, n in counts.items():
             needed[lang] = max(needed[lang], top * n * raw_len)
-    tokens = {
-        lang: add("tokens", f"tokens-{lang}",
-                  {"lang": lang, "data": data_id, "max_tokens": source_max_tokens(source, needed[lang]), "seed": cfg.seed},
-                  [tok], {"lang": lang, "tokenizer_dir": str(Path(tok.dir) / "tokenizer"), "data": to_dict(cfg.data), "cache": str(cfg.paths.cache),
-                          "max_tokens": source_max_tokens(source, needed[lang]), "seed": cfg.seed})
-        for lang in langs
-    }
+    tokens = {}
+    for lang in langs:
+        max_tokens = source_max_tokens(source, needed[lang])
+        tokens[lang] = add("tokens", f"tokens-{lang}", [tok], TokensSpec(
+            config={"lang": lang, "data": data_id, "max_tokens": max_tokens, "seed": cfg.seed},
+            lang=lang, tokenizer_dir=tok_dir, data=cfg.data, cache=cache, max_tokens=max_tokens, seed=cfg.seed))
     # Data too small for the sweep: refused before any compute, except by stage=plan, which prints the budget
     # anyway (the paper's scale planned against the offline corpus) and says what running it would meet.
     problems: list[ConfigError] = []
@@ -227,55 +206,48 @@ def build_plan(cfg: Config, source: Any) -> Plan:
     pt_id = _pretrain_identity(cfg)
     for preset in presets:
         p = dataclasses.asdict(preset)
-        inits[preset.name] = add("init", f"init-{preset.name}", {"model": p, "seed": cfg.seed}, [tok],
-                                 {"model": p, "seed": cfg.seed, "tokenizer_dir": str(Path(tok.dir) / "tokenizer")})
+        inits[preset.name] = add("init", f"init-{preset.name}", [tok], InitSpec(
+            config={"model": p, "seed": cfg.seed}, model=preset, seed=cfg.seed, tokenizer_dir=tok_dir))
         for m in cfg.sweep.mixtures():
             val_langs = sorted(set(m.languages) | {lang for t in cfg.sweep.tasks if m in t.mixtures for lang in (t.tgt,)})
             deps = [tok, inits[preset.name]] + [tokens[lang] for lang in sorted(set(m.languages) | set(val_langs))]
-            ladder = ladders[m.weights]
-            pretrains[(m.weights, preset.name)] = add(
-                "pretrain", f"pt-{m.name}-{preset.name}",
-                {"model": p, "mixture": m.key(), "pretrain": pt_id, "seed": cfg.seed},
-                deps,
-                {"model": p, "mixture": m.key(), "mixture_name": m.name, "pretrain": to_dict(cfg.pretrain),
-                 "dp_ladder": list(ladder), "seed": cfg.seed, "tokenizer_dir": str(Path(tok.dir) / "tokenizer"),
-                 "init_dir": inits[preset.name].dir, "tracking": to_dict(cfg.tracking),
-                 "tokens_dirs": {lang: tokens[lang].dir for lang in sorted(set(m.languages) | set(val_langs))},
-                 "raw_length": raw_len, "targets_length": targets_len})
+            pretrains[(m.weights, preset.name)] = add("pretrain", f"pt-{m.name}-{preset.name}", deps, PretrainSpec(
+                config={"model": p, "mixture": m.key(), "pretrain": pt_id, "seed": cfg.seed},
+                model=preset, mixture=m.key(), mixture_name=m.name, pretrain=cfg.pretrain,
+                dp_ladder=ladders[m.weights], seed=cfg.seed, tokenizer_dir=tok_dir, init_dir=inits[preset.name].dir,
+                tracking=cfg.tracking,
+                tokens_dirs={lang: tokens[lang].dir for lang in sorted(set(m.languages) | set(val_langs))},
+                raw_length=raw_len, targets_length=targets_len))
 
     ft_id = _finetune_identity(cfg)
     cells: list[Cell] = []
     for t in cfg.sweep.tasks:
         for preset in presets:
-            p = dataclasses.asdict(preset)
             rungs: list[tuple[Mixture | None, int, Task]] = [(None, 0, inits[preset.name])]
             ladder = tuple(d for d in cfg.pretrain.dp_ladder if t.dp_max is None or d <= t.dp_max)
             for m in t.mixtures:
                 rungs += [(m, dp, pretrains[(m.weights, preset.name)]) for dp in ladder]
             for m, dp, parent in rungs:
                 steps = steps_for(dp) if dp else 0
-                ckpt = {"parent_dir": parent.dir, "dp_rung": dp, "steps": steps}
+                rung = Rung(parent_dir=parent.dir, dp_rung=dp, steps=steps)
                 for df in cfg.finetune.df_ladder:
                     for seed in seeds_at(cfg, df):
                         for method in cfg.finetune.methods:
                             for lr in cfg.finetune.lrs:
                                 cell_name = f"ft-{t.pair}-{m.name if m else 'init'}-{preset.name}-dp{dp}-df{df}-s{seed}-{method}"
-                                ft = add("finetune", cell_name,
-                                         {"finetune": ft_id, "pair": t.pair, "checkpoint": {"dp_rung": dp, "steps": steps},
-                                          "df": df, "seed": seed, "method": method, "lr": lr, "data": data_id},
-                                         [parent],
-                                         {"finetune": to_dict(cfg.finetune), "pair": t.pair, "src": t.src, "tgt": t.tgt,
-                                          "checkpoint": ckpt, "df": df, "seed": seed, "method": method, "lr": lr,
-                                          "model": p, "data": to_dict(cfg.data), "cache": str(cfg.paths.cache),
-                                          "tokenizer_dir": str(Path(tok.dir) / "tokenizer"), "tracking": to_dict(cfg.tracking)})
-                                ev = add("evaluate", cell_name.replace("ft-", "ev-", 1),
-                                         {"evaluate": to_dict(cfg.evaluate), "pair": t.pair, "data": data_id},
-                                         [ft],
-                                         {"evaluate": to_dict(cfg.evaluate), "pair": t.pair, "src": t.src, "tgt": t.tgt,
-                                          "finetune_dir": ft.dir, "task_prefix": cfg.finetune.task_prefix,
-                                          "max_source_length": cfg.finetune.max_source_length,
-                                          "data": to_dict(cfg.data), "cache": str(cfg.paths.cache),
-                                          "tracking": to_dict(cfg.tracking)})
+                                ft = add("finetune", cell_name, [parent], FinetuneSpec(
+                                    config={"finetune": ft_id, "pair": t.pair,
+                                            "checkpoint": {"dp_rung": dp, "steps": steps}, "df": df, "seed": seed,
+                                            "method": method, "lr": lr, "data": data_id},
+                                    finetune=cfg.finetune, pair=t.pair, src=t.src, tgt=t.tgt, checkpoint=rung, df=df,
+                                    seed=seed, method=method, lr=lr, model=preset, data=cfg.data, cache=cache,
+                                    tokenizer_dir=tok_dir, tracking=cfg.tracking))
+                                ev = add("evaluate", cell_name.replace("ft-", "ev-", 1), [ft], EvaluateSpec(
+                                    config={"evaluate": to_dict(cfg.evaluate), "pair": t.pair, "data": data_id},
+                                    evaluate=cfg.evaluate, pair=t.pair, src=t.src, tgt=t.tgt, finetune_dir=ft.dir,
+                                    task_prefix=cfg.finetune.task_prefix,
+                                    max_source_length=cfg.finetune.max_source_length, data=cfg.data, cache=cache,
+                                    tracking=cfg.tracking))
                                 for mix in ([m] if m else list(t.mixtures)):  # the baseline belongs to every mixture
                                     cells.append(Cell(
                                         task=t.pair, src=t.src, tgt=t.tgt, mixture=mix.name,
@@ -286,8 +258,9 @@ def build_plan(cfg: Config, source: Any) -> Plan:
     evals = [x for x in tasks.values() if x.stage == "evaluate"]
     collect = Task(id=f"collect/{cfg.sweep.name}", stage="collect", name=f"collect-{cfg.sweep.name}",
                    dir=str(cfg.paths.reports / cfg.sweep.name), deps=tuple(e.id for e in evals),
-                   spec={**_read_spec(cfg), "cells": [dataclasses.asdict(c) for c in cells],
-                         "dirs": {x.id: x.dir for x in tasks.values() if x.stage in ("finetune", "evaluate")}})
+                   spec=CollectSpec(**vars(_read_spec(cfg)), cells=tuple(cells),
+                                    dirs={x.id: x.dir for x in tasks.values() if x.stage in ("finetune", "evaluate")}
+                                    ).to_dict())
     ordered = sorted(tasks.values(), key=lambda x: LEVELS.index(x.stage)) + [collect, *_fit_report(cfg, collect.id)]
 
     stored = {lang: stored_tokens(source, lang, tokens[lang], needed[lang]) for lang in langs}
@@ -297,17 +270,16 @@ def build_plan(cfg: Config, source: Any) -> Plan:
     return Plan(sweep=cfg.sweep.name, tasks=ordered, cells=cells, summary=summary)
 
 
-def _read_spec(cfg: Config) -> dict[str, Any]:
-    return {"sweep": cfg.sweep.name, "reports_dir": str(cfg.paths.reports / cfg.sweep.name),
-            "results": str(cfg.paths.results) if cfg.paths.results else None,
-            "fit": to_dict(cfg.fit), "tracking": to_dict(cfg.tracking),
-            "scale": {"name": cfg.scale, "description": cfg.scale_description}, "data_source": cfg.data.source}
+def _read_spec(cfg: Config) -> ReadSpec:
+    return ReadSpec(sweep=cfg.sweep.name, reports_dir=str(cfg.paths.reports / cfg.sweep.name),
+                    results=str(cfg.paths.results) if cfg.paths.results else None, fit=cfg.fit, tracking=cfg.tracking,
+                    scale=Scale(cfg.scale, cfg.scale_description), data_source=cfg.data.source)
 
 
 def _fit_report(cfg: Config, collect_id: str | None) -> list[Task]:
     """The fit and report tasks. collect/fit/report always rerun (cheap, and they must reflect whatever
     exists on disk): no hash identity, their directory is the sweep's reports directory."""
-    reports, spec = str(cfg.paths.reports / cfg.sweep.name), _read_spec(cfg)
+    reports, spec = str(cfg.paths.reports / cfg.sweep.name), _read_spec(cfg).to_dict()
     fit = Task(id=f"fit/{cfg.sweep.name}", stage="fit", name=f"fit-{cfg.sweep.name}", dir=reports,
                deps=(collect_id,) if collect_id else (), spec=dict(spec))
     report = Task(id=f"report/{cfg.sweep.name}", stage="report", name=f"report-{cfg.sweep.name}", dir=reports,
@@ -324,7 +296,6 @@ def build_read_plan(cfg: Config) -> Plan:
 
 # Conservative average for unique-token estimates before the tokenizer exists (8k-unigram on this corpus
 # averages ~3.6 characters a token; the check uses the exact count once the tokens stage has run).
-CHARS_PER_TOKEN = 3.0
 
 
 def unique_tokens(source: Any, lang: str, tokens_task: Task) -> tuple[int | None, bool]:
@@ -350,68 +321,23 @@ def stored_tokens(source: Any, lang: str, tokens_task: Task, needed: int) -> int
     return int(stats["chars"] / CHARS_PER_TOKEN) if stats else needed
 
 
-PAIRS_SAMPLED = 2000
-
-
-def mean_pair_tokens(source: Any, cfg: Config) -> tuple[int, int]:
-    """Mean source and target tokens of the first task's training pairs (a sample's characters over
-    CHARS_PER_TOKEN, capped at the finetuning lengths): batches are length-bucketed, so they pad little and a
-    step costs what its pairs hold. A streamed source is not read: the caps stand in (an upper bound)."""
-    caps = (cfg.finetune.max_source_length, cfg.finetune.max_target_length)
-    t = cfg.sweep.tasks[0]
-    if not getattr(source, "bounded", True):
-        return caps
-    try:
-        pool = source.parallel(t.pair, "train")
-        rows = [r["translation"] for r in pool.select(range(min(PAIRS_SAMPLED, len(pool))))]
-    except Exception:  # noqa: BLE001 - an estimate: without a readable pool the caps stand in
-        return caps
-    if not rows:
-        return caps
-    mean = [sum(len(r[lang]) for r in rows) / len(rows) / CHARS_PER_TOKEN + 1 for lang in (t.src, t.tgt)]
-    return min(caps[0], math.ceil(mean[0])), min(caps[1], math.ceil(mean[1]))
-
-
 def source_max_tokens(source: Any, needed: int) -> int | None:
     """How much text a tokens task takes: all of a bounded source, what the ladder needs (+5%) of a stream."""
     return None if getattr(source, "bounded", True) else int(needed * 1.05) + 1
 
 
 def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells) -> dict[str, Any]:
-    from pipeline.model import count_params, flops_per_token
+    from pipeline.budget import compute, mean_pair_tokens
 
     tokens_per_step = cfg.pretrain.batch_size * raw_len
-    models = {}
-    pretrain_flops = 0.0
-    for preset in presets:
-        params = count_params(preset, vocab)
-        f = flops_per_token(preset, vocab, cfg.pretrain.inputs_length, targets_len)
-        runs = []
-        for m in cfg.sweep.mixtures():
-            steps = math.ceil(max(ladders[m.weights]) / tokens_per_step)
-            flops = f["per_example"] * cfg.pretrain.batch_size * steps
-            pretrain_flops += flops
-            runs.append({"mixture": m.name, "weights": m.key(), "steps": steps, "rungs": len(ladders[m.weights]),
-                         "dp_max": steps * tokens_per_step, "flops": flops})
-        models[preset.name] = {"params": params, "flops_per_example": f["per_example"], "runs": runs}
-    # Finetuning cost: an upper bound (each cell's steps at full-length sequences); early stopping cuts it.
-    # A cell's length follows its Df: max_epochs over its pairs, capped by max_steps.
-    ft_cells = {c.finetune_id: c.df for c in cells}
-    steps = sum(min(cfg.finetune.max_steps, cfg.finetune.max_epochs * math.ceil(df / cfg.finetune.batch_size))
-                for df in ft_cells.values())
-    n_ft = len(ft_cells)
-    ft_flops = eval_flops = 0.0
+    ft_dfs = list({c.finetune_id: c.df for c in cells}.values())
+    n_ft = len(ft_dfs)
     n_test = sum(source.pool_size(t.pair, split) or 0 if cfg.evaluate.test_size is None
                  else min(cfg.evaluate.test_size, source.pool_size(t.pair, split) or cfg.evaluate.test_size)
                  for t in cfg.sweep.tasks[:1] for split in cfg.evaluate.test_splits)
-    src_len, tgt_len = mean_pair_tokens(source, cfg)
-    for preset in presets:
-        f = flops_per_token(preset, vocab, src_len, tgt_len)
-        ft_flops += f["per_example"] * cfg.finetune.batch_size * steps / len(presets)
-        # evaluation: a forward pass for the reference CE and one for greedy decoding, each a third of a
-        # training step's FLOPs, per test sentence
-        e = flops_per_token(preset, vocab, src_len, tgt_len)
-        eval_flops += 2 * e["per_example"] / 3 * n_test * n_ft / len(presets)
+    c = compute(cfg, presets, vocab, targets_len, tokens_per_step, ladders, ft_dfs, mean_pair_tokens(source, cfg),
+                n_test)
+    models, pretrain_flops, ft_flops, steps, eval_flops = c
     return {
         "scale": cfg.scale,
         "vocab_size": vocab,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,16 @@ import torch
 from tqdm import tqdm
 
 from pipeline.artifacts import atomic_write_json, dir_hash
-from pipeline.config import Mixture
-from pipeline.mixture import DataExhausted, MixtureSampler
+from pipeline.config import Mixture, PretrainConfig, TrackingConfig
+from pipeline.mixture import DataExhausted, MixtureSampler, mixture_counts
 from pipeline.model import (
+    ModelPreset,
     Seq2SeqLoss,
     build_model,
     count_params,
     flops_per_token,
-    load_preset,
-    use_fused_kernels,
+    load_model,
 )
-from pipeline.plan import mixture_counts
 from pipeline.span_corruption import corrupt_batch
 from pipeline.tokenizer import load_tokenizer, sentinel_ids
 from pipeline.tokens import open_stream
@@ -47,12 +46,13 @@ from pipeline.training import (
     full_state_for_save,
     latest_checkpoint,
     load_optimizer_state,
+    load_state,
     make_optimizer,
     make_schedule,
     no_sync,
     peak_flops,
-    prune_states,
     restore_rng,
+    retain,
     save_checkpoint,
     seed_all,
     setup_runtime,
@@ -60,6 +60,7 @@ from pipeline.training import (
     unwrap,
     wrap_data_parallel,
 )
+from pipeline.typed import Spec, to_dict
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1_000_003  # masks of the held-out sequences: fixed, so every rung is scored on the same inputs
@@ -77,14 +78,22 @@ def checkpoint_for(parent_dir: str | Path, steps: int) -> Path:
 # -------------------------------------------------------------------------------------------- init
 
 
+@dataclass(frozen=True)
+class InitSpec(Spec):
+    config: dict[str, Any]  # identity: the model and the seed
+    model: ModelPreset
+    seed: int
+    tokenizer_dir: str
+
+
 def run_init(task) -> None:
     """Stage `init`: the random-init checkpoint, the Dp = 0 baseline and every run's starting point."""
-    spec = task.spec
-    tokenizer = load_tokenizer(spec["tokenizer_dir"])
-    preset = load_preset(spec["model"])
-    seed_all(spec["seed"])
+    spec: InitSpec = task.spec
+    tokenizer = load_tokenizer(spec.tokenizer_dir)
+    preset = spec.model
+    seed_all(spec.seed)
     model = build_model(preset, len(tokenizer), pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                        seed=spec["seed"])
+                        seed=spec.seed)
     meta = {"step": 0, "dp_tokens": 0, "dp_rung": 0, "model": preset.name,
             "params": count_params(preset, len(tokenizer)), "vocab_size": len(tokenizer)}
     save_checkpoint(init_path(task.dir), model, tokenizer, None, meta)
@@ -121,41 +130,56 @@ def upstream_losses(model, rt: Runtime, tokens_dirs: dict[str, str], langs: list
     return out
 
 
+@dataclass(frozen=True)
+class PretrainSpec(Spec):
+    config: dict[str, Any]  # identity: model, mixture, pretrain settings without the ladder, seed
+    model: ModelPreset
+    mixture: dict[str, float]  # language -> weight
+    mixture_name: str
+    pretrain: PretrainConfig
+    dp_ladder: tuple[int, ...]  # this run's rungs (the sweep's ladder capped by its tasks' dp_max)
+    seed: int
+    tokenizer_dir: str
+    init_dir: str
+    tracking: TrackingConfig
+    tokens_dirs: dict[str, str]  # language -> tokens directory (the mixture's and the tasks' target languages)
+    raw_length: int  # raw text tokens per example before span corruption
+    targets_length: int
+
+
 def run(task) -> None:
-    spec = task.spec
-    cfg = spec["pretrain"]
+    spec: PretrainSpec = task.spec
+    cfg = spec.pretrain
     out = Path(task.dir)
     ckroot = out / "checkpoints"
-    rt = setup_runtime(cfg["dtype"], cfg["distributed"])
-    tokenizer = load_tokenizer(spec["tokenizer_dir"])
+    rt = setup_runtime(cfg.dtype, cfg.distributed)
+    tokenizer = load_tokenizer(spec.tokenizer_dir)
     vocab = len(tokenizer)
-    preset = load_preset(spec["model"])
+    preset = spec.model
     sentinels = sentinel_ids(tokenizer)
     eos = tokenizer.eos_token_id
-    raw_len, targets_len = spec["raw_length"], spec["targets_length"]
-    B, micro = cfg["batch_size"], cfg["micro_batch_size"]
+    raw_len, targets_len = spec.raw_length, spec.targets_length
+    B, micro = cfg.batch_size, cfg.micro_batch_size
     if B % (micro * rt.world):
         raise ValueError(f"batch_size {B} must be a multiple of micro_batch_size x processes ({micro} x {rt.world})")
     per_rank = B // rt.world
     tokens_per_step = B * raw_len
-    ladder = [int(x) for x in spec["dp_ladder"]]
+    ladder = list(spec.dp_ladder)
     rung_steps = {math.ceil(dp / tokens_per_step): dp for dp in ladder}
     total_steps = max(rung_steps)
-    mix = Mixture(name=spec["mixture_name"], weights=tuple(sorted(spec["mixture"].items())))
+    mix = Mixture(name=spec.mixture_name, weights=tuple(sorted(spec.mixture.items())))
     counts = mixture_counts(mix, B)
-    sampler = MixtureSampler.from_dirs(spec["tokens_dirs"], counts, raw_len, vocab)
+    sampler = MixtureSampler.from_dirs(spec.tokens_dirs, counts, raw_len, vocab)
     if sampler.steps_available() < total_steps:
         short = min(sampler.langs, key=lambda lang: len(sampler.streams[lang]) // counts[lang])
         raise DataExhausted(f"the ladder needs {total_steps:,} steps but {short} text lasts "
                             f"{sampler.steps_available():,} ({len(sampler.streams[short]):,} tokens)")
-    eval_langs = sorted(spec["tokens_dirs"])
-    seed = spec["seed"]
+    eval_langs = sorted(spec.tokens_dirs)
+    seed = spec.seed
 
     resume = latest_checkpoint(ckroot)
-    start = resume or init_path(spec["init_dir"])
-    from transformers import T5ForConditionalGeneration
-
-    model = use_fused_kernels(T5ForConditionalGeneration.from_pretrained(str(start))).to(rt.device)
+    start = resume or init_path(spec.init_dir)
+    model = load_model(start).to(rt.device)
     model.config.dropout_rate = 0.0  # no dropout in pretraining (T5 v1.1)
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -170,15 +194,15 @@ def run(task) -> None:
     if rt.world > 1 and rt.is_main:
         log.info("pretrain %s: data-parallel over %d processes (%s, %s), %d of the %d rows of a step each", task.name,
                  rt.world, _dp_mode(cfg), torch.distributed.get_backend(), per_rank, B)
-    opt = make_optimizer(dmodel.parameters(), cfg["optimizer"], cfg["lr"], cfg["betas"], cfg["weight_decay"])
-    sched = make_schedule(opt, cfg["schedule"], cfg["warmup_steps"])
+    opt = make_optimizer(dmodel.parameters(), cfg.optimizer, cfg.lr, cfg.betas, cfg.weight_decay)
+    sched = make_schedule(opt, cfg.schedule, cfg.warmup_steps)
     step, history = 0, {}
     # The loss logged every `log_every` steps is the mean over the window since the last log; a resume
     # inside a window restores its partial sum, so the curve equals an uninterrupted run's.
     running = torch.zeros((), device=rt.device)
     n_run = 0
     if resume is not None:
-        state = torch.load(resume / "training_state.pt", map_location="cpu", weights_only=False)
+        state = load_state(resume)
         load_optimizer_state(dmodel, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
@@ -190,13 +214,13 @@ def run(task) -> None:
         log.info("pretrain %s: resuming from %s (step %d, Dp %s)", task.name, resume.name, step, f"{step * tokens_per_step:,}")
     else:
         seed_all(seed)
-    if cfg["compile"]:
+    if cfg.compile:
         dmodel = torch.compile(dmodel)
 
-    flops = flops_per_token(preset, vocab, cfg["inputs_length"], targets_len)["per_example"]
+    flops = flops_per_token(preset, vocab, cfg.inputs_length, targets_len)["per_example"]
     peak = peak_flops(rt.device)
-    tracker = make_tracker(out, spec.get("tracking"), run_id=f"pt-{dir_hash(out)}", name=task.name,
-                           config={"model": spec["model"], "mixture": spec["mixture"], "pretrain": cfg},
+    tracker = make_tracker(out, spec.tracking, run_id=f"pt-{dir_hash(out)}", name=task.name,
+                           config={"model": to_dict(spec.model), "mixture": spec.mixture, "pretrain": to_dict(cfg)},
                            resume_step=step if resume else None, group="pretrain", enabled=rt.is_main)
 
     def checkpoint(rung: int | None) -> None:
@@ -204,16 +228,11 @@ def run(task) -> None:
         state = {"step": step, "optimizer": opt_sd, "scheduler": sched.state_dict(),
                  "rng": capture_rng(), "rungs": history, "dp_tokens": step * tokens_per_step,
                  "running_loss": running.detach().cpu().clone(), "running_steps": n_run}
-        meta = {"step": step, "dp_tokens": step * tokens_per_step, "dp_rung": rung, "mixture": spec["mixture"],
+        meta = {"step": step, "dp_tokens": step * tokens_per_step, "dp_rung": rung, "mixture": spec.mixture,
                 "model": preset.name, "rung": rung is not None, "upstream": history.get(str(rung)) if rung else None}
         if rt.is_main:
             save_checkpoint(step_dir(ckroot, step), inner, tokenizer, state, meta, state_dict=full_sd)
-            # Time-based checkpoints are dropped once two newer ones exist; rungs keep their weights.
-            newer = sorted(ckroot.glob("step-*"), reverse=True)
-            for p in newer[2:]:
-                if not _is_rung(p):
-                    shutil.rmtree(p, ignore_errors=True)
-            prune_states(ckroot)
+            retain(ckroot, kept=_is_rung)  # time-based checkpoints go once two newer exist; rungs keep their weights
         barrier(rt)
 
     last_save = time.time()
@@ -226,7 +245,7 @@ def run(task) -> None:
                 raw, idx = sampler.batch(step)
                 lo, hi = rt.rank * per_rank, (rt.rank + 1) * per_rank
                 b = corrupt_batch(raw[lo:hi], idx[lo:hi], seed, sentinels, eos,
-                                  noise_density=cfg["noise_density"], mean_noise_span_length=cfg["mean_noise_span_length"])
+                                  noise_density=cfg.noise_density, mean_noise_span_length=cfg.mean_noise_span_length)
                 ids = torch.as_tensor(b["input_ids"]).to(rt.device, non_blocking=True)
                 labels = torch.as_tensor(b["labels"]).to(rt.device, non_blocking=True)
                 n_micro = per_rank // micro
@@ -238,15 +257,15 @@ def run(task) -> None:
                         loss = dmodel(input_ids=ids[sl], labels=labels[sl]).loss / n_micro
                     loss.backward()
                     running += loss.detach()
-                if cfg["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(dmodel.parameters(), cfg["grad_clip"])
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(dmodel.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 n_run += 1
                 bar.update(1)
-                if step % cfg["log_every"] == 0 or step in rung_steps:
+                if step % cfg.log_every == 0 or step in rung_steps:
                     if rt.world > 1:
                         torch.distributed.all_reduce(running)
                         running /= rt.world
@@ -254,7 +273,7 @@ def run(task) -> None:
                     loss_v = running.item() / n_run
                     ex_s = n_run * B / dt
                     row = {"loss": loss_v, "dp_tokens": step * tokens_per_step, "lr": sched.get_last_lr()[0],
-                           "tokens_per_s": ex_s * (cfg["inputs_length"] + targets_len), "raw_tokens_per_s": ex_s * raw_len}
+                           "tokens_per_s": ex_s * (cfg.inputs_length + targets_len), "raw_tokens_per_s": ex_s * raw_len}
                     if peak:
                         row["mfu"] = ex_s * flops / (peak * rt.world)
                     tracker.log(row, step)
@@ -268,9 +287,9 @@ def run(task) -> None:
                     n_run, t_run = 0, time.perf_counter()
                 if step in rung_steps:
                     rung = rung_steps[step]
-                    losses = upstream_losses(unwrap(dmodel), rt, spec["tokens_dirs"], eval_langs, cfg["eval_sequences"],
-                                             raw_len, vocab, sentinels, eos, cfg["noise_density"],
-                                             cfg["mean_noise_span_length"], micro)
+                    losses = upstream_losses(unwrap(dmodel), rt, spec.tokens_dirs, eval_langs, cfg.eval_sequences,
+                                             raw_len, vocab, sentinels, eos, cfg.noise_density,
+                                             cfg.mean_noise_span_length, micro)
                     mixed = sum(w * losses[lang] for lang, w in mix.weights)
                     history[str(rung)] = {"step": step, "dp_tokens": step * tokens_per_step, "upstream": losses,
                                           "upstream_mixture": mixed}
@@ -280,7 +299,7 @@ def run(task) -> None:
                     checkpoint(rung)
                     last_save = time.time()
                     t_run = time.perf_counter()  # throughput counts training steps, not evaluation
-                elif time.time() - last_save > 60 * cfg["checkpoint_minutes"] or stop.requested:
+                elif time.time() - last_save > 60 * cfg.checkpoint_minutes or stop.requested:
                     checkpoint(None)
                     last_save = time.time()
                 if stop.requested:
@@ -305,8 +324,8 @@ def _is_rung(ckpt: Path) -> bool:
         return True
 
 
-def _dp_mode(cfg: dict[str, Any]) -> str:
-    return "fsdp" if cfg["distributed"] == "fsdp" else "ddp"
+def _dp_mode(cfg: PretrainConfig) -> str:
+    return "fsdp" if cfg.distributed == "fsdp" else "ddp"
 
 
 def read_rungs(run_dir: str | Path) -> dict[int, dict[str, Any]]:

@@ -5,11 +5,15 @@ the fitter or the report reads it) and filled in `collect._cell_row`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pipeline.config import FitConfig, TrackingConfig
+from pipeline.typed import Spec
 
 # The table's columns, in the order collect writes them. Old tables may lack later ones.
 COLUMNS = [
@@ -31,6 +35,27 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One row of the results table: what was finetuned from what, and where its evaluation lands."""
+
+    task: str
+    src: str
+    tgt: str
+    mixture: str
+    alignment: float
+    model: str
+    dp_rung: int  # the nominal rung (0 = no pretraining)
+    dp_tokens: int  # raw text tokens actually consumed at that checkpoint
+    pretrain_steps: int
+    df: int
+    seed: int
+    method: str
+    lr: float
+    finetune_id: str
+    evaluate_id: str
+
+
 class ResultsError(ValueError):
     """A results table the fitter cannot read (missing columns, unreadable file)."""
 
@@ -50,6 +75,32 @@ def load_results(path: Path) -> pd.DataFrame:
     df["method"] = df["method"].fillna(DEFAULTS["method"])
     df["selected"] = df["selected"].astype(str).str.lower().isin(["true", "1"])
     return df
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class ReadSpec(Spec):
+    """What the stages that read the results table (collect, fit, report) are given."""
+
+    sweep: str
+    reports_dir: str  # <paths.reports>/<sweep>: the table, the fits and the report
+    results: str | None  # paths.results: a table copied back from elsewhere, read instead of the sweep's own
+    fit: FitConfig
+    tracking: TrackingConfig
+    scale: Scale
+    data_source: str
+
+    def table(self) -> tuple[Path, pd.DataFrame]:
+        """The results table this task reads (the sweep's own, or paths.results), and where it is."""
+        path = Path(self.results) if self.results else Path(self.reports_dir) / "results.csv"
+        if not path.exists():
+            raise ResultsError(f"no results table at {path}: run the sweep (or `stage=collect`) first")
+        return path, load_results(path)
 
 
 def is_ok(v: Any) -> bool:

@@ -15,21 +15,24 @@ from dataclasses import dataclass
 class Stage:
     name: str
     runner: str  # "module:function", imported only when a task of the stage runs
+    # the class of the task's spec, in the runner's module: plan.json holds its plain-data form and
+    # pipeline.task rebuilds it before the runner is called (None: the runner reads the plain data)
+    spec: str | None = None
     # collect/fit/report: no hash identity, always rerun, read whatever exists (failures included)
     reads_only: bool = False
     stored: bool = False  # its directories hold the bytes of the plan's disk estimate
 
 
 STAGES = (
-    Stage("tokenizer", "pipeline.tokenizer:run"),
-    Stage("tokens", "pipeline.tokens:run", stored=True),
-    Stage("init", "pipeline.pretrain:run_init", stored=True),
-    Stage("pretrain", "pipeline.pretrain:run", stored=True),
-    Stage("finetune", "pipeline.finetune:run", stored=True),
-    Stage("evaluate", "pipeline.evaluate:run"),
-    Stage("collect", "pipeline.collect:run", reads_only=True),
-    Stage("fit", "pipeline.fit:run", reads_only=True),
-    Stage("report", "pipeline.report:run", reads_only=True),
+    Stage("tokenizer", "pipeline.tokenizer:run", "TokenizerSpec"),
+    Stage("tokens", "pipeline.tokens:run", "TokensSpec", stored=True),
+    Stage("init", "pipeline.pretrain:run_init", "InitSpec", stored=True),
+    Stage("pretrain", "pipeline.pretrain:run", "PretrainSpec", stored=True),
+    Stage("finetune", "pipeline.finetune:run", "FinetuneSpec", stored=True),
+    Stage("evaluate", "pipeline.evaluate:run", "EvaluateSpec"),
+    Stage("collect", "pipeline.collect:run", "CollectSpec", reads_only=True),
+    Stage("fit", "pipeline.fit:run", reads_only=True),  # reads its spec as plain data until issue 17 lands
+    Stage("report", "pipeline.report:run", "ReadSpec", reads_only=True),
 )
 
 # Execution order; a task only depends on tasks of earlier levels.
@@ -37,6 +40,7 @@ LEVELS = tuple(s.name for s in STAGES)
 READ_STAGES = tuple(s.name for s in STAGES if s.reads_only)
 STORED = tuple(s.name for s in STAGES if s.stored)
 RUNNERS = {s.name: s.runner for s in STAGES}  # a dict, so a test can swap one stage's function
+SPECS = {s.name: s.spec for s in STAGES}
 # `stage=`: plan (print the plan), all (default), or a stage: a training stage runs everything up to it,
 # a read-only stage the read-only stages up to it
 CHOICES = ("plan", "all", *LEVELS)

@@ -8,6 +8,7 @@ several processes (torchrun/srun) only rank 0 writes the config, the log and the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -22,7 +23,8 @@ from pathlib import Path
 from pipeline.artifacts import atomic_write_text, is_done, write_status
 from pipeline.logs import setup_logging
 from pipeline.plan import Task, load_plan
-from pipeline.stages import READ_STAGES, RUNNERS
+from pipeline.stages import READ_STAGES, RUNNERS, SPECS
+from pipeline.typed import Spec, to_dict
 
 log = logging.getLogger("pipeline")
 
@@ -43,7 +45,8 @@ def is_complete(task: Task) -> bool:
     if task.stage == "pretrain":
         from pipeline.pretrain import read_rungs
 
-        return set(int(x) for x in task.spec["dp_ladder"]) <= set(read_rungs(task.dir))
+        ladder = task.spec.dp_ladder if isinstance(task.spec, Spec) else task.spec["dp_ladder"]  # typed, or plan.json's
+        return set(int(x) for x in ladder) <= set(read_rungs(task.dir))
     return True
 
 
@@ -107,6 +110,16 @@ def _exclusive(task: Task, enabled: bool):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def typed(task: Task) -> Task:
+    """The task with its spec rebuilt from plan.json's plain data into the stage's dataclass (a runner module
+    without that class, as a test's stand-in, gets the plain data)."""
+    module = importlib.import_module(RUNNERS[task.stage].split(":")[0])
+    cls = getattr(module, SPECS[task.stage] or "", None)
+    if cls is None or not isinstance(task.spec, dict):
+        return task
+    return dataclasses.replace(task, spec=cls.from_dict(task.spec))
+
+
 def execute(task: Task) -> str:
     """Run a task unless it is complete. Returns "skipped", "ok" or "preempted"; raises TaskFailed."""
     if is_complete(task):
@@ -127,7 +140,7 @@ def _execute(task: Task, main: bool) -> str:
         if task.stage not in READ_STAGES:
             import yaml
 
-            atomic_write_text(d / "config.yaml", yaml.safe_dump(task.spec, sort_keys=True))
+            atomic_write_text(d / "config.yaml", yaml.safe_dump(to_dict(task.spec), sort_keys=True))
             (d / "status.json").unlink(missing_ok=True)  # an old failure is not the state of this attempt
     module, fn = RUNNERS[task.stage].split(":")
     started = time.time()
@@ -135,7 +148,7 @@ def _execute(task: Task, main: bool) -> str:
     with _task_log(lp, main):
         log.info("%s: start", task.id)
         try:
-            getattr(importlib.import_module(module), fn)(task)
+            getattr(importlib.import_module(module), fn)(typed(task))
         except Preempted as e:
             log.warning("%s", e)
             if e.signal == signal.SIGUSR1:  # the time limit is near; a TERM (scancel) must stay cancelled

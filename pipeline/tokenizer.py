@@ -11,11 +11,15 @@ import logging
 import math
 import random
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.artifacts import atomic_dir, atomic_write_json
+from pipeline.config import DataConfig, TokenizerConfig
+from pipeline.typed import Spec, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +117,31 @@ def _interleave(samples: dict[str, list[str]]) -> Iterator[str]:
                 its.remove(it)
 
 
+@dataclass(frozen=True)
+class TokenizerSpec(Spec):
+    config: dict[str, Any]  # identity: tokenizer settings, the data's identity, the languages
+    data: DataConfig
+    cache: str
+
+    @property
+    def tokenizer(self) -> TokenizerConfig:
+        """The tokenizer's settings: all of them are its identity, so they are read from there."""
+        return from_dict(TokenizerConfig, self.config["tokenizer"])
+
+
 def run(task) -> None:
     """Stage `tokenizer`: sample each language's text, train, save (tokenizer files + stats.json)."""
-    from pipeline.config import data_config
     from pipeline.sources import get_source
 
-    spec = task.spec
-    cfg = spec["config"]["tokenizer"]
-    data = data_config(spec["data"])
-    source = get_source(data, Path(spec["cache"]))
+    spec: TokenizerSpec = task.spec
+    cfg = spec.tokenizer
+    source = get_source(spec.data, Path(spec.cache))
     samples = {}
-    for i, lang in enumerate(spec["config"]["languages"]):
-        samples[lang] = sample_lines(source.iter_texts(lang, "train"), cfg["sample_lines_per_language"], seed=i)
+    # The vocabulary is learnt from the languages the study reads (the planner puts them in the identity)
+    for i, lang in enumerate(spec.config["languages"]):
+        samples[lang] = sample_lines(source.iter_texts(lang, "train"), cfg.sample_lines_per_language, seed=i)
         log.info("tokenizer: %s lines of %s", f"{len(samples[lang]):,}", lang)
-    tokenizer = train_tokenizer(_interleave(samples), cfg["vocab_size"], cfg["num_sentinels"], cfg["algorithm"])
+    tokenizer = train_tokenizer(_interleave(samples), cfg.vocab_size, cfg.num_sentinels, cfg.algorithm)
     # Characters per token on the sample: how the plan estimates unique tokens before tokenizing everything.
     stats = {"vocab_size": len(tokenizer), "lines": {k: len(v) for k, v in samples.items()}, "chars_per_token": {}}
     for lang, lines in samples.items():

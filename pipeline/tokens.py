@@ -11,12 +11,16 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.artifacts import atomic_write_json
+from pipeline.config import DataConfig
+from pipeline.typed import Spec
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +81,25 @@ def open_stream(path: Path, vocab_size: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+@dataclass(frozen=True)
+class TokensSpec(Spec):
+    config: dict[str, Any]  # identity: language, data identity, max_tokens, seed
+    lang: str
+    tokenizer_dir: str
+    data: DataConfig
+    cache: str
+    max_tokens: int | None  # None: all of a bounded source
+    seed: int
+
+
 def run(task) -> None:
-    from pipeline.config import data_config
     from pipeline.sources import get_source
     from pipeline.tokenizer import load_tokenizer
 
-    spec = task.spec
-    lang, seed, max_tokens = spec["lang"], spec["seed"], spec["max_tokens"]
-    tokenizer = load_tokenizer(spec["tokenizer_dir"])
-    source = get_source(data_config(spec["data"]), Path(spec["cache"]))
+    spec: TokensSpec = task.spec
+    lang, seed, max_tokens = spec.lang, spec.seed, spec.max_tokens
+    tokenizer = load_tokenizer(spec.tokenizer_dir)
+    source = get_source(spec.data, Path(spec.cache))
     out = Path(task.dir)
     if getattr(source, "bounded", True):
         docs = list(source.iter_texts(lang, "train"))

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.typed import to_dict
+
 log = logging.getLogger(__name__)
 
 
@@ -98,14 +100,14 @@ class Tracker:
         self.close()
 
 
-def make_tracker(run_dir: Path, tracking: dict[str, Any] | None, *, run_id: str, name: str,
+def make_tracker(run_dir: Path, tracking: Any, *, run_id: str, name: str,
                  config: dict[str, Any] | None = None, resume_step: int | None = None, group: str | None = None,
                  file: str = "metrics.jsonl", enabled: bool = True) -> Tracker:
     """`enabled=False` (non-zero ranks) gives a tracker that logs nothing."""
     if not enabled:
         return Tracker([])
     backends: list[Backend] = [JsonlBackend(Path(run_dir) / file, resume_step)]
-    tracking = tracking or {}
+    tracking = to_dict(tracking or {})  # a TrackingConfig, or its plan.json form
     if tracking.get("backend") == "wandb" and tracking.get("mode", "offline") != "disabled":
         backends.append(WandbBackend(run_id=run_id, name=name, config=config or {}, project=tracking.get("project", "downstream-scaling"),
                                      entity=tracking.get("entity"), mode=tracking.get("mode", "offline"),

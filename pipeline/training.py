@@ -10,15 +10,15 @@ valid `COMPLETE` is never read as a checkpoint; a corrupted newest one is skippe
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.artifacts import atomic_dir, atomic_write_text, clean_temporaries
+from pipeline.artifacts import atomic_dir, atomic_write_text, clean_temporaries, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +175,6 @@ def seed_all(seed: int) -> None:
 # ------------------------------------------------------------------------------------- checkpoints
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(path: Path, model, tokenizer, state: dict[str, Any] | None, meta: dict[str, Any],
                     state_dict: dict[str, Any] | None = None) -> Path:
     """Atomically write a loadable checkpoint directory; COMPLETE (with file sizes and hashes) goes last.
@@ -196,7 +188,7 @@ def save_checkpoint(path: Path, model, tokenizer, state: dict[str, Any] | None, 
         if state is not None:
             torch.save(state, tmp / STATE)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _digest(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MARKER).write_text(json.dumps({"files": files}, indent=2) + "\n")
     return path
 
@@ -216,7 +208,7 @@ def verify_checkpoint(path: Path, deep: bool = False) -> str | None:
             return f"{name} is missing"
         if p.stat().st_size != info["bytes"]:
             return f"{name} has {p.stat().st_size} bytes, expected {info['bytes']}"
-        if deep and _digest(p) != info["sha256"]:
+        if deep and file_sha256(p) != info["sha256"]:
             return f"{name} does not match its hash"
     return None
 
@@ -244,6 +236,20 @@ def latest_checkpoint(root: Path, deep: bool = True) -> Path | None:
 
 def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step-{step:08d}"
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    """The training state saved beside a checkpoint's weights (what `latest_checkpoint` found resumable)."""
+    return torch.load(Path(ckpt) / STATE, map_location="cpu", weights_only=False)
+
+
+def retain(root: Path, keep: int = 2, kept: Callable[[Path], bool] | None = None) -> None:
+    """After a save: delete all but the `keep` newest checkpoints under root (except those `kept` says stay,
+    e.g. pretraining's rungs), and drop the optimizer state of all but the `keep` newest (prune_states)."""
+    for p in sorted(Path(root).glob("step-*"), reverse=True)[keep:]:
+        if kept is None or not kept(p):
+            shutil.rmtree(p, ignore_errors=True)
+    prune_states(root, keep)
 
 
 def prune_states(root: Path, keep: int = 2) -> None:

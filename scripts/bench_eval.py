@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 def find_or_finetune(plan, checkpoint: str | None) -> tuple[Path, object]:
     from pipeline.artifacts import is_done, write_status
     from pipeline.finetune import run as finetune
-    from pipeline.task import execute
+    from pipeline.task import execute, typed
 
     evals = [t for t in plan.tasks if t.stage == "evaluate"]
     ft_of = {t.id: t for t in plan.tasks if t.stage == "finetune"}
@@ -51,7 +51,7 @@ def find_or_finetune(plan, checkpoint: str | None) -> tuple[Path, object]:
         short = dataclasses.replace(ft, dir=str(ROOT / "artifacts" / "bench" / "ft-eval"),
                                     spec={**ft.spec, "finetune": {**ft.spec["finetune"], "max_steps": 40}})
         if not is_done(Path(short.dir)):
-            finetune(short)
+            finetune(typed(short))  # the spec as pipeline.task gives it
             write_status(Path(short.dir), "ok", started=time.time())
         ft = short
     return Path(ft.dir) / "best", ev
@@ -71,7 +71,7 @@ def main() -> None:
 
     from pipeline.config import data_config
     from pipeline.evaluate import decode, generate_ids, score, test_rows
-    from pipeline.finetune import encode_pairs, pad_batch
+    from pipeline.seq2seq import encode_pairs, pad_batch
     from pipeline.model import use_fused_kernels
     from pipeline.sources import get_source
     from pipeline.tokenizer import load_tokenizer

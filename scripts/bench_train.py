@@ -74,13 +74,14 @@ def build_plan(overrides: list[str], build: bool = True):
 
 def run_ours(task, steps: int, out: Path) -> float:
     from pipeline.pretrain import run
+    from pipeline.task import typed
 
     spec = task.spec
     tokens_per_step = spec["pretrain"]["batch_size"] * spec["raw_length"]
     t = dataclasses.replace(task, dir=str(out), spec={**spec, "dp_ladder": [steps * tokens_per_step],
                                                       "pretrain": {**spec["pretrain"], "eval_sequences": 8}})
     t0 = time.perf_counter()
-    run(t)
+    run(typed(t))  # the spec as pipeline.task gives it
     return time.perf_counter() - t0
 
 

@@ -26,8 +26,9 @@ import torch
 
 from pipeline.corpus.indomain import indomain_split
 from pipeline.evaluate import TEST_SEED, decode, generate_ids, score
-from pipeline.finetune import collate, encode_pairs, epoch_batches, nested_subset, pad_batch, reference_ce
+from pipeline.finetune import epoch_batches, nested_subset
 from pipeline.model import ModelPreset, Seq2SeqLoss, build_model, count_params, use_fused_kernels
+from pipeline.seq2seq import collate, encode_pairs, pad_batch, reference_ce
 from pipeline.tokenizer import sample_lines, train_tokenizer
 from pipeline.training import make_optimizer
 

@@ -7,7 +7,6 @@ the metric values come from sacrebleu on small fixed sentences.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import multiprocessing as mp
 import time
@@ -19,8 +18,11 @@ import pytest
 
 from pipeline import collect
 from pipeline.artifacts import atomic_write_json, provenance, write_status
+from pipeline.collect import CollectSpec
+from pipeline.config import FitConfig, TrackingConfig
 from pipeline.evaluate import score, write_outputs
 from pipeline.plan import Cell
+from pipeline.results import Scale
 
 N = 32
 REFS = ["Die Datei wurde nicht gefunden.", "Öffnen Sie das Menü Bearbeiten."]
@@ -54,8 +56,11 @@ def finish_evaluate(cell: Cell, dirs: dict[str, str]) -> None:
 
 
 def collect_task(cells, dirs, reports: Path):
-    return SimpleNamespace(spec={"cells": [dataclasses.asdict(c) for c in cells], "dirs": dirs,
-                                 "reports_dir": str(reports), "sweep": "en_de"})
+    spec = CollectSpec(sweep="en_de", reports_dir=str(reports), results=None,
+                       fit=FitConfig(holdout_largest=1, bootstrap=0, bleu_delta=0.1, ce_delta=1e-3),
+                       tracking=TrackingConfig("none"),
+                       scale=Scale("smoke", ""), data_source="l10n", cells=tuple(cells), dirs=dirs)
+    return SimpleNamespace(spec=CollectSpec.from_dict(spec.to_dict()))  # as pipeline.task gives it
 
 
 def read_table(reports: Path) -> pd.DataFrame:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.artifacts import file_sha256
 from pipeline.corpus import AptUnavailable, corpus_dir
-from pipeline.corpus.fetch import Deb, sha256_file
+from pipeline.corpus.fetch import Deb
 from pipeline.corpus.split import text_keys
 from tests.test_corpus_mo import write_mo
 
@@ -77,7 +78,7 @@ def built(fake_debs, tmp_path_factory):
     mp.setattr(
         B,
         "download",
-        lambda ns, d, log=print: {n: Deb(n, "1.0", sha256_file(fake_debs[n]), fake_debs[n]) for n in ns},
+        lambda ns, d, log=print: {n: Deb(n, "1.0", file_sha256(fake_debs[n]), fake_debs[n]) for n in ns},
     )
     mp.setitem(B.HELDOUT, "min_pkg", 5)
     mp.setitem(B.HELDOUT, "max_pkg", 10)

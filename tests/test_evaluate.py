@@ -14,7 +14,7 @@ import torch
 from test_training import first, small_plan, with_spec
 
 from pipeline.evaluate import decode, generate, generate_ids, score
-from pipeline.finetune import collate, encode_pairs, reference_ce
+from pipeline.seq2seq import collate, encode_pairs, reference_ce
 
 CPU = torch.device("cpu")
 no_autocast = contextlib.nullcontext
@@ -97,14 +97,14 @@ def test_metrics_file_equals_sacrebleu_on_the_predictions_file(stage, tmp_path):
     evaluate(ev)
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     preds = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == m["n_test"] == ev.spec["evaluate"]["test_size"]
+    assert len(preds) == m["n_test"] == ev.spec.evaluate.test_size
     hyps, refs = [p["hypothesis"] for p in preds], [p["reference"] for p in preds]
-    b = sacrebleu.corpus_bleu(hyps, [refs], tokenize=ev.spec["evaluate"]["bleu_tokenize"])
+    b = sacrebleu.corpus_bleu(hyps, [refs], tokenize=ev.spec.evaluate.bleu_tokenize)
     assert m["bleu"] == b.score and m["bp"] == b.bp and m["precisions"] == list(b.precisions)
     assert (m["sys_len"], m["ref_len"]) == (b.sys_len, b.ref_len) and m["sys_len"] > 0
     assert m["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
     assert "tok:13a" in m["bleu_signature"] and "version:" in m["bleu_signature"]
-    assert m["max_new_tokens"] == ev.spec["evaluate"]["max_new_tokens"]
+    assert m["max_new_tokens"] == ev.spec.evaluate.max_new_tokens
     assert m["ce"] > 0 and m["ce_tokens"] > m["n_test"]
 
 

@@ -28,7 +28,10 @@ from test_training import (
 
 import pipeline.evaluate as evaluate
 import pipeline.finetune as finetune
+import pipeline.seq2seq as seq2seq
+from pipeline.config import LoraConfig
 from pipeline.training import MARKER, STATE
+from pipeline.typed import from_dict
 
 PREFIX = "translate English to German: "
 
@@ -72,7 +75,7 @@ def data(task):
 
 def encode(task, tok, rows):
     c = task.spec["finetune"]
-    return finetune.encode_pairs(tok, rows, task.spec["src"], task.spec["tgt"], c["task_prefix"],
+    return seq2seq.encode_pairs(tok, rows, task.spec["src"], task.spec["tgt"], c["task_prefix"],
                                  c["max_source_length"], c["max_target_length"])
 
 
@@ -80,7 +83,7 @@ def record_training_batches(monkeypatch) -> list[tuple[int, ...]]:
     """Every source sequence the training loop batches (validation batches are not counted)."""
     seen: list[tuple[int, ...]] = []
     in_validation = [False]
-    collate, reference_ce = finetune.collate, finetune.reference_ce
+    collate, reference_ce = seq2seq.collate, seq2seq.reference_ce
 
     def spy_collate(src, tgt, pad):
         if not in_validation[0]:
@@ -196,8 +199,8 @@ def test_dp0_baseline_starts_from_the_random_init_checkpoint(plan, tmp_path):
     _, val_rows, tok = data(task)
     va_src, va_tgt = encode(task, tok, val_rows)
     ft = task.spec["finetune"]
-    model = finetune.load_for_finetune(init_path(init.dir), "full", ft["dropout_rate"], ft["lora"])
-    ce, _ = finetune.reference_ce(model, va_src, va_tgt, tok.pad_token_id, 2 * task.spec["finetune"]["batch_size"],
+    model = finetune.load_for_finetune(init_path(init.dir), "full", ft["dropout_rate"], from_dict(LoraConfig, ft["lora"]))
+    ce, _ = seq2seq.reference_ce(model, va_src, va_tgt, tok.pad_token_id, 2 * task.spec["finetune"]["batch_size"],
                                   torch.device("cpu"), contextlib.nullcontext)
     assert info["curve"][0] == {"step": 0, "val_ce": ce}
 

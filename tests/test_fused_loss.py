@@ -110,6 +110,7 @@ def test_the_wrapper_exposes_the_model_as_module():
 
 
 def test_seq2seq_loss_through_a_lora_model_equals_peft_s_own_loss():
+    from pipeline.config import LoraConfig
     from pipeline.finetune import load_for_finetune
 
     peft = pytest.importorskip("peft")  # noqa: F841
@@ -117,7 +118,7 @@ def test_seq2seq_loss_through_a_lora_model_equals_peft_s_own_loss():
 
     with tempfile.TemporaryDirectory() as d:
         build_model(TINY, 300, seed=0).save_pretrained(d)
-        model = load_for_finetune(d, "lora", 0.0, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "v"]})
+        model = load_for_finetune(d, "lora", 0.0, LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=("q", "v")))
     for n, p in model.named_parameters():  # non-zero adapters, so a path that skipped them would differ
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.5)

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, Mixture
-from pipeline.mixture import DataExhausted, MixtureSampler
-from pipeline.plan import mixture_counts
+from pipeline.mixture import DataExhausted, MixtureSampler, mixture_counts
 
 
 def streams(sizes: dict[str, int]) -> dict[str, np.ndarray]:

@@ -71,8 +71,7 @@ def test_initial_loss_is_log_vocab_on_real_data(built):
     from transformers import T5ForConditionalGeneration
 
     from pipeline.config import Mixture
-    from pipeline.mixture import MixtureSampler
-    from pipeline.plan import mixture_counts
+    from pipeline.mixture import MixtureSampler, mixture_counts
     from pipeline.span_corruption import corrupt_batch
     from pipeline.tokenizer import load_tokenizer, sentinel_ids
 

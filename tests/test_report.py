@@ -19,6 +19,7 @@ from test_fit_stage import DP, synthetic_results
 from pipeline import fit, report
 from pipeline.config import load_config
 from pipeline.plan import build_read_plan
+from pipeline.task import typed
 
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
 
@@ -28,7 +29,7 @@ def run_fit_and_report(table: Path, reports: Path, *overrides: str) -> Path:
     cfg = load_config(compose(["+sweep=questions", "scale=smoke", "stage=report", f"paths.results={table}",
                                f"paths.reports={reports}", *overrides]))
     for task in build_read_plan(cfg).tasks:
-        {"fit": fit.run, "report": report.run}[task.stage](task)
+        {"fit": fit.run, "report": report.run}[task.stage](typed(task))  # the spec as pipeline.task gives it
     return reports / "questions"
 
 

@@ -120,10 +120,10 @@ def test_resources_and_srun_for_multi_gpu_pretraining(tmp_path):
     cfg = config(tmp_path, "executor.partition=gpu", "executor.account=lab", "executor.qos=high",
                  "executor.constraint=a100", "executor.setup=[module load cuda,source .venv/bin/activate]",
                  "executor.signal_delay_s=300", "executor.resources.pretrain.nodes=2")
-    opts = slurm.options(cfg)
+    opts = slurm.SlurmOptions.of(cfg)
     job = ArrayJob("pretrain", toy_plan(tmp_path).tasks[4:6], tmp_path / "plans" / "pretrain.json",
                    tmp_path / "pretrain.sbatch")
-    text = job_script(job, "en_de", opts["resources"]["pretrain"], opts)
+    text = job_script(job, "en_de", opts.resources["pretrain"], opts)
     d = directives(text)
     assert d["nodes"] == "2" and d["ntasks-per-node"] == "8" and d["gres"] == "gpu:8"
     assert d["cpus-per-task"] == "8" and d["mem"] == f"{256 * 1024}M" and d["time"] == "2880"
@@ -137,20 +137,20 @@ def test_resources_and_srun_for_multi_gpu_pretraining(tmp_path):
     assert any(x.startswith("exec srun ") and "-m pipeline.task" in x for x in lines)
 
     fin = job_script(ArrayJob("finetune", toy_plan(tmp_path).tasks[6:9], tmp_path / "f.json", tmp_path / "f.sbatch"),
-                     "en_de", opts["resources"]["finetune"], opts)
+                     "en_de", opts.resources["finetune"], opts)
     d = directives(fin)
     assert d["ntasks-per-node"] == "1" and d["gres"] == "gpu:1" and "exec srun" not in fin and "MASTER_ADDR" not in fin
     assert any(x.startswith(f"exec {sys.executable} -m pipeline.task") for x in fin.splitlines())
     cpu = job_script(ArrayJob("tokens", toy_plan(tmp_path).tasks[1:3], tmp_path / "t.json", tmp_path / "t.sbatch"),
-                     "en_de", opts["resources"]["tokens"], opts)
+                     "en_de", opts.resources["tokens"], opts)
     assert "gres" not in directives(cpu)
 
 
 def test_generated_script_is_valid_bash(tmp_path):
     cfg = config(tmp_path, "executor.resources.pretrain.nodes=2")
-    opts = slurm.options(cfg)
+    opts = slurm.SlurmOptions.of(cfg)
     job = ArrayJob("pretrain", toy_plan(tmp_path).tasks[4:6], tmp_path / "p.json", tmp_path / "p.sbatch")
-    (tmp_path / "p.sbatch").write_text(job_script(job, "en_de", opts["resources"]["pretrain"], opts))
+    (tmp_path / "p.sbatch").write_text(job_script(job, "en_de", opts.resources["pretrain"], opts))
     assert subprocess.run(["bash", "-n", str(tmp_path / "p.sbatch")]).returncode == 0
 
 

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from pipeline.config import ConfigError, DataConfig, _freeze  # noqa: E402
-from pipeline.sources import HubSource, L10nSource, LocalSource, _as_pairs, check_jsonl, get_source  # noqa: E402
+from pipeline.sources import HubSource, L10nSource, LocalSource, as_pairs, check_jsonl, get_source  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ("en", "de", "fr", "ro")
@@ -295,7 +295,7 @@ def test_hub_wmt_pair_in_our_direction(tmp_path):
     assert list(by_name["translation"]) == list(s.parallel("en-de", "test")["translation"])
     # a dataset that lacks one of the task's languages is refused, naming the key
     with pytest.raises(ConfigError) as e:
-        _as_pairs(s.parallel("en-de", "test"), "en-fr", "data.hub.parallel.en-fr")
+        as_pairs(s.parallel("en-de", "test"), "en-fr", "data.hub.parallel.en-fr")
     assert str(e.value) == "data.hub.parallel.en-fr: missing language key 'fr' in 'translation' (has: de, en)"
 
 

@@ -33,3 +33,31 @@ def test_select_follows_the_registry_order():
     assert [t.stage for t in plan.select("fit")] == ["collect", "fit"]
     assert [t.stage for t in plan.select("all")] == list(stages.LEVELS)
     assert set(stages.READ_STAGES) == {"collect", "fit", "report"} and "pretrain" in stages.STORED
+
+
+def test_every_task_spec_rebuilds_into_its_stage_dataclass_and_back(tmp_path, l10n_corpus):
+    # plan.json holds plain data; pipeline.task rebuilds each stage's spec from it: nothing lost or changed,
+    # and every field of the typed spec has the type the stage reads
+    from test_training import small_plan
+
+    from pipeline.config import DataConfig, PretrainConfig
+    from pipeline.model import ModelPreset
+    from pipeline.task import typed
+    from pipeline.typed import Spec
+
+    _, plan = small_plan(tmp_path)
+    seen = set()
+    for task in plan.tasks:
+        t = typed(task)
+        if stages.SPECS[task.stage] is None:
+            assert t is task
+            continue
+        assert isinstance(t.spec, Spec) and type(t.spec).__name__ == stages.SPECS[task.stage]
+        assert t.spec.to_dict() == task.spec, task.id
+        seen.add(task.stage)
+        if task.stage == "pretrain":
+            assert isinstance(t.spec.pretrain, PretrainConfig) and isinstance(t.spec.model, ModelPreset)
+            assert isinstance(t.spec.dp_ladder, tuple) and isinstance(t.spec.pretrain.betas, tuple)
+        if task.stage == "finetune":
+            assert isinstance(t.spec.data, DataConfig) and t.spec.checkpoint.parent_dir == task.spec["checkpoint"]["parent_dir"]
+    assert seen == {s.name for s in stages.STAGES if s.spec}

@@ -98,11 +98,15 @@ def first(plan, stage: str, name_part: str = ""):
 
 
 def with_spec(task, directory: Path, **changes):
-    """The same task writing to another directory, with spec sections changed (e.g. pretrain={...})."""
-    spec = json.loads(json.dumps(task.spec))
+    """The same task writing to another directory, with spec sections changed (e.g. pretrain={...}), its spec
+    typed as pipeline.task gives it to the stage (so the stage's run can be called directly)."""
+    from pipeline.task import typed
+    from pipeline.typed import to_dict
+
+    spec = json.loads(json.dumps(to_dict(task.spec)))
     for k, v in changes.items():
         spec[k] = {**spec[k], **v} if isinstance(v, dict) and isinstance(spec.get(k), dict) else v
-    return dataclasses.replace(task, dir=str(directory), spec=spec)
+    return typed(dataclasses.replace(task, dir=str(directory), spec=spec))
 
 
 def write_plan_file(task, path: Path) -> Path:

@@ -40,6 +40,8 @@ _WS = re.compile(r"\s+")
 _BR = re.compile(r"<br\s*/?>", re.I)
 _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
 
+MIN_MONO_WORDS = 3  # a catalog string or help block shorter than this is a label, not text
+
 
 def _strip_underscore_accel(s: str) -> str:
     # GTK marks one mnemonic per string with "_"; a string with several underscores holds identifiers

@@ -6,7 +6,6 @@ Downloads land in <cache>/l10n-debs/ and are reused while their sha256 matches t
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -15,6 +14,8 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.artifacts import file_sha256
 
 
 class AptUnavailable(RuntimeError):
@@ -42,14 +43,6 @@ def _apt_show(names: list[str]) -> dict[str, dict[str, str]]:
     return info
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def deb_filename(name: str, version: str, arch: str) -> str:
     return f"{name}_{version.replace(':', '%3a')}_{arch}.deb"  # as apt-get download names it
 
@@ -73,7 +66,7 @@ def download(names: list[str], debdir: Path, log=print) -> dict[str, Deb]:
     for name, f in sorted(info.items()):
         path = debdir / deb_filename(name, f["Version"], f["Architecture"])
         debs[name] = Deb(name, f["Version"], f.get("SHA256", ""), path)
-        if not (path.exists() and sha256_file(path) == debs[name].sha256):
+        if not (path.exists() and file_sha256(path) == debs[name].sha256):
             todo.append(name)
     if todo:
         log(f"downloading {len(todo)} packages with apt-get download")
@@ -84,7 +77,7 @@ def download(names: list[str], debdir: Path, log=print) -> dict[str, Deb]:
     for name, d in list(debs.items()):
         if not d.path.exists():
             raise AptUnavailable(f"{d.path.name} missing after apt-get download")
-        got = sha256_file(d.path)
+        got = file_sha256(d.path)
         if d.sha256 and got != d.sha256:
             raise AptUnavailable(f"{d.path.name}: sha256 {got} does not match the apt index")
         debs[name] = Deb(d.name, d.version, got, d.path)

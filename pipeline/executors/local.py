@@ -16,8 +16,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -75,6 +77,16 @@ def _run_in_worker(task: Task) -> tuple[str, str | None, str | None]:
         return "failed", e.error, str(e.log_path) if e.log_path else None
 
 
+class _InProcess:
+    """`workers=1`: a task runs here when it is submitted; its future is done when submit returns."""
+
+    @staticmethod
+    def submit(fn: Callable[..., Any], *args: Any) -> Future:
+        f: Future = Future()
+        f.set_result(fn(*args))
+        return f
+
+
 class LocalExecutor:
     def __init__(self, workers: int = 1, threads_per_worker: int | None = None):
         self.workers = max(1, int(workers))
@@ -113,80 +125,62 @@ class LocalExecutor:
                 log.info("[%d/%d] %s %s", sum(1 for x in todo if x.id in results), len(todo), t.id, state)
 
         pending = list(todo)
-        if self.workers == 1:
-            import torch
-
-            torch.set_num_threads(self.threads)
-            with _SweepStop() as stop:
-                while pending and not stop.signal:
-                    progressed = False
-                    for t in list(pending):
-                        r = ready(t)
-                        if r == "wait":
-                            continue
+        with self._pool() as (pool, forward), _SweepStop(forward) as stop:
+            running: dict[Future, Task] = {}
+            while running or (pending and not stop.signal):
+                for t in list(pending):
+                    if stop.signal:
+                        break
+                    r = ready(t)
+                    if r == "blocked":
                         pending.remove(t)
-                        progressed = True
-                        if r == "blocked":
-                            finish(t, "blocked")
-                            continue
-                        try:
-                            state = execute(t)
-                        except TaskFailed as e:
-                            finish(t, "failed", e.error, str(e.log_path) if e.log_path else None)
-                            continue
-                        finish(t, state)
-                        if state == "preempted":  # the task's own StopFlag took the signal: the sweep stops too
-                            stop.signal = stop.signal or "a stop signal"
-                        if stop.signal:
-                            break
-                    if not progressed:  # a dependency outside the plan: cannot happen with a planner-built plan
+                        finish(t, "blocked")
+                    elif r == "run" and len(running) < self.workers:
+                        pending.remove(t)
+                        running[pool.submit(_run_in_worker, t)] = t
+                if not running:  # nothing can start: a dependency outside the plan (not with a planner-built plan)
+                    if pending and not stop.signal:
                         for t in pending:
                             finish(t, "blocked")
                         pending.clear()
-        else:
-            ctx = mp.get_context("spawn")  # fork after torch's thread pools start is unsafe
-            with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(self.threads,)) as pool:
-
-                def forward(signum: int) -> None:
-                    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public handle
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(proc.pid, signum)
-
-                running: dict[Future, Task] = {}
-                with _SweepStop(forward) as stop:
-                    while running or (pending and not stop.signal):
-                        for t in list(pending):
-                            if stop.signal:
-                                break
-                            r = ready(t)
-                            if r == "blocked":
-                                pending.remove(t)
-                                finish(t, "blocked")
-                            elif r == "run" and len(running) < self.workers:
-                                pending.remove(t)
-                                running[pool.submit(_run_in_worker, t)] = t
-                        if not running:
-                            if pending and not stop.signal:
-                                for t in pending:
-                                    finish(t, "blocked")
-                                pending.clear()
-                            break
-                        done, _ = wait(running, return_when=FIRST_COMPLETED)
-                        for f in done:
-                            t = running.pop(f)
-                            try:
-                                state, err, lp = f.result()
-                            except Exception as e:  # the worker process died (OOM, segfault)
-                                state, err, lp = "failed", f"worker died: {e}", None
-                            finish(t, state, err, lp)
-                            if state == "preempted" and not stop.signal:
-                                stop.signal = "a stop signal"
-                                forward(signal.SIGTERM)  # the others checkpoint too
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    t = running.pop(f)
+                    try:
+                        state, err, lp = f.result()
+                    except Exception as e:  # the worker process died (OOM, segfault)
+                        state, err, lp = "failed", f"worker died: {e}", None
+                    finish(t, state, err, lp)
+                    if state == "preempted" and not stop.signal:  # the task's StopFlag took the signal
+                        stop.signal = "a stop signal"
+                        if forward:
+                            forward(signal.SIGTERM)  # the others checkpoint too
         for t in pending:  # never started because the sweep was stopped
             results[t.id] = "not started"
         bar.close()
         return self._summary(plan, results, failures, time.time() - t0)
+
+    @contextlib.contextmanager
+    def _pool(self) -> Iterator[tuple[Any, Callable[[int], None] | None]]:
+        """Where tasks run, and how a stop signal reaches them: one task at a time in this process (its own
+        StopFlag takes the signal), or `workers` spawned processes (the signal is forwarded to each)."""
+        if self.workers == 1:
+            import torch
+
+            torch.set_num_threads(self.threads)
+            yield _InProcess(), None
+            return
+        ctx = mp.get_context("spawn")  # fork after torch's thread pools start is unsafe
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(self.threads,)) as pool:
+
+            def forward(signum: int) -> None:
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public handle
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signum)
+
+            yield pool, forward
 
     @staticmethod
     def _summary(plan: Plan, results: dict[str, str], failures, seconds: float) -> int:

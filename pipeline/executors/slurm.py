@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text
-from pipeline.config import Config, ConfigError, _known, _num, to_dict
+from pipeline.config import Config
 from pipeline.plan import Plan, Task, load_plan, write_plan
 from pipeline.stages import LEVELS, READ_STAGES
 from pipeline.task import is_complete
+from pipeline.typed import to_dict
+from pipeline.validate import ConfigError, known, num
 
 log = logging.getLogger("pipeline")
 
@@ -45,40 +47,77 @@ ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESI
 POLL_S = 5.0
 
 
-def options(cfg: Config) -> dict[str, Any]:
-    """executor.* as plain dicts and lists (the config keeps them frozen)."""
-    return to_dict(cfg.executor.options) or {}
+@dataclass(frozen=True)
+class Resources:
+    """executor.resources.<stage>: what one array element of the stage asks SLURM for."""
+
+    nodes: int
+    gpus_per_node: int
+    cpus_per_task: int
+    mem_gb: float
+    time_min: int
+    tasks_per_node: int | None = None  # processes per node (default: one per GPU, or 1)
+    gres: str | None = None  # replaces gpu:<gpus_per_node>, e.g. shard:1 to share a GPU
+
+    @classmethod
+    def parse(cls, r: Any, p: str) -> Resources:
+        if not isinstance(r, Mapping):
+            raise ConfigError(p, "is required: {nodes, gpus_per_node, cpus_per_task, mem_gb, time_min}")
+        known(r, p, RESOURCES)
+        ints = {key: num(r, key, p, kind=int, lo=lo)
+                for key, lo in (("nodes", 1), ("gpus_per_node", 0), ("cpus_per_task", 1), ("time_min", 1))}
+        if r.get("gres") is not None and not isinstance(r["gres"], str):
+            raise ConfigError(f"{p}.gres", f"must be a GRES string such as shard:1, got {r['gres']!r}")
+        return cls(**ints, mem_gb=num(r, "mem_gb", p, lo=0, lo_open=True),
+                   tasks_per_node=num(r, "tasks_per_node", p, kind=int, lo=1, default=None), gres=r.get("gres"))
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return self.tasks_per_node or self.gpus_per_node or 1
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """executor.* of executor=slurm, validated where it is defined (one line naming the key, exit 2)."""
+
+    resources: dict[str, Resources]  # per stage
+    folder: str | None = None  # job scripts and logs (null: <paths.artifacts>/slurm)
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: tuple[str, ...] = ()  # shell lines run before each task
+    max_array_parallelism: int = 64
+    signal_delay_s: int = 120  # SIGUSR1 this long before the time limit: checkpoint and requeue
+    wait: bool = False  # block until the jobs end (tests, CI)
+    python: str | None = None  # interpreter in the jobs (null: the one that submits)
+
+    @classmethod
+    def of(cls, cfg: Config) -> SlurmOptions:
+        opts = to_dict(cfg.executor.options) or {}
+        known(opts, "executor", OPTIONS)
+        for key in ("folder", "partition", "account", "qos", "constraint", "python"):
+            if opts.get(key) is not None and not isinstance(opts[key], str):
+                raise ConfigError(f"executor.{key}", f"must be a string or null, got {opts[key]!r}")
+        setup = opts.get("setup") or ()
+        if not isinstance(setup, (list, tuple)) or not all(isinstance(s, str) for s in setup):
+            raise ConfigError("executor.setup", "must be a list of shell lines")
+        if not isinstance(opts.get("wait", False), bool):
+            raise ConfigError("executor.wait", f"must be true or false, got {opts['wait']!r}")
+        res = opts.get("resources")
+        if not isinstance(res, Mapping):
+            raise ConfigError("executor.resources", f"must map each stage ({', '.join(LEVELS)}) to its resources")
+        known(res, "executor.resources", set(LEVELS))
+        return cls(resources={s: Resources.parse(res.get(s), f"executor.resources.{s}") for s in LEVELS},
+                   **{k: opts.get(k) for k in ("folder", "partition", "account", "qos", "constraint", "python")},
+                   setup=tuple(setup), wait=opts.get("wait", False),
+                   max_array_parallelism=num(opts, "max_array_parallelism", "executor", kind=int, lo=1, default=64),
+                   signal_delay_s=num(opts, "signal_delay_s", "executor", kind=int, lo=0, default=120))
 
 
 def check(cfg: Config) -> None:
     """Refuse a bad executor config, or a machine without sbatch, before anything is planned or written."""
-    opts = options(cfg)
-    _known(opts, "executor", OPTIONS)
-    for key in ("partition", "account", "qos", "constraint", "python"):
-        if opts.get(key) is not None and not isinstance(opts[key], str):
-            raise ConfigError(f"executor.{key}", f"must be a string or null, got {opts[key]!r}")
-    if not isinstance(opts.get("setup", ()), (list, tuple)) or not all(isinstance(s, str) for s in opts.get("setup", ())):
-        raise ConfigError("executor.setup", "must be a list of shell lines")
-    _num(opts, "max_array_parallelism", "executor", kind=int, lo=1, default=64)
-    _num(opts, "signal_delay_s", "executor", kind=int, lo=0, default=120)
-    if not isinstance(opts.get("wait", False), bool):
-        raise ConfigError("executor.wait", f"must be true or false, got {opts['wait']!r}")
-    res = opts.get("resources")
-    if not isinstance(res, Mapping):
-        raise ConfigError("executor.resources", f"must map each stage ({', '.join(LEVELS)}) to its resources")
-    _known(res, "executor.resources", set(LEVELS))
-    for stage in LEVELS:
-        p = f"executor.resources.{stage}"
-        r = res.get(stage)
-        if not isinstance(r, Mapping):
-            raise ConfigError(p, "is required: {nodes, gpus_per_node, cpus_per_task, mem_gb, time_min}")
-        _known(r, p, RESOURCES)
-        for key, lo in (("nodes", 1), ("gpus_per_node", 0), ("cpus_per_task", 1), ("time_min", 1)):
-            _num(r, key, p, kind=int, lo=lo)
-        _num(r, "mem_gb", p, lo=0, lo_open=True)
-        _num(r, "tasks_per_node", p, kind=int, lo=1, default=None)
-        if r.get("gres") is not None and not isinstance(r["gres"], str):
-            raise ConfigError(f"{p}.gres", f"must be a GRES string such as shard:1, got {r['gres']!r}")
+    SlurmOptions.of(cfg)
     if cfg.stage != "plan" and not shutil.which("sbatch"):
         raise ConfigError("executor", "slurm needs `sbatch` on the PATH (run on a cluster login node, or executor=local)")
 
@@ -101,34 +140,33 @@ class ArrayJob:
         return self.script.parent / "logs" / f"{self.stage}-{self.job_id}_{index}.out"
 
 
-def _sbatch_lines(name: str, n: int, r: Mapping[str, Any], opts: Mapping[str, Any], log_pattern: Path) -> list[str]:
-    ntasks = int(r.get("tasks_per_node") or r["gpus_per_node"] or 1)
+def _sbatch_lines(name: str, n: int, r: Resources, opts: SlurmOptions, log_pattern: Path) -> list[str]:
     lines = [
         f"--job-name={name}",
-        f"--array=0-{n - 1}%{min(n, int(opts.get('max_array_parallelism', 64)))}",
-        f"--nodes={r['nodes']}",
-        f"--ntasks-per-node={ntasks}",
-        f"--cpus-per-task={r['cpus_per_task']}",
-        f"--mem={max(1, round(float(r['mem_gb']) * 1024))}M",
-        f"--time={r['time_min']}",
+        f"--array=0-{n - 1}%{min(n, opts.max_array_parallelism)}",
+        f"--nodes={r.nodes}",
+        f"--ntasks-per-node={r.ntasks_per_node}",
+        f"--cpus-per-task={r.cpus_per_task}",
+        f"--mem={max(1, round(r.mem_gb * 1024))}M",
+        f"--time={r.time_min}",
     ]
-    if r.get("gres"):  # e.g. shard:1 or mps:25, to pack several small finetunes on one GPU
-        lines.append(f"--gres={r['gres']}")
-    elif r["gpus_per_node"]:
-        lines.append(f"--gres=gpu:{r['gpus_per_node']}")
-    lines += [f"--{k}={opts[k]}" for k in ("partition", "account", "qos", "constraint") if opts.get(k)]
+    if r.gres:  # e.g. shard:1 or mps:25, to pack several small finetunes on one GPU
+        lines.append(f"--gres={r.gres}")
+    elif r.gpus_per_node:
+        lines.append(f"--gres=gpu:{r.gpus_per_node}")
+    lines += [f"--{k}={getattr(opts, k)}" for k in ("partition", "account", "qos", "constraint") if getattr(opts, k)]
     lines += [f"--output={log_pattern}", "--open-mode=append", "--requeue", f"--chdir={Path.cwd()}"]
-    if int(opts.get("signal_delay_s", 120)):
-        lines.append(f"--signal=B:USR1@{int(opts['signal_delay_s'])}")
+    if opts.signal_delay_s:
+        lines.append(f"--signal=B:USR1@{opts.signal_delay_s}")
     return lines
 
 
-def job_script(job: ArrayJob, sweep: str, r: Mapping[str, Any], opts: Mapping[str, Any]) -> str:
+def job_script(job: ArrayJob, sweep: str, r: Resources, opts: SlurmOptions) -> str:
     """The batch script of one level: #SBATCH lines, the user's setup lines, then the task (under srun when
     the stage spans several processes: one per GPU, every node)."""
     n = len(job.tasks)
-    ntasks = int(r.get("tasks_per_node") or r["gpus_per_node"] or 1) * int(r["nodes"])
-    python = opts.get("python") or sys.executable
+    ntasks = r.ntasks_per_node * r.nodes
+    python = opts.python or sys.executable
     run = f"{shlex.quote(python)} -m pipeline.task {shlex.quote(str(job.plan_file))} \"$SLURM_ARRAY_TASK_ID\""
     out = [
         "#!/bin/bash",
@@ -136,7 +174,7 @@ def job_script(job: ArrayJob, sweep: str, r: Mapping[str, Any], opts: Mapping[st
         f"# Element i runs task i of {job.plan_file}; a task that finished already is skipped.",
         *(f"#SBATCH {line}" for line in _sbatch_lines(f"ds-{sweep}-{job.stage}", n, r, opts, job.log_pattern)),
         "set -eo pipefail",
-        *opts.get("setup", ()),
+        *opts.setup,
         f"export PYTHONPATH={shlex.quote(str(ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
         'echo "$(date -Is) job $SLURM_JOB_ID (array $SLURM_ARRAY_JOB_ID element $SLURM_ARRAY_TASK_ID) on $(hostname)"',
     ]
@@ -157,7 +195,7 @@ class SlurmExecutor:
     def __init__(self, cfg: Config):
         check(cfg)
         self.cfg = cfg
-        self.opts = options(cfg)
+        self.opts = SlurmOptions.of(cfg)
         self.poll_s = POLL_S
 
     def levels(self, tasks: list[Task]) -> list[tuple[str, list[Task]]]:
@@ -175,7 +213,7 @@ class SlurmExecutor:
         if not levels:
             print(f"sweep {plan.sweep}: all {len(tasks)} selected tasks are finished; nothing to submit")
             return 0
-        folder = Path(str(self.opts.get("folder") or Path(self.cfg.paths.artifacts) / "slurm"))
+        folder = Path(self.opts.folder or Path(self.cfg.paths.artifacts) / "slurm")
         folder = folder.resolve() / f"{plan.sweep}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         (folder / "logs").mkdir(parents=True)  # SLURM does not create the --output directory
         jobs: list[ArrayJob] = []
@@ -183,8 +221,7 @@ class SlurmExecutor:
             for stage, todo in levels:
                 job = ArrayJob(stage, todo, folder / "plans" / f"{stage}.json", folder / f"{stage}.sbatch")
                 atomic_write_json(job.plan_file, Plan(plan.sweep, todo, plan.cells, plan.summary).to_dict())
-                r = self.opts["resources"][stage]
-                atomic_write_text(job.script, job_script(job, plan.sweep, r, self.opts))
+                atomic_write_text(job.script, job_script(job, plan.sweep, self.opts.resources[stage], self.opts))
                 if jobs:  # read stages run whatever happened before them, like the local executor
                     kind = "afterany" if stage in READ_STAGES else "afterok"
                     job.dependency = f"{kind}:{jobs[-1].job_id}"
@@ -197,7 +234,7 @@ class SlurmExecutor:
             {"stage": j.stage, "job_id": j.job_id, "dependency": j.dependency, "plan": str(j.plan_file),
              "script": str(j.script), "log": str(j.log_pattern), "tasks": [t.id for t in j.tasks]} for j in jobs])
         self._announce(plan, jobs, folder)
-        if self.opts.get("wait", False):
+        if self.opts.wait:
             return self.wait(jobs)
         return 0
 

@@ -10,5 +10,6 @@
 """
 
 from pipeline.report.build import build, run
+from pipeline.results import ReadSpec  # the spec of this stage (pipeline.stages looks it up here)
 
-__all__ = ["build", "run"]
+__all__ = ["ReadSpec", "build", "run"]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text
-from pipeline.fit import excluded, seed_means, stage_results, usable
+from pipeline.fit import excluded, seed_means, usable
 from pipeline.report.document import Block, to_html, to_markdown
 from pipeline.report.figures import Figure, plot_bleu_vs_ce, plot_task, render
 from pipeline.report.fmt import fmt, fmt_g
@@ -34,7 +34,7 @@ from pipeline.report.tables import (
     significance_section,
 )
 from pipeline.report.verdicts import verdicts
-from pipeline.results import is_ok
+from pipeline.results import ReadSpec, is_ok
 
 
 @dataclass
@@ -43,14 +43,13 @@ class Report:
     figures: list[Figure]
 
 
-def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], spec: dict[str, Any],
-          corr: pd.DataFrame | None = None, methods: pd.DataFrame | None = None,
-          comp: pd.DataFrame | None = None) -> Report:
+def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], spec: ReadSpec,
+          results_name: str = "results.csv", corr: pd.DataFrame | None = None,
+          methods: pd.DataFrame | None = None, comp: pd.DataFrame | None = None) -> Report:
     """The report as blocks, read top down: verdicts and key tables first, figures and the three questions,
     then the long per-point tables (collapsed); and the figures those blocks show, not drawn yet."""
     corr = pd.DataFrame() if corr is None else corr
     methods = pd.DataFrame() if methods is None else methods
-    fit_cfg = spec.get("fit") or {}
     if "x" not in fits_df.columns:  # fits.csv from before the question laws: every law was in Dp
         fits_df = fits_df.assign(x=np.where(fits_df["law"] == "joint", "dp,df", "dp"))
     ok_rows = usable(results)
@@ -80,10 +79,9 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
     body.append(Block("h2", "Fitted laws"))
     body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); "
                            "brackets are 90% bootstrap intervals; Dp in raw text tokens."))
-    huber = {k: f", Huber δ = {fmt_g(fit_cfg[k])}" if k in fit_cfg else "" for k in ("bleu_delta", "ce_delta")}
-    body.append(Block("h3", f"BLEU: f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1{huber['bleu_delta']})"))
+    body.append(Block("h3", f"BLEU: f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1, Huber δ = {fmt_g(spec.fit.bleu_delta)})"))
     body.append(fit_table(fits_df, "bleu_log", param_names(fits_df, "bleu_log")))
-    body.append(Block("h3", f"Cross-entropy: L(Dp) = E + A/Dp^α (Isik et al. Eq. 3{huber['ce_delta']})"))
+    body.append(Block("h3", f"Cross-entropy: L(Dp) = E + A/Dp^α (Isik et al. Eq. 3, Huber δ = {fmt_g(spec.fit.ce_delta)})"))
     body.append(fit_table(fits_df, "power", param_names(fits_df, "power")))
     if (fits_df["x"].astype(str) == "dp,df").any():
         body.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
@@ -120,7 +118,7 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
     appendix = [Block("h2", "Appendix: the per-point tables"),
                 Block("h3", "Held-out extrapolation, per point"), holdout_table(fits),
                 Block("h3", "All evaluated cells"), cells_table(ok_rows)]
-    head = [Block("h1", f"Downstream scaling report — sweep `{spec.get('sweep', '')}`"), header(results, spec)]
+    head = [Block("h1", f"Downstream scaling report — sweep `{spec.sweep}`"), header(results, spec, results_name)]
     return Report(head + summary + cells_section(results) + body + appendix, figures)
 
 
@@ -137,24 +135,24 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def run(task) -> None:
     from pipeline.tracking import make_tracker, read_stage_run_id
 
-    spec = task.spec
-    out, results_path, results = stage_results(spec)
+    spec: ReadSpec = task.spec
+    out = Path(spec.reports_dir)
+    results_path, results = spec.table()
     fits_df = _read_csv(out / "fits.csv")
     if fits_df.empty:
         fits_df = pd.DataFrame(columns=["task", "mixture", "model", "method", "df", "metric", "law", "x", "ok", "reason"])
     fits = json.loads((out / "fits.json").read_text()) if (out / "fits.json").exists() else []
-    tracker = make_tracker(out, spec.get("tracking"), run_id=read_stage_run_id("report", spec),
-                           name=getattr(task, "name", f"report-{spec['sweep']}"),
-                           config={"sweep": spec["sweep"], "results": str(results_path)}, file="report-metrics.jsonl",
-                           group=spec["sweep"])
+    tracker = make_tracker(out, spec.tracking, run_id=read_stage_run_id("report", spec.to_dict()),
+                           name=getattr(task, "name", f"report-{spec.sweep}"),
+                           config={"sweep": spec.sweep, "results": str(results_path)}, file="report-metrics.jsonl",
+                           group=spec.sweep)
     try:
-        report = build(results, fits_df, fits, {**spec, "results_name": results_path.name},
-                       corr=_read_csv(out / "correlations.csv"), methods=_read_csv(out / "methods.csv"),
-                       comp=_read_csv(results_path.with_name("comparisons.csv")))
+        report = build(results, fits_df, fits, spec, results_path.name, corr=_read_csv(out / "correlations.csv"),
+                       methods=_read_csv(out / "methods.csv"), comp=_read_csv(results_path.with_name("comparisons.csv")))
         render(report.figures, out)
         for f in report.figures:
             tracker.log_image(f"report/{f.name.removeprefix('fig_').removesuffix('.png')}", out / f.name)
-        title = f"Downstream scaling report — {spec['sweep']}"
+        title = f"Downstream scaling report — {spec.sweep}"
         atomic_write_text(out / "report.md", to_markdown(report.blocks))
         atomic_write_bytes(out / "report.html", to_html(report.blocks, out, title).encode())
         tracker.log({"cells": len(results), "cells_ok": int((results["status"] == "ok").sum()),

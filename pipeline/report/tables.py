@@ -23,7 +23,7 @@ from pipeline.report.fmt import (
     num,
     plain_reason,
 )
-from pipeline.results import is_ok
+from pipeline.results import ReadSpec, is_ok
 
 
 def fit_table(fits_df: pd.DataFrame, law: str, names: list[str], x: str | None = None) -> Block:
@@ -57,14 +57,14 @@ TEST_SPLIT_NOTES = {
 }
 
 
-def header(results: pd.DataFrame, spec: dict[str, Any]) -> Block:
-    scale = spec.get("scale") or {}
+def header(results: pd.DataFrame, spec: ReadSpec, results_name: str) -> Block:
+    scale = spec.scale
     models = sorted(results["model"].dropna().unique())
     params = {m: results.loc[results["model"] == m, "params"].dropna() for m in models}
     model_desc = ", ".join(f"{m} ({fmt_tokens(float(p.iloc[0]))} parameters)" if len(p) else m for m, p in params.items())
     sigs = sorted(results["bleu_signature"].dropna().unique()) if "bleu_signature" in results else []
     shas = sorted(results["git_sha"].dropna().astype(str).unique()) if "git_sha" in results else []
-    src = spec.get("data_source", "l10n")
+    src = spec.data_source
     split = results["test_split"].dropna().iloc[0] if "test_split" in results and results["test_split"].notna().any() \
         else "test"
     other = results["other_split"].dropna() if "other_split" in results else pd.Series(dtype=object)
@@ -74,16 +74,16 @@ def header(results: pd.DataFrame, spec: dict[str, Any]) -> Block:
                     f"BLEU {fmt(ok['other_bleu'].max(), 3)} there against {fmt(ok['bleu'].max(), 3)}"
                     if len(other) and len(ok) else "") + ".")
     return Block("note", "\n".join([
-        f"**Scale: {scale.get('name', '?')}** — {scale.get('description', '')}. "
+        f"**Scale: {scale.name}** — {scale.description}. "
         + ("This is a toy-scale run: trends only, not the paper's numbers."
-           if scale.get("name") in ("smoke", "cpu") and "trends only" not in scale.get("description", "") else ""),
+           if scale.name in ("smoke", "cpu") and "trends only" not in scale.description else ""),
         f"Corpus: {DATA_NOTES.get(src, src)}.",
         test_note,
         f"Models: {model_desc}. Finetuning: {', '.join(sorted(results['method'].dropna().unique()))}. "
         f"Cells: {int((results['status'] == 'ok').sum())} of {len(results)} evaluated.",
         f"sacreBLEU signature: {'; '.join(sigs) or 'n/a'}.",
         f"Git SHA: {', '.join(shas) or git_sha() + ' (of the report; the table records none)'}. "
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{spec.get('results_name', 'results.csv')}`.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{results_name}`.",
     ]))
 
 
