@@ -81,8 +81,11 @@ def paired_bleu(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Sequence[str
                      - metric._compute_score_from_stats(sa.sum(0)).score
                      for sa, sb in zip(stats_a[idx], stats_b[idx])])
     lo, hi = np.percentile(diff, [2.5, 97.5])
+    # sacreBLEU counts resampled differences strictly above the observed one: with no observed difference (two
+    # different outputs with the same BLEU, typically both 0) every count is 0 and it would report its smallest p.
+    p = 1.0 if b.score == a.score else float(b.p_value)
     return Comparison(bleu_a=a.score, bleu_b=b.score, delta=b.score - a.score, delta_lo=float(lo),
-                      delta_hi=float(hi), p_value=float(b.p_value), n=len(refs), resamples=resamples)
+                      delta_hi=float(hi), p_value=p, n=len(refs), resamples=resamples)
 
 
 # ------------------------------------------------------------------------------ the comparisons a study reads

@@ -65,6 +65,15 @@ def test_identical_systems_are_no_difference():
     assert c.delta == 0 and c.p_value == 1.0 and not c.significant
 
 
+def test_two_different_systems_with_the_same_bleu_are_no_difference():
+    refs = _refs(40)
+    a = ["zzz"] * len(refs)  # different outputs, no n-gram right: BLEU 0 on both sides
+    b = ["qqq www"] * len(refs)
+    c = paired_bleu(a, b, refs)
+    assert c.bleu_a == c.bleu_b == 0 and c.p_value == 1.0 and not c.significant
+    assert "inside the noise" in c.sentence("a", "b")
+
+
 def test_mismatched_test_sets_are_refused():
     with pytest.raises(ValueError, match="same non-empty test set"):
         paired_bleu(["a b"], ["a b", "c"], ["a b"])
