@@ -161,6 +161,8 @@ class FitResult:
     dof: int = 0  # residual degrees of freedom of the Laplace approximation
     scale: list[float] = field(default_factory=list)  # residual scale per residual column (measurement noise)
     seed: int = 0
+    inflation: float = 1.0  # the factor the Laplace interval was widened by (see _inflation)
+    n_checks: int = 0  # the inner extrapolation checks that factor rests on
     _law: Law | None = field(default=None, repr=False)
     _theta: np.ndarray | None = field(default=None, repr=False)
     _boot: np.ndarray | None = field(default=None, repr=False)  # (B, P) coordinates of the interval draws
@@ -197,7 +199,8 @@ class FitResult:
             rng = np.random.default_rng(self.seed + 1)
             p = p + self.scale[-1] * rng.standard_t(max(self.dof, 1), size=p.shape)
         p = np.where(np.isnan(p), np.inf, p)  # a draw whose curve is undefined there bounds nothing
-        q = np.quantile(p, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        with np.errstate(all="ignore"):
+            q = np.quantile(p, [(1 - level) / 2, (1 + level) / 2], axis=0)
         lo, hi = (_natural(self._law, v, self.options.get("q0", 0.0)) for v in q)
         return np.minimum(lo, hi), np.maximum(lo, hi)  # loglog maps decreasingly
 
@@ -219,6 +222,8 @@ class FitResult:
             "dof": self.dof,
             "scale": self.scale,
             "seed": self.seed,
+            "inflation": self.inflation,
+            "n_checks": self.n_checks,
         }
         return _clean(d)
 
@@ -249,6 +254,8 @@ class FitResult:
             dof=int(d.get("dof") or 0),
             scale=[none(v, math.inf) for v in d.get("scale") or []],
             seed=int(d.get("seed") or 0),
+            inflation=float(d.get("inflation") or 1.0),
+            n_checks=int(d.get("n_checks") or 0),
             _law=law,
         )
         if res.ok:
@@ -450,6 +457,16 @@ def fit(
         _bootstrap(res, spec, xf, t, delta, m, bootstrap, seed)
     if interval != "none":
         _laplace(res, spec, xf, t)
+        res.inflation, res.n_checks = _inflation(spec, xf, t, delta, m)
+        if res.n_checks == 0:
+            res.flags.append(
+                "the interval is not calibrated: too few points to test extrapolation within the fit (it assumes "
+                "the law is exact)"
+            )
+        if res.inflation > 1:  # the scale now rests on the checks: their number is its degrees of freedom
+            res.dof = min(res.dof, res.n_checks)
+        res.cov = res.cov * res.inflation**2
+        res.scale = [v * res.inflation for v in res.scale]
         if res._boot is None or len(res._boot) == 0:
             res._boot = _draws(theta, res.cov, res.dof, seed)
         res.intervals = _param_intervals(res, spec, x0)
@@ -483,11 +500,11 @@ def _residuals(law: Law, theta: torch.Tensor, x: torch.Tensor, t: torch.Tensor) 
     return (law.predict_t(theta[None], x) - t)[0][:, None]
 
 
-def _laplace(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray) -> None:
-    """Gauss-Newton (Laplace) covariance of the coordinates at the optimum, the residual scale per column and
-    the degrees of freedom: cov = (Jᵀ W J)⁻¹ with W = 1/s² per residual column, s² = RSS/(n − p)."""
+def _laplace_parts(law: Law, x: np.ndarray, t: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Gauss-Newton (Laplace) covariance of the coordinates at an optimum, the residual degrees of freedom and
+    the residual scale per column: cov = (Jᵀ W J)⁻¹ with W = 1/s² per residual column, s² = RSS/(n − p)."""
     xt, tt = torch.tensor(x), torch.tensor(t)
-    th = torch.tensor(res._theta)
+    th = torch.tensor(theta)
     r = _residuals(law, th, xt, tt).numpy()  # (n, R)
     J = torch.autograd.functional.jacobian(lambda v: _residuals(law, v, xt, tt), th).numpy()  # (n, R, P)
     n, R = r.shape
@@ -501,8 +518,49 @@ def _laplace(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray) -> None:
     # directions the data do not constrain keep a variance of 1e12× the best one: their draws run away,
     # which is what "unbounded" means
     lam = np.maximum(lam, 1e-12 * max(lam.max(), 1e-300))
-    res.cov = (V / lam) @ V.T
-    res.dof, res.scale = int(min(dof)), s.tolist()
+    return (V / lam) @ V.T, int(min(dof)), s
+
+
+def _laplace(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray) -> None:
+    cov, res.dof, s = _laplace_parts(law, x, t, res._theta)
+    res.cov, res.scale = cov, s.tolist()
+
+
+MAX_CHECKS = 3  # inner extrapolation checks per fit (each a refit on fewer points)
+
+
+def _inflation(law: Law, x: np.ndarray, t: np.ndarray, delta: float, m) -> tuple[float, int]:
+    """How much wider the Laplace interval must be to cover the law's own extrapolation errors inside the fit:
+    refit on the points up to each of the last MAX_CHECKS distinct values of x's first column (the smaller
+    runs), predict the larger fit points, and take the RMS of their errors in units of the refit's predicted
+    standard deviation (curve and scatter). A law that bends away from the data as it extrapolates gets a
+    factor > 1; an exact law keeps 1. Returns (factor >= 1, number of predictions it rests on)."""
+    P = len(law.params)
+    levels = np.unique(x[:, 0])
+    f, order = m.f, np.argsort(m.f)
+    starts = m.theta[order[: min(4, len(order))]]
+    starts = starts[np.isfinite(f[order[: len(starts)]])]
+    z = []
+    for cut in levels[::-1][1 : MAX_CHECKS + 1]:
+        sub = x[:, 0] <= cut
+        if sub.sum() < P + 1 or len(np.unique(x[sub], axis=0)) < P + 1:
+            break
+        ms = _minimise(law, x[sub], t[sub], delta, starts)
+        k = int(np.argmin(ms.f))
+        th = ms.theta[k]
+        if not (math.isfinite(ms.f[k]) and _bounded(th)):
+            continue
+        cov, dof, s = _laplace_parts(law, x[sub], t[sub], th)
+        xn = torch.tensor(x[~sub])
+        g = torch.autograd.functional.jacobian(lambda v: law.predict_t(v[None], xn)[0], torch.tensor(th)).numpy()
+        with torch.no_grad():
+            pred = law.predict_t(torch.tensor(th[None]), xn).numpy()[0]
+        sd = np.sqrt(np.einsum("np,pq,nq->n", g, cov, g) + s[-1] ** 2)
+        zk = (t[~sub] - pred) / sd
+        z.extend(zk[np.isfinite(zk)].tolist())
+    if not z:
+        return 1.0, 0
+    return max(1.0, float(np.sqrt(np.mean(np.square(z))))), len(z)
 
 
 def _draws(theta: np.ndarray, cov: np.ndarray, dof: int, seed: int) -> np.ndarray:
