@@ -118,6 +118,16 @@ def results_table(path: Path, holdout_largest: int = 2) -> Iterator[Case]:
 PUBLISHED = (gordon, chinchilla, gadre, apple)
 
 
+def default_data() -> Path:
+    """../shared/data beside the checkout, $DS_SHARED_DATA, or /work/shared/data: the first that exists."""
+    import os
+
+    roots = [Path(__file__).resolve().parents[3] / "shared" / "data", Path("/work/shared/data")]
+    if os.environ.get("DS_SHARED_DATA"):
+        roots.insert(0, Path(os.environ["DS_SHARED_DATA"]))
+    return next((r for r in roots if r.is_dir()), roots[-1])
+
+
 def cases(root: Path, results: list[Path]) -> Iterator[Case]:
     for source in PUBLISHED:
         yield from source(root)

@@ -157,6 +157,7 @@ class FitResult:
     flags: list[str] = field(default_factory=list)
     form: str = ""
     x0: list[float] | None = None  # the centre x is divided by (centred laws), per column
+    x_range: list[list[float]] | None = None  # [min, max] of the fit points' x, per column
     cov: np.ndarray | None = None  # Laplace covariance of the raw coordinates (before the t scaling)
     dof: int = 0  # residual degrees of freedom of the Laplace approximation
     scale: list[float] = field(default_factory=list)  # residual scale per residual column (measurement noise)
@@ -199,8 +200,8 @@ class FitResult:
             rng = np.random.default_rng(self.seed + 1)
             p = p + self.scale[-1] * rng.standard_t(max(self.dof, 1), size=p.shape)
         p = np.where(np.isnan(p), np.inf, p)  # a draw whose curve is undefined there bounds nothing
-        with np.errstate(all="ignore"):
-            q = np.quantile(p, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        # "nearest": interpolating between two infinite draws would give NaN
+        q = np.quantile(p, [(1 - level) / 2, (1 + level) / 2], axis=0, method="nearest")
         lo, hi = (_natural(self._law, v, self.options.get("q0", 0.0)) for v in q)
         return np.minimum(lo, hi), np.maximum(lo, hi)  # loglog maps decreasingly
 
@@ -218,6 +219,7 @@ class FitResult:
             "interval": self.interval,
             "bootstrap": self.n_boot,
             "x0": self.x0,
+            "x_range": self.x_range,
             "cov": None if self.cov is None else self.cov.tolist(),
             "dof": self.dof,
             "scale": self.scale,
@@ -251,6 +253,7 @@ class FitResult:
             flags=d.get("flags") or [],
             form=d.get("form") or "",
             x0=d.get("x0"),
+            x_range=d.get("x_range"),
             dof=int(d.get("dof") or 0),
             scale=[none(v, math.inf) for v in d.get("scale") or []],
             seed=int(d.get("seed") or 0),
@@ -280,7 +283,7 @@ def _prepare(law: str, x, y, law_options: dict, delta: float | None) -> tuple[La
 
 def _check(law: Law, x: np.ndarray, y: np.ndarray, fit_mask: np.ndarray, opts: dict) -> str | None:
     """The reason this data cannot be fitted by this law, or None."""
-    P, nf = len(law.params), int(fit_mask.sum())
+    P, nf = _per_fit(law), int(fit_mask.sum())
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         return "non-finite values (NaN or inf) in x or y"
     if law.logx and (x <= 0).any():
@@ -342,6 +345,11 @@ def _identifiable(law: Law, x: np.ndarray) -> bool:
         return True
     sv = torch.linalg.svdvals(law.design(torch.log(torch.tensor(x))).reshape(-1, len(law.params)))
     return bool(sv[-1] > 1e-10 * sv[0])
+
+
+def _per_fit(law: Law) -> int:
+    """Parameters one fit must pin down: all of them, or for a law of separate stages its largest stage."""
+    return max(law.split or (len(law.params),))
 
 
 def _center(law: Law, x: np.ndarray) -> np.ndarray | None:
@@ -436,6 +444,7 @@ def fit(
         return res
     res._theta = theta
     res.x0 = None if x0 is None else x0.tolist()
+    res.x_range = [x[fit_mask].min(0).tolist(), x[fit_mask].max(0).tolist()]
     with torch.no_grad(), np.errstate(all="ignore"):
         pt = spec.predict_t(torch.tensor(theta[None]), torch.tensor(xs)).numpy()[0]
     if not np.isfinite(pt).all():
@@ -535,7 +544,7 @@ def _inflation(law: Law, x: np.ndarray, t: np.ndarray, delta: float, m) -> tuple
     runs), predict the larger fit points, and take the RMS of their errors in units of the refit's predicted
     standard deviation (curve and scatter). A law that bends away from the data as it extrapolates gets a
     factor > 1; an exact law keeps 1. Returns (factor >= 1, number of predictions it rests on)."""
-    P = len(law.params)
+    P = _per_fit(law)
     levels = np.unique(x[:, 0])
     f, order = m.f, np.argsort(m.f)
     starts = m.theta[order[: min(4, len(order))]]
@@ -626,7 +635,9 @@ def _flags(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray, y: np.ndarray
     for k, (lo, hi) in res.intervals.items():
         if not (math.isfinite(lo) and math.isfinite(hi)):
             flags.append(f"{k} is not bounded by the data (its {res.level:.0%} interval is unbounded)")
-        elif lo * hi > 0 and max(abs(lo), abs(hi)) >= SPAN * min(abs(lo), abs(hi)):
+        elif (lo * hi > 0 and max(abs(lo), abs(hi)) >= SPAN * min(abs(lo), abs(hi))) or (
+            lo * hi <= 0 and hi - lo >= SPAN * abs(res.params[k])
+        ):
             flags.append(f"{k}'s {res.level:.0%} interval [{lo:.3g}, {hi:.3g}] spans orders of magnitude")
     if res.cov is not None:
         sd = np.sqrt(np.diag(res.cov))
