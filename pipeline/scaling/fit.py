@@ -561,7 +561,8 @@ def _inflation(law: Law, x: np.ndarray, t: np.ndarray, delta: float, m) -> tuple
             continue
         cov, dof, s = _laplace_parts(law, x[sub], t[sub], th)
         xn = torch.tensor(x[~sub])
-        g = torch.autograd.functional.jacobian(lambda v: law.predict_t(v[None], xn)[0], torch.tensor(th)).numpy()
+        g = torch.autograd.functional.jacobian(lambda v, xn=xn: law.predict_t(v[None], xn)[0], torch.tensor(th))
+        g = g.numpy()
         with torch.no_grad():
             pred = law.predict_t(torch.tensor(th[None]), xn).numpy()[0]
         sd = np.sqrt(np.einsum("np,pq,nq->n", g, cov, g) + s[-1] ** 2)
