@@ -92,12 +92,15 @@ def _bleu_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.array(rows)
 
 
+KAPPA_LIMIT = 1e-6  # |κ| below this (κL < 1e-5 over any data) is the pure-power limit: β = γ/κ means nothing
+
+
 def bleu_isik(p: np.ndarray, lnx0: float) -> dict[str, float] | None:
     """Isik's (ln A, α, β) of the coordinates (c, γ, κ) centred at ln Dp̄ = lnx0; None where they are not
     finite numbers (κ = 0, the pure-power limit, or u0 = e^(c/β) beyond a float's range). ln A, not A: on
     saturating curves A = e^(−9000) is a true optimum that no float can hold."""
     c, gamma, kappa = (float(v) for v in p)
-    if kappa == 0 or gamma == 0:
+    if abs(kappa) < KAPPA_LIMIT or gamma == 0:
         return None
     beta = gamma / kappa
     if abs(c / beta) > 700:
