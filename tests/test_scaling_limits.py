@@ -136,8 +136,8 @@ def test_the_issues_curve_fits_with_the_rmse_scipy_reaches(gordon):
 
 def _gordon_cases():
     cases = [(lang, 6, 624) for lang in ("deen", "ruen", "zhen")]
-    slow = [(lang, l, d) for lang in ("deen", "ruen", "zhen") for l, d in ((1, 128), (1, 256), (1, 512), (3, 512),
-                                                                        (6, 512))]
+    sizes = ((1, 128), (1, 256), (1, 512), (3, 512), (6, 512))
+    slow = [(lang, layers, d) for lang in ("deen", "ruen", "zhen") for layers, d in sizes]
     return [*cases, *(pytest.param(*c, marks=pytest.mark.slow) for c in slow)]
 
 
