@@ -180,3 +180,41 @@ def markdown(table: pd.DataFrame, level: float) -> str:
         width = f"{r[7]:.3g}" if math.isfinite(r[7]) else "—"
         lines.append(f"| {r.dataset} | {r.law} | {r[2]} | {r[3]} | {cov} | {r.unbounded} | {err} | {width} |")
     return "\n".join(lines)
+
+
+COVERAGE_FILE = Path(__file__).with_name("coverage.json")  # the last recorded backtest (see `record`)
+
+
+def record(table: pd.DataFrame, level: float, path: Path = COVERAGE_FILE) -> None:
+    """Keep a backtest's summary beside the code, for the report to quote (`interval_note`)."""
+    import json
+
+    rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+            for r in table.to_dict("records")]
+    path.write_text(json.dumps({"level": level, "extrapolation": EXTRAPOLATION, "rows": rows}, indent=1) + "\n")
+
+
+def interval_note(method: str, level: float, laws: tuple[str, ...] = ("bleu_log", "power")) -> str:
+    """One sentence on what the report's brackets and bands are, with their measured coverage where the
+    backtest recorded it for these laws at this level."""
+    import json
+
+    if method == "none":
+        return "No intervals were computed (fit.interval=none)."
+    if method == "bootstrap":
+        what = f"{level:.0%} bootstrap percentile intervals (points resampled and refitted; refused on too few points)"
+    else:
+        what = (f"{level:.0%} intervals from the Laplace approximation, widened by each law's own extrapolation "
+                f"errors inside its fit")
+    s = f"Brackets and bands are {what}; 'unbounded' where the data do not bound a parameter."
+    if method != "laplace" or not COVERAGE_FILE.is_file():
+        return s + " Their coverage has not been measured."
+    rec = json.loads(COVERAGE_FILE.read_text())
+    if rec.get("level") != level:
+        return s + f" Their coverage was measured at {rec.get('level'):.0%}, not at this level."
+    got = [f"{r['coverage']:.0%} of {r['held out']} ({r['dataset']}, {r['law']})" for r in rec["rows"]
+           if r["law"] in laws and r.get("coverage") is not None and r["held out"]]
+    if not got:
+        return s
+    return s + (f" Backtested on larger runs than they were fitted on (up to {rec['extrapolation']:g}×), the "
+                f"prediction intervals covered {', '.join(got)} held-out points (docs/fitting.md).")

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--results", action="append", default=[], help="a results.csv of our own sweeps")
     b.add_argument("--level", type=float, default=0.9)
     b.add_argument("--out", help="write every held-out point to this CSV")
+    b.add_argument("--record", action="store_true",
+                   help="keep the summary beside the code (pipeline/scaling/coverage.json) for the report to quote")
     return p
 
 
@@ -273,7 +275,10 @@ def _backtest(a: argparse.Namespace) -> int:
     points = backtest.run(list(backtest.cases(root, results)), a.level)
     if a.out:
         points.to_csv(a.out, index=False)
-    print(backtest.markdown(backtest.summary(points), a.level))
+    table = backtest.summary(points)
+    if a.record:
+        backtest.record(table, a.level)
+    print(backtest.markdown(table, a.level))
     return 0
 
 
