@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.optimize import nnls
 
 from .laws import LAWS, Law, get_law
 from .optim import Fun, autograd, lbfgs
@@ -163,6 +164,7 @@ class FitResult:
     scale: list[float] = field(default_factory=list)  # residual scale per residual column (measurement noise)
     seed: int = 0
     inflation: float = 1.0  # the factor the Laplace interval was widened by (see _inflation)
+    drift: float = 0.0  # the law's extra error per e-fold of extrapolation beyond the fit points (see _inflation)
     n_checks: int = 0  # the inner extrapolation checks that factor rests on
     _law: Law | None = field(default=None, repr=False)
     _theta: np.ndarray | None = field(default=None, repr=False)
@@ -196,8 +198,13 @@ class FitResult:
         if not self.ok or self._boot is None or len(self._boot) == 0:
             return np.full(m, np.nan), np.full(m, np.nan)
         p = self._predict_t(self._boot, x)
+        rng = np.random.default_rng(self.seed + 1)
+        if self.drift > 0 and self.x_range is not None:  # beyond the fit points the law's bias grows
+            xx = np.asarray(x, dtype=np.float64)
+            xx = xx if xx.ndim == 1 else xx[:, 0]
+            far = np.maximum(np.log(xx / self.x_range[1][0]), 0.0)
+            p = p + self.drift * far * rng.standard_t(max(self.dof, 1), size=p.shape)
         if observed and self.scale:
-            rng = np.random.default_rng(self.seed + 1)
             p = p + self.scale[-1] * rng.standard_t(max(self.dof, 1), size=p.shape)
         p = np.where(np.isnan(p), np.inf, p)  # a draw whose curve is undefined there bounds nothing
         # "nearest": interpolating between two infinite draws would give NaN
@@ -225,6 +232,7 @@ class FitResult:
             "scale": self.scale,
             "seed": self.seed,
             "inflation": self.inflation,
+            "drift": self.drift,
             "n_checks": self.n_checks,
         }
         return _clean(d)
@@ -258,6 +266,7 @@ class FitResult:
             scale=[none(v, math.inf) for v in d.get("scale") or []],
             seed=int(d.get("seed") or 0),
             inflation=float(d.get("inflation") or 1.0),
+            drift=float(d.get("drift") or 0.0),
             n_checks=int(d.get("n_checks") or 0),
             _law=law,
         )
@@ -466,7 +475,7 @@ def fit(
         _bootstrap(res, spec, xf, t, delta, m, bootstrap, seed)
     if interval != "none":
         _laplace(res, spec, xf, t)
-        res.inflation, res.n_checks = _inflation(spec, xf, t, delta, m)
+        res.inflation, res.n_checks, res.drift = _inflation(spec, xf, t, delta, m)
         if res.n_checks == 0:
             res.flags.append(
                 "the interval is not calibrated: too few points to test extrapolation within the fit (it assumes "
@@ -538,7 +547,7 @@ def _laplace(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray) -> None:
 MAX_CHECKS = 3  # inner extrapolation checks per fit (each a refit on fewer points)
 
 
-def _inflation(law: Law, x: np.ndarray, t: np.ndarray, delta: float, m) -> tuple[float, int]:
+def _inflation(law: Law, x: np.ndarray, t: np.ndarray, delta: float, m) -> tuple[float, int, float]:
     """How much wider the Laplace interval must be to cover the law's own extrapolation errors inside the fit:
     refit on the points up to each of the last MAX_CHECKS distinct values of x's first column (the smaller
     runs), predict the larger fit points, and take the RMS of their errors in units of the refit's predicted
@@ -549,7 +558,7 @@ def _inflation(law: Law, x: np.ndarray, t: np.ndarray, delta: float, m) -> tuple
     f, order = m.f, np.argsort(m.f)
     starts = m.theta[order[: min(4, len(order))]]
     starts = starts[np.isfinite(f[order[: len(starts)]])]
-    z = []
+    z, excess = [], []
     for cut in levels[::-1][1 : MAX_CHECKS + 1]:
         sub = x[:, 0] <= cut
         if sub.sum() < P + 1 or len(np.unique(x[sub], axis=0)) < P + 1:
@@ -566,11 +575,19 @@ def _inflation(law: Law, x: np.ndarray, t: np.ndarray, delta: float, m) -> tuple
         with torch.no_grad():
             pred = law.predict_t(torch.tensor(th[None]), xn).numpy()[0]
         sd = np.sqrt(np.einsum("np,pq,nq->n", g, cov, g) + s[-1] ** 2)
-        zk = (t[~sub] - pred) / sd
-        z.extend(zk[np.isfinite(zk)].tolist())
+        err = t[~sub] - pred
+        zk = err / sd
+        # the error the refit's own uncertainty does not explain, per e-fold of extrapolation beyond it
+        dist = np.log(x[~sub, 0] / cut)
+        keep = np.isfinite(zk) & np.isfinite(dist / sd)
+        z.extend(zk[keep].tolist())
+        excess.extend(((dist / sd)[keep] ** 2).tolist())
     if not z:
-        return 1.0, 0
-    return max(1.0, float(np.sqrt(np.mean(np.square(z))))), len(z)
+        return 1.0, 0, 0.0
+    # err² ≈ k²·sd² + drift²·dist², i.e. z² ≈ k² + drift²·(dist/sd)², both non-negative: k widens the
+    # interval everywhere, drift only beyond the fit points, in proportion to how far
+    (k2, d2), _ = nnls(np.c_[np.ones(len(z)), excess], np.square(z))
+    return max(1.0, math.sqrt(k2)), len(z), math.sqrt(d2)
 
 
 def _draws(theta: np.ndarray, cov: np.ndarray, dof: int, seed: int) -> np.ndarray:
