@@ -151,3 +151,23 @@ def test_cli_predict_on_a_csv_and_on_a_fits_json(tmp_path, capsys, power_fit):
     assert "never reaches 1.4" in capsys.readouterr().out
     assert main(["predict", "--fits", str(fits), "--at", "df=1e9"]) == 1  # no fit takes df
     assert main(["predict", "--fits", str(fits), "--at", "dp"]) == 2
+
+
+def test_drift_widens_only_beyond_the_fit_points(power_fit):
+    d = power_fit.to_dict()
+    still, drifting = FitResult.from_dict({**d, "drift": 0.0}), FitResult.from_dict({**d, "drift": 0.05})
+    inside, beyond = DP[2:5], DP[-1] * np.array([4.0, 64.0])
+    for a, b in zip(still.band(inside), drifting.band(inside)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    w0 = np.subtract(*still.band(beyond)[::-1])
+    w1 = np.subtract(*drifting.band(beyond)[::-1])
+    assert (w1 > w0).all() and w1[1] / w0[1] > w1[0] / w0[0]  # the further out, the wider
+
+
+def test_inner_checks_see_a_law_that_bends_away_from_the_data():
+    x = np.geomspace(1e6, 1e10, 10)
+    exact = fit("power", x, (1.7 + 30 * x**-0.3) * np.exp(1e-3 * np.random.default_rng(5).standard_normal(10)))
+    # a curve that keeps falling log-linearly: the power law's E bends it away as it extrapolates
+    bent = fit("power", x, 6.0 - 0.2 * np.log(x) + 1e-3 * np.random.default_rng(5).standard_normal(10))
+    assert exact.n_checks > 0 and bent.n_checks > 0
+    assert bent.inflation * (1 + bent.drift) > 2 * exact.inflation * (1 + exact.drift)
