@@ -151,3 +151,14 @@ def test_gordon_curves_over_their_whole_range_match_scipy(gordon, lang, layers, 
     res = fit("power", x, y)
     assert res.ok, res.reason
     assert res.objective <= scipy_best(power_objective, x, y, power_starts(y)) * (1 + 1e-6) + 1e-12
+
+
+def test_direct_sat_at_its_ceiling_is_flagged_not_failed():
+    # accuracy exactly on the direct law, never saturating: the saturating law's E sits at its limit (E → 0)
+    c = np.geomspace(1e18, 1e22, 12)
+    acc = np.exp(-(2.0 * (c / 1e18) ** -0.2))
+    res = fit("direct_sat", c, acc)
+    assert res.ok, res.reason
+    assert any("is at its limit" in f for f in res.flags), res.flags
+    np.testing.assert_allclose(res.predict(c), acc, rtol=1e-6)
+    assert res.objective <= fit("direct", c, acc, delta=1e-3).objective * (1 + 1e-6) + 1e-12  # nested law
