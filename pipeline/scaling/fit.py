@@ -53,6 +53,7 @@ from .optim import Fun, autograd, lbfgs
 
 DRAWS = 4000  # draws from the Laplace approximation: quantiles to ±0.01 at 90%
 INTERVALS = ("laplace", "bootstrap", "none")
+MIN_DISTINCT_RESAMPLES = 20  # fewer distinct bootstrap resample sets make no interval (see _bootstrap)
 
 __all__ = ["LAWS", "FitResult", "fit", "objective"]
 
@@ -706,5 +707,3 @@ def _bootstrap(
     theta = theta[np.isfinite(fb.min(1)) & np.array([_bounded(th) for th in theta], dtype=bool)]
     res._boot, res.n_boot = theta, len(theta)
 
-
-MIN_DISTINCT_RESAMPLES = 20
