@@ -190,6 +190,8 @@ class FitConfig:
     bootstrap: int
     bleu_delta: float
     ce_delta: float
+    interval: str = "laplace"  # how the fits' intervals are made (pipeline.scaling.fit.INTERVALS)
+    level: float = 0.9
 
 
 # ------------------------------------------------------------------------------------ infrastructure
@@ -423,7 +425,15 @@ def _parse_fit(d: Mapping[str, Any]) -> FitConfig:
         bootstrap=_num(d, "bootstrap", p, kind=int, lo=0),
         bleu_delta=_num(d, "bleu_delta", p, lo=0, lo_open=True),
         ce_delta=_num(d, "ce_delta", p, lo=0, lo_open=True),
+        interval=_choice(d, "interval", p, _intervals(), "laplace"),
+        level=_num(d, "level", p, lo=0, hi=0.999, lo_open=True, default=0.9),
     )
+
+
+def _intervals() -> tuple[str, ...]:
+    from pipeline.scaling.fit import INTERVALS  # the fitter's own list (imported late: it loads torch)
+
+    return INTERVALS
 
 
 def _parse_data(d: Any) -> DataConfig:

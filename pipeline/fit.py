@@ -89,7 +89,13 @@ def _curve_grid(x: np.ndarray) -> np.ndarray:
     return np.geomspace(max(x.min() / 2, 1.0), x.max() * 4, 60) if len(x) else np.array([])
 
 
-def fit_group(points: pd.DataFrame, metric: str, law: str, delta: float, holdout: int, bootstrap: int,
+def _interval_args(fit_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The fitter's interval settings from the `fit:` config (tables from older configs: Laplace at 90%)."""
+    return {"interval": fit_cfg.get("interval", "laplace"), "level": fit_cfg.get("level", 0.9),
+            "bootstrap": fit_cfg["bootstrap"]}
+
+
+def fit_group(points: pd.DataFrame, metric: str, law: str, delta: float, holdout: int, fit_cfg: dict[str, Any],
               seed: int = 0) -> dict[str, Any]:
     """One law on one curve (Dp > 0), with the largest `holdout` points held out."""
     from pipeline.scaling import fit
@@ -97,54 +103,49 @@ def fit_group(points: pd.DataFrame, metric: str, law: str, delta: float, holdout
     pts = points[points["dp"] > 0]
     x = pts["dp"].to_numpy(float)
     y = pts[metric].to_numpy(float)
-    res = fit(law, x, y, holdout=_holdout_mask(len(x), holdout), delta=delta, bootstrap=bootstrap, seed=seed)
+    res = fit(law, x, y, holdout=_holdout_mask(len(x), holdout), delta=delta, seed=seed, **_interval_args(fit_cfg))
+    return _with_curve(res, x, y, holdout, "dp")
+
+
+def _with_curve(res, x: np.ndarray, y: np.ndarray, holdout: int, xname: str, xs: np.ndarray | None = None
+                ) -> dict[str, Any]:
+    """The fit's record with its curve and band over Dp, the next rung's prediction and the points. `xs`: the
+    law's full inputs when it takes more than Dp (they are NaN beyond the data: the law predicts from Dp alone)."""
     d = res.to_dict()
     grid = _curve_grid(x)
-    d["x"] = "dp"
-    d["curve"] = {"x": grid.tolist(), "y": res.predict(grid).tolist() if res.ok else []}
-    if res.ok and bootstrap:
-        lo, hi = res.band(grid)
+    gx = grid if xs is None else np.c_[grid, np.full((len(grid), xs.shape[1] - 1), np.nan)]
+    d["x"] = xname
+    d["curve"] = {"x": grid.tolist(), "y": res.predict(gx).tolist() if res.ok else []}
+    if res.ok and res.intervals:
+        lo, hi = res.band(gx)
         d["curve"]["lo"], d["curve"]["hi"] = np.asarray(lo).tolist(), np.asarray(hi).tolist()
     next_rung = float(x.max() * 2) if len(x) else math.nan
+    nx = np.array([next_rung]) if xs is None else np.array([[next_rung, *([np.nan] * (xs.shape[1] - 1))]])
     d["next_rung"] = next_rung
-    d["next_rung_pred"] = float(res.predict(np.array([next_rung]))[0]) if res.ok else math.nan
+    d["next_rung_pred"] = float(res.predict(nx)[0]) if res.ok else math.nan
     d["points"] = {"x": x.tolist(), "y": y.tolist(), "holdout": _holdout_mask(len(x), holdout).tolist()}
     return d
 
 
-def two_stage_route(points: pd.DataFrame, upstream: str, delta: float, holdout: int) -> dict[str, Any]:
-    """BLEU from Dp through the upstream loss: Dp -> loss by the power law, loss -> BLEU by a linear link,
-    both fitted on the same smaller rungs as the direct log-law; a held-out prediction uses no measurement
-    at its Dp (the loss there is the stage-1 prediction too), so the two routes are compared fairly."""
+def two_stage_route(points: pd.DataFrame, upstream: str, holdout: int, fit_cfg: dict[str, Any]) -> dict[str, Any]:
+    """BLEU from Dp through the upstream loss: the `two_stage` law (Dp -> loss by the power law with E, loss ->
+    BLEU by a linear link), fitted on the same smaller rungs as the direct log-law; a held-out prediction uses
+    no measurement at its Dp (the loss there is the stage-1 prediction too), so the two routes compare fairly."""
     from pipeline.scaling import fit
 
     pts = points[points["dp"] > 0]
     x, up, y = (pts[c].to_numpy(float) for c in ("dp", UPSTREAM[upstream], "bleu"))
-    hold = _holdout_mask(len(x), holdout)
-    f = ~hold
-    rec: dict[str, Any] = {"law": "two_stage", "x": f"dp>upstream_{upstream}", "ok": False, "n_fit": int(f.sum()),
-                           "params": {}, "holdout": [], "points": {"x": x.tolist(), "y": y.tolist(),
-                                                                   "holdout": hold.tolist()},
-                           "formula": "L(Dp) = E + A/Dp^alpha; BLEU = a + b·L"}
+    xname = f"dp>upstream_{upstream}"  # the route's name in the report: Dp, through the upstream loss
     if not np.isfinite(up).all():
-        rec["reason"] = f"no upstream loss ({upstream}) at every rung (a table from before it was recorded?)"
-        return rec
-    s1 = fit("power", x, up, holdout=hold, delta=delta)
-    if not s1.ok:
-        rec["reason"] = f"stage 1 (Dp -> upstream loss): {s1.reason}"
-        return rec
-    if np.ptp(up[f]) == 0:
-        rec["reason"] = "stage 2 (upstream loss -> BLEU): the upstream loss does not vary over the fit points"
-        return rec
-    b, a = np.polyfit(up[f], y[f], 1)
-    pred = a + b * s1.predict(x)
-    rec.update(ok=True, reason=None, params={**s1.params, "a": float(a), "b": float(b)},
-               objective=float(np.sum((a + b * up[f] - y[f]) ** 2)))
-    rec["holdout"] = [{"x": float(x[i]), "y": float(y[i]), "pred": float(pred[i]), "abs_err": float(abs(pred[i] - y[i])),
-                       "rel_err": float(abs(pred[i] - y[i]) / abs(y[i])) if y[i] != 0 else math.inf}
-                      for i in np.flatnonzero(hold)]
-    grid = _curve_grid(x)
-    rec["curve"] = {"x": grid.tolist(), "y": (a + b * s1.predict(grid)).tolist()}
+        hold = _holdout_mask(len(x), holdout)
+        return {"law": "two_stage", "x": xname, "ok": False, "n_fit": int((~hold).sum()), "params": {},
+                "holdout": [], "points": {"x": x.tolist(), "y": y.tolist(), "holdout": hold.tolist()},
+                "reason": f"no upstream loss ({upstream}) at every rung (a table from before it was recorded?)"}
+    xs = np.c_[x, up]
+    res = fit("two_stage", xs, y, holdout=_holdout_mask(len(x), holdout), **_interval_args(fit_cfg))
+    rec = _with_curve(res, x, y, holdout, xname, xs)
+    for h in rec["holdout"]:  # a held-out rung is its Dp, as for the direct law (the loss there is not used)
+        h["x"] = h["x"][0]
     return rec
 
 
@@ -163,12 +164,12 @@ def fit_table(df: pd.DataFrame, fit_cfg: dict[str, Any]) -> tuple[pd.DataFrame, 
         meta = {**dict(zip(GROUP, key)), "alignment": float(g["alignment"].iloc[0])}
         base = g[g["dp"] == 0]
         for metric, law, delta in (("bleu", "bleu_log", fit_cfg["bleu_delta"]), ("ce", "power", fit_cfg["ce_delta"])):
-            rec = fit_group(g, metric, law, delta, hold, fit_cfg["bootstrap"])
+            rec = fit_group(g, metric, law, delta, hold, fit_cfg)
             rec.update(meta, metric=metric, baseline=float(base[metric].iloc[0]) if len(base) else math.nan)
             records.append(rec)
             rows.append(_row(rec))
         for up in UPSTREAM:
-            rec = {**two_stage_route(g, up, fit_cfg["ce_delta"], hold), **meta, "metric": "bleu"}
+            rec = {**two_stage_route(g, up, hold, fit_cfg), **meta, "metric": "bleu"}
             records.append(rec)
             rows.append(_row(rec))
         curve = g[g["dp"] > 0]
@@ -191,7 +192,7 @@ def _joint_fits(pts: pd.DataFrame, fit_cfg: dict[str, Any]) -> list[dict[str, An
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             rec.update(ok=False, reason="missing values (parameter counts or upstream losses) in the results table")
             return
-        res = fit(law, x, y, holdout=holdout, delta=fit_cfg["ce_delta"], bootstrap=fit_cfg["bootstrap"])
+        res = fit(law, x, y, holdout=holdout, delta=fit_cfg["ce_delta"], **_interval_args(fit_cfg))
         rec.update(res.to_dict())
 
     out = []
@@ -355,7 +356,9 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
     row = {k: rec.get(k) for k in ("task", "mixture", "alignment", "model", "method", "df", "metric", "law", "x", "ok",
-                                   "reason", "n_fit", "objective")}
+                                   "reason", "n_fit", "objective", "form")}
+    # identifiability: the curve stands, these parameters do not (see pipeline.scaling.fit._flags)
+    row["flags"] = "; ".join(rec.get("flags") or [])
     hold = rec.get("holdout") or []
     row["n_holdout"] = len(hold)
     row["holdout_mae"] = float(np.mean([h["abs_err"] for h in hold])) if hold else math.nan
@@ -366,6 +369,7 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     row["largest_obs"] = last["y"] if last else math.nan
     row["largest_pred"] = last["pred"] if last else math.nan
     row["largest_abs_err"] = last["abs_err"] if last else math.nan
+    row["largest_lo"], row["largest_hi"] = (last.get("lo"), last.get("hi")) if last else (math.nan, math.nan)
     for name, v in (rec.get("params") or {}).items():
         row[f"p_{name}"] = v
         lo_hi = (rec.get("intervals") or {}).get(name)

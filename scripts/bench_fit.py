@@ -1,12 +1,14 @@
 """Time our fitter against a plain Python loop of scipy L-BFGS-B over the same 4,500-start Chinchilla grid.
 
-    python scripts/bench_fit.py [--data FILE] [--scipy-starts N]
+    python scripts/bench_fit.py [--data FILE] [--repeats 3] [--scipy-starts N]
 
 The scipy side is the procedure Hoffmann et al. ran and Epoch reproduced: summed Huber (delta 1e-3) of
 ln L − LSE(a − α ln N, b − β ln D, e), `minimize(method="L-BFGS-B")` with its default tolerances and
-finite-difference gradients, once per start, best successful objective kept. `--scipy-starts N` times only
-the first N starts and scales the time up (a quick check, labelled as such). Our fitter runs before and
-after the loop and the slower of its two runs counts. Last line: `ratio: X` (wall-clock).
+finite-difference gradients, once per start, best successful objective kept. Our side is `fit("chinchilla",
+interval="none")`: the optimum only, as the loop gives. The two sides alternate, `--repeats` times each, and the
+median wall time of each side counts, so that a load that comes and goes hits both. The load average is printed
+before and after: quote a ratio only from an idle machine. `--scipy-starts N` times only the first N starts
+and scales the time up (a quick check, labelled as such). Last line: `ratio: X` (median wall-clock ratio).
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=default_data())
     ap.add_argument("--scipy-starts", type=int, default=4500)
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
+    if a.repeats < 1:
+        ap.error("--repeats must be >= 1")
     df = pd.read_csv(a.data)
     df = df[df.epoch_used == 1]
     x, y = df[["N_params", "D_tokens"]].to_numpy(), df["loss"].to_numpy()
@@ -67,38 +72,38 @@ def main() -> None:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     )
-    print(f"data: {len(y)} points, grid: {len(grid)} starts")
+    print(f"data: {len(y)} points, grid: {len(grid)} starts, {a.repeats} alternating repeats per side")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
     fit("power", x[:20, 0], y[:20])  # warm up torch's lazy initialisation, not part of the timing
-
-    def ours():
-        w, c = time.perf_counter(), time.process_time()
-        res = fit("chinchilla", x, y)
-        return res, time.perf_counter() - w, time.process_time() - c
-
-    # ours runs before and after the scipy loop; the slower run counts, so a busy machine during one of
-    # them does not flatter us
-    res, w1, c1 = ours()
-    p = res.params
-    print(
-        f"ours : objective {res.objective:.8e}  {w1:8.2f} s wall {c1:8.2f} s cpu  E={p['E']:.5f} "
-        f"alpha={p['alpha']:.5f} beta={p['beta']:.5f}"
-    )
-
     k = min(a.scipy_starts, len(grid))
-    w, c = time.perf_counter(), time.process_time()
-    best, bx, n_ok = scipy_loop(np.log(x[:, 0]), np.log(x[:, 1]), np.log(y), grid[:k])
-    ws, cs = (time.perf_counter() - w) * len(grid) / k, (time.process_time() - c) * len(grid) / k
     label = "" if k == len(grid) else f" (first {k} starts, times scaled to {len(grid)})"
-    print(
-        f"scipy: objective {best:.8e}  {ws:8.2f} s wall {cs:8.2f} s cpu  E={np.exp(bx[2]):.5f} "
-        f"alpha={bx[3]:.5f} beta={bx[4]:.5f}  successes {n_ok}/{k}{label}"
-    )
-
-    res2, w2, c2 = ours()
-    print(f"ours again: objective {res2.objective:.8e}  {w2:8.2f} s wall {c2:8.2f} s cpu")
-    print(f"cpu ratio: {cs / max(c1, c2):.1f}")
-    print(f"ratio: {ws / max(w1, w2):.1f}")
+    ln_n, ln_d, ln_l = np.log(x[:, 0]), np.log(x[:, 1]), np.log(y)
+    ours_w, scipy_w, ours_c, scipy_c = [], [], [], []
+    for r in range(a.repeats):
+        w, c = time.perf_counter(), time.process_time()
+        res = fit("chinchilla", x, y, interval="none")
+        ours_w.append(time.perf_counter() - w)
+        ours_c.append(time.process_time() - c)
+        p = res.params
+        print(
+            f"[{r + 1}] ours : objective {res.objective:.8e}  {ours_w[-1]:8.2f} s wall {ours_c[-1]:8.2f} s cpu  "
+            f"E={p['E']:.5f} alpha={p['alpha']:.5f} beta={p['beta']:.5f}"
+        )
+        w, c = time.perf_counter(), time.process_time()
+        best, bx, n_ok = scipy_loop(ln_n, ln_d, ln_l, grid[:k])
+        scipy_w.append((time.perf_counter() - w) * len(grid) / k)
+        scipy_c.append((time.process_time() - c) * len(grid) / k)
+        print(
+            f"[{r + 1}] scipy: objective {best:.8e}  {scipy_w[-1]:8.2f} s wall {scipy_c[-1]:8.2f} s cpu  "
+            f"E={np.exp(bx[2]):.5f} alpha={bx[3]:.5f} beta={bx[4]:.5f}  successes {n_ok}/{k}{label}"
+        )
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    med = {k: float(np.median(v)) for k, v in
+           {"ours": ours_w, "scipy": scipy_w, "ours_cpu": ours_c, "scipy_cpu": scipy_c}.items()}
+    print(f"median wall: ours {med['ours']:.3f} s, scipy {med['scipy']:.2f} s")
+    print(f"cpu ratio: {med['scipy_cpu'] / med['ours_cpu']:.1f}")
+    print(f"ratio: {med['scipy'] / med['ours']:.1f}")
 
 
 if __name__ == "__main__":

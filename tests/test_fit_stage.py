@@ -156,7 +156,7 @@ def test_too_few_rungs_fail_with_the_reason():
         r = _one(t, law=law, mixture="en50_de50", df=1000)
         assert not r["ok"] and "too few points" in r["reason"]
     r = _one(t, law="two_stage", x="dp>upstream_mixture", mixture="en50_de50", df=1000)
-    assert not r["ok"] and r["reason"].startswith("stage 1")
+    assert not r["ok"] and "too few points" in r["reason"]
 
 
 def test_old_results_tables_load_with_defaults(tmp_path):

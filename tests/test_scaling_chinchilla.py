@@ -20,7 +20,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def result(data):
-    return fit("chinchilla", *data, bootstrap=40, seed=0)
+    return fit("chinchilla", *data, interval="bootstrap", bootstrap=40, seed=0)
 
 
 def test_objective_at_hoffmanns_printed_parameters(data):
@@ -54,6 +54,21 @@ def test_bootstrap_intervals_bracket_the_fit(result, data):
     blo, bhi = result.band(x)
     pred = result.predict(x)
     assert np.all(blo <= pred) and np.all(pred <= bhi) and np.all(bhi - blo < 0.1)
+
+
+def test_laplace_intervals_agree_with_epochs_bootstrap(data, result):
+    # 240 points: the Laplace approximation and the bootstrap should tell the same story about the noise;
+    # the Laplace interval is then widened by the law's own extrapolation errors (the bootstrap's is not)
+    lap = fit("chinchilla", *data)
+    assert lap.interval == "laplace" and lap.objective == pytest.approx(result.objective, rel=1e-9)
+    assert lap.inflation >= 1 and lap.n_checks > 0
+    for name in ("E", "alpha", "beta"):
+        lo, hi = lap.intervals[name]
+        blo, bhi = result.intervals[name]
+        assert lo < lap.params[name] < hi
+        assert 0.5 < (hi - lo) / lap.inflation / (bhi - blo) < 2.0, (name, (lo, hi), (blo, bhi))
+    lo, hi = lap.intervals["E"]
+    assert lo > 1.7 and hi < 1.95  # Epoch's 95% bootstrap CI is 1.769 to 1.871
 
 
 @pytest.mark.slow

@@ -35,12 +35,22 @@ def rosenbrock(th, idx):
 
 def test_every_row_reaches_the_minimum_on_its_own():
     starts = np.array([[-1.2, 1.0], [2.0, 2.0], [0.0, 0.0], [-3.0, 5.0]])
-    m = lbfgs(rosenbrock, starts)
+    m = lbfgs(rosenbrock, starts, groups=np.arange(4))  # four problems: no row is another's rival
     np.testing.assert_allclose(m.theta, 1.0, atol=1e-5)
     # a row's path does not depend on the others in the batch
     one = lbfgs(rosenbrock, starts[1:2])
     np.testing.assert_array_equal(one.theta[0], m.theta[1])
     assert one.iters[0] == m.iters[1]
+
+
+def test_clearly_beaten_starts_are_dropped_and_the_best_kept():
+    # one problem, many starts: those far above the best after a step stop, the best still converges
+    starts = np.array([[-1.2, 1.0], [2.0, 2.0], [0.0, 0.0], [-3.0, 5.0], [1.1, 1.2], [-2.0, -2.0]])
+    alone = lbfgs(rosenbrock, starts, groups=np.arange(6))
+    together = lbfgs(rosenbrock, starts)
+    assert together.f.min() <= 1e-10
+    assert together.evals < alone.evals
+    assert (together.iters < alone.iters).any()
 
 
 def test_non_finite_region_is_a_wall_not_a_crash():

@@ -28,6 +28,7 @@ from pipeline.report.tables import (
     cells_table,
     fit_counts,
     fit_table,
+    flag_list,
     header,
     holdout_table,
     param_names,
@@ -77,12 +78,16 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
                       rows=[[str(r["task"]), str(r["mixture"]), fmt(r["alignment"])] for _, r in al.iterrows()]))
 
     body.append(Block("h2", "Fitted laws"))
-    body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); "
-                           "brackets are 90% bootstrap intervals; Dp in raw text tokens."))
+    from pipeline.scaling.backtest import interval_note  # loads torch: only when a report is built
+
+    body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); Dp in "
+                           "raw text tokens. " + interval_note(spec.fit.interval, spec.fit.level)))
     body.append(Block("h3", f"BLEU: f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1, Huber δ = {fmt_g(spec.fit.bleu_delta)})"))
     body.append(fit_table(fits_df, "bleu_log", param_names(fits_df, "bleu_log")))
+    body += flag_list(fits_df, "bleu_log")
     body.append(Block("h3", f"Cross-entropy: L(Dp) = E + A/Dp^α (Isik et al. Eq. 3, Huber δ = {fmt_g(spec.fit.ce_delta)})"))
     body.append(fit_table(fits_df, "power", param_names(fits_df, "power")))
+    body += flag_list(fits_df, "power")
     if (fits_df["x"].astype(str) == "dp,df").any():
         body.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
         body.append(fit_table(fits_df, "joint", param_names(fits_df, "joint", "dp,df"), x="dp,df"))

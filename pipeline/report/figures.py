@@ -47,7 +47,7 @@ def _plt():
 
 def _draw_law(ax, rec: dict[str, Any] | None, color, x_pts: np.ndarray) -> None:
     """A fitted law through its fit points (solid), extended over the held-out ones and one rung beyond
-    (dashed), with its bootstrap band; nothing when the fit failed."""
+    (dashed), with its interval band; nothing when the fit failed."""
     if not rec or not rec.get("ok") or not (rec.get("curve") or {}).get("y") or not len(x_pts):
         return
     cx, cy = np.array(rec["curve"]["x"]), np.array(rec["curve"]["y"], dtype=float)
@@ -108,7 +108,7 @@ def _legend_keys(extra: list[tuple[str, dict]] | None = None) -> list:
 
     keys = [Line2D([], [], marker="o", ls="", color="gray", label="fit point"),
             Line2D([], [], marker="o", ls="", mfc="white", color="gray", label="held-out point"),
-            Line2D([], [], ls="-", color="gray", label="fitted law (band: 90% bootstrap)"),
+            Line2D([], [], ls="-", color="gray", label="fitted law (band: 90% interval)"),
             Line2D([], [], ls="--", color="gray", label="law extrapolated"),
             Line2D([], [], ls=":", color="gray", label="no pretraining (Dp = 0)")]
     return keys + [Line2D([], [], label=label, **kw) for label, kw in (extra or [])]

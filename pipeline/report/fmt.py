@@ -59,8 +59,20 @@ def fmt_pct(v: Any) -> str:
 
 
 def fmt_ci(v: Any, lo: Any, hi: Any) -> str:
-    """A value with its bootstrap interval, `v [lo, hi]`, or the value alone when there is no interval."""
-    return fmt(v) + (f" [{fmt(lo)}, {fmt(hi)}]" if finite(lo) and finite(hi) else "")
+    """A value with its interval, `v [lo, hi]` (an infinite end: "unbounded"), or the value alone when there is
+    no interval (NaN ends)."""
+    def end(e: Any) -> str | None:
+        return fmt(e) if finite(e) else ("unbounded" if is_inf(e) else None)
+
+    ends = end(lo), end(hi)
+    return fmt(v) + (f" [{ends[0]}, {ends[1]}]" if None not in ends else "")
+
+
+def is_inf(v: Any) -> bool:
+    try:
+        return math.isinf(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def fmt_tokens(v: float) -> str:

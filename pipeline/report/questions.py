@@ -197,7 +197,7 @@ def question_methods(pts: pd.DataFrame, methods: pd.DataFrame) -> Section:
         blocks.append(Block("p", "No method comparison was computed (no fit-stage `methods.csv`: rerun `stage=fit`)."))
         return Section(blocks, [], figures)
     blocks.append(Block("p", "Gap = method − reference, on the seed means at the same Dp. α is the exponent of each "
-                             "method's law (BLEU log-law, CE power law) with its 90% bootstrap interval; the exponents "
+                             "method's law (BLEU log-law, CE power law) with its 90% interval; the exponents "
                              "differ when the intervals are disjoint."))
     rows = []
     for _, r in methods.iterrows():

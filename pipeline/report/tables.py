@@ -26,6 +26,16 @@ from pipeline.report.fmt import (
 from pipeline.results import ReadSpec, is_ok
 
 
+def flag_list(fits_df: pd.DataFrame, law: str) -> list[Block]:
+    """The identifiability flags of one law's fits (fits.csv `flags`): the curves stand, these parameters not."""
+    if "flags" not in fits_df:
+        return []
+    sel = fits_df[(fits_df["law"] == law) & fits_df["ok"].map(is_ok) & fits_df["flags"].fillna("").astype(bool)]
+    items = [f"{r['mixture']}, Df = {fmt_df(r['df'])}: {r['flags']}." for _, r in sel.iterrows()]
+    return [Block("p", "Not identified by these points (the curve and its predictions still stand):"),
+            Block("list", items=items)] if items else []
+
+
 def fit_table(fits_df: pd.DataFrame, law: str, names: list[str], x: str | None = None) -> Block:
     sel = fits_df[fits_df["law"] == law]
     if x is not None:

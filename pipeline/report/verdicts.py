@@ -15,6 +15,7 @@ from pipeline.report.fmt import (
     and_list,
     finite,
     fmt,
+    fmt_ci,
     fmt_count,
     fmt_df,
     fmt_pct,
@@ -87,6 +88,20 @@ def sig_text(c: pd.Series | None) -> str:
     return iv + (": beyond the noise" if is_ok(c["significant"]) else ": inside the noise of the test set")
 
 
+def _more_pretraining(recs: list[dict[str, Any]], dp: float, bleu_now: float) -> str:
+    """What more pretraining would buy: the BLEU law's prediction at `dp`, with the interval a measurement
+    there would fall in (pipeline.scaling.predict, the same function as `python -m pipeline.scaling predict`)."""
+    from pipeline.scaling.fit import FitResult
+    from pipeline.scaling.predict import predict_at
+
+    p = predict_at(FitResult.from_dict(recs[0]), [dp]) if recs and recs[0].get("ok") else None
+    if p is None or not finite(p.value):
+        return f"no prediction at Dp = {fmt_tokens(dp)} tokens."
+    band = fmt_ci(p.value, p.lo, p.hi)[len(fmt(p.value)):]
+    return (f"doubling Dp to {fmt_tokens(dp)} tokens is predicted to move BLEU from {fmt(bleu_now, 3)} to "
+            f"{fmt(p.value, 3)}{band} ({p.value - bleu_now:+.2f}; {p.level:.0%} interval for a measurement).")
+
+
 def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], model: str,
              method: str, comp: pd.DataFrame | None = None) -> list[str]:
     """Plain sentences generated from the numbers, for one (task, model, method); each said once. Every BLEU
@@ -124,10 +139,9 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
             if curve.empty:  # fits.csv from another table than this one
                 continue
             last = curve.iloc[-1]
-            gain = r["next_rung_pred"] - last["bleu"]
-            out.append(f"**{mix}**, Df = {fmt_df(r['df'])}: doubling Dp to {fmt_tokens(r['next_rung'])} tokens is "
-                       f"predicted to move BLEU from {fmt(last['bleu'], 3)} to {fmt(r['next_rung_pred'], 3)} "
-                       f"({gain:+.2f}).")
+            out.append(f"**{mix}**, Df = {fmt_df(r['df'])}: " + _more_pretraining(
+                records(fits, task=task, model=model, method=method, mixture=mix, df=r["df"], law="bleu_log",
+                        x="dp"), r["next_rung"], last["bleu"]))
     # Misalignment (Isik et al. §3.5): CE falls while BLEU does not follow; one line per kind of disagreement.
     flagged = []
     for r in records(fits, task=task, metric="verdict", model=model, method=method):

@@ -36,6 +36,8 @@ class Law:
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (θ (S,P), x (n,k)) -> (S,n)
     resid: Callable | None = None  # (θ, x, t) -> (S, n, R) residuals, when they are not model − t
     logx: bool = True  # the law takes ln x, so x must be > 0
+    center: bool = False  # x is divided by the geometric mean of the fit points (public then takes its ln)
+    split: tuple[int, ...] = ()  # laws with several residual columns: parameters per column, in order
     options: dict = field(default_factory=dict)  # law options and their defaults
     formula: str = ""
 
@@ -53,40 +55,79 @@ def _lstsq(phi: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 # --- Isik et al. 2024 -------------------------------------------------------------------------------
+#
+# Isik's form f = (ln A + α ln Dp)^β is optimised in coordinates (c, γ, κ) on L = ln(Dp/Dp̄), Dp̄ the
+# geometric mean of the fit points (the law is `center`ed):
+#     ln f = c + γ·ln(1 + κL)/κ        (the κ → 0 limit is the pure power law ln f = c + γL)
+# which is Isik's with u = ln(A·Dp^α) = u0·(1 + κL), u0 = e^(c/β), β = γ/κ, α = κ·u0, ln A = u0 − α ln Dp̄.
+# On saturating BLEU curves Isik's optimum sits where ln A → −∞ and α → ∞ together (u0 huge, κ finite):
+# unreachable in (ln A, α, β), an ordinary point here. Every (c, γ, κ ≠ 0) is an Isik curve, and κ = 0
+# (β → ∞, a pure power law) is its limit, reported as such.
+
+
+def _log1p_over(k: torch.Tensor, lx: torch.Tensor) -> torch.Tensor:
+    """ln(1 + k·L)/k, continuous through k = 0 (where it is L); NaN where 1 + k·L <= 0 (outside the law)."""
+    kl = k * lx
+    small = kl.abs() < 1e-4
+    safe_k = torch.where(small, torch.ones_like(k), k)
+    big = torch.log1p(torch.where(small, torch.zeros_like(kl), kl)) / safe_k
+    return torch.where(small, lx * (1 - kl / 2 + kl * kl / 3), big)
 
 
 def _bleu_model(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    la, alpha, beta = th[:, :1], th[:, 1:2], th[:, 2:3]
-    u = la + alpha * torch.log(x[:, 0])  # ln(A·Dp^α); must stay > 0, else (·)^β is undefined (NaN)
-    return beta * torch.log(u)
+    c, gamma, kappa = th[:, :1], th[:, 1:2], th[:, 2:3]
+    return c + gamma * _log1p_over(kappa, torch.log(x[:, 0]))
 
 
 def _bleu_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    # choose α and u = ln(A·Dp^α) at the smallest Dp (> 0 keeps every start feasible); β then joins the
-    # two ends of the data: β = Δ ln BLEU / Δ ln u
+    # κ on a grid inside its domain (1 + κL > 0 at every point); for a given κ the law is linear in (c, γ)
     lx = np.log(x[:, 0])
-    lo, hi = np.argmin(lx), np.argmax(lx)
+    kmax = 1.0 / max(-lx.min(), 1e-12)
+    kmin = -1.0 / max(lx.max(), 1e-12)
     rows = []
-    for alpha, u0 in itertools.product((0.02, 0.05, 0.1, 0.2, 0.5, 1.0), (0.2, 0.5, 1.0, 2.0, 5.0)):
-        u1 = u0 + alpha * (lx[hi] - lx[lo])
-        b = (t[hi] - t[lo]) / math.log(u1 / u0)
-        b = b if np.isfinite(b) and b > 0 else 1.0
-        for m in (0.5, 1.0, 2.0):
-            rows.append((u0 - alpha * lx[lo], alpha, b * m))
+    for k in (*(f * kmax for f in (0.3, 0.6, 0.9, 0.99, 0.999)), 0.0, *(f * kmin for f in (0.3, 0.6, 0.9))):
+        g = _log1p_over(torch.tensor(k), torch.tensor(lx)).numpy()
+        c, gamma = _lstsq(np.stack([np.ones_like(g), g], 1), t)
+        rows.append((c, gamma, k))
     return np.array(rows)
+
+
+KAPPA_LIMIT = 1e-6  # |κ| below this (κL < 1e-5 over any data) is the pure-power limit: β = γ/κ means nothing
+
+
+def bleu_isik(p: np.ndarray, lnx0: float) -> dict[str, float] | None:
+    """Isik's (ln A, α, β) of the coordinates (c, γ, κ) centred at ln Dp̄ = lnx0; None where they are not
+    finite numbers (κ = 0, the pure-power limit, or u0 = e^(c/β) beyond a float's range). ln A, not A: on
+    saturating curves A = e^(−9000) is a true optimum that no float can hold."""
+    c, gamma, kappa = (float(v) for v in p)
+    if abs(kappa) < KAPPA_LIMIT or gamma == 0:
+        return None
+    beta = gamma / kappa
+    if abs(c / beta) > 700:
+        return None
+    u0 = math.exp(c / beta)
+    alpha = kappa * u0
+    lna = u0 - alpha * lnx0
+    return {"lnA": lna, "alpha": alpha, "beta": beta} if math.isfinite(lna) else None
+
+
+def _bleu_public(p: np.ndarray, lnx0: float = 0.0) -> dict[str, float]:
+    # Isik's parameters where they are numbers; else the limit form BLEU = B0·exp(γ·ln(1 + κL)/κ)
+    return bleu_isik(p, lnx0) or {"B0": math.exp(p[0]), "gamma": float(p[1]), "kappa": float(p[2])}
 
 
 BLEU_LOG = Law(
     name="bleu_log",
-    params=("lnA", "alpha", "beta"),
+    params=("c", "gamma", "kappa"),
     nx=1,
     space="log",
     delta=0.1,
     starts=_bleu_starts,
-    public=lambda p: {"A": math.exp(p[0]), "alpha": p[1], "beta": p[2]},
+    public=_bleu_public,
     model=_bleu_model,
+    center=True,
     options={"monotone_tol": 0.0},
-    formula="BLEU(Dp) = (ln(A·Dp^alpha))^beta",
+    formula="BLEU(Dp) = (lnA + alpha·ln Dp)^beta",
 )
 
 
@@ -312,50 +353,63 @@ def _link_logistic(th: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
     return a * torch.sigmoid(k * (nll - l0)) + b
 
 
+def _stage1(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # ln nll = ln(E + A·C^-α): the power law of `POWER`, on (C, nll)
+    lc = torch.log(x[:, 0])
+    return torch.logaddexp(th[:, :1], th[:, 1:2] - th[:, 2:3] * lc)
+
+
 def _two_stage(link: Callable) -> tuple[Callable, Callable]:
-    # θ = (ln A, α, link...): stage 1 nll = A·C^-α in log space, stage 2 acc = link(nll). Stage 1 is fitted
-    # on the measured (C, nll), stage 2 on the measured (nll, acc); a prediction chains them from C alone.
+    # θ = (e, ln A, α, link...): stage 1 nll = E + A·C^-α in log space, stage 2 acc = link(nll). Stage 1 is
+    # fitted on the measured (C, nll), stage 2 on the measured (nll, acc); a prediction chains them from C alone.
     def model(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        nll = torch.exp(th[:, :1] - th[:, 1:2] * torch.log(x[:, 0]))
-        return link(th[:, 2:], nll)
+        return link(th[:, 3:], torch.exp(_stage1(th, x)))
 
     def resid(th: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        r1 = th[:, :1] - th[:, 1:2] * torch.log(x[:, 0]) - torch.log(x[:, 1])
-        r2 = link(th[:, 2:], x[:, 1]) - t
+        r1 = _stage1(th, x) - torch.log(x[:, 1])
+        r2 = link(th[:, 3:], x[:, 1]) - t
         return torch.stack([r1, r2], -1)
 
     return model, resid
 
 
-def _stage1(x: np.ndarray) -> tuple[float, float]:
-    lc = np.log(x[:, 0])
-    a, alpha = _lstsq(np.stack([np.ones_like(lc), -lc], 1), np.log(x[:, 1]))
-    return a, alpha
+def _stage1_starts(x: np.ndarray, k: int = 4) -> list[tuple[float, float, float]]:
+    # the k power-law starts of the best least-squares fit to ln nll, scored before any optimisation
+    lc, tn = np.log(x[:, 0]), np.log(x[:, 1])
+    rows = np.array(_power_starts(lc, tn))
+    pred = np.logaddexp(rows[:, :1], rows[:, 1:2] - rows[:, 2:3] * lc)
+    return [tuple(r) for r in rows[np.argsort(((pred - tn) ** 2).sum(1))[:k]]]
 
 
 def _two_linear_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    return np.array([(*_stage1(x), *_lstsq(np.stack([np.ones_like(t), x[:, 1]], 1), t))])
+    link = _lstsq(np.stack([np.ones_like(t), x[:, 1]], 1), t)
+    return np.array([(*s1, *link) for s1 in _stage1_starts(x)])
 
 
 def _two_logistic_starts(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    s1, nll = _stage1(x), x[:, 1]
+    nll = x[:, 1]
     span = max(np.ptp(t), 1e-6)
     rows = []
-    for a, k, q in itertools.product(
-        (span, 2 * span, 4 * span), (-30.0, -10.0, -3.0, -1.0, 1.0), (0.1, 0.5, 0.9)
+    for s1, a, k, q in itertools.product(
+        _stage1_starts(x, 2), (span, 2 * span, 4 * span), (-30.0, -10.0, -3.0, -1.0, 1.0), (0.1, 0.5, 0.9)
     ):
         rows.append((*s1, a, t.min() - (a - span) / 2, k / max(np.ptp(nll), 1e-6), np.quantile(nll, q)))
     return np.array(rows)
 
 
 def _two_public(names: tuple[str, ...]) -> Callable[[np.ndarray], dict[str, float]]:
-    return lambda p: {"A": math.exp(p[0]), "alpha": p[1], **dict(zip(names, (float(v) for v in p[2:])))}
+    return lambda p: {
+        "E": math.exp(p[0]),
+        "A": math.exp(p[1]),
+        "alpha": p[2],
+        **dict(zip(names, (float(v) for v in p[3:]))),
+    }
 
 
 _m, _r = _two_stage(_link_linear)
 TWO_STAGE = Law(
     name="two_stage",
-    params=("lnA", "alpha", "a", "b"),
+    params=("e", "lnA", "alpha", "a", "b"),
     nx=2,
     space="linear",
     delta=math.inf,
@@ -363,13 +417,14 @@ TWO_STAGE = Law(
     public=_two_public(("a", "b")),
     model=_m,
     resid=_r,
+    split=(3, 2),
     options={"link": "linear"},
-    formula="nll = A·C^-alpha (x = C, nll), acc = a + b·nll",
+    formula="nll = E + A·C^-alpha (x = C, nll), acc = a + b·nll",
 )
 _m, _r = _two_stage(_link_logistic)
 TWO_STAGE_LOGISTIC = Law(
     name="two_stage",
-    params=("lnA", "alpha", "a", "b", "k", "l0"),
+    params=("e", "lnA", "alpha", "a", "b", "k", "l0"),
     nx=2,
     space="linear",
     delta=math.inf,
@@ -377,8 +432,9 @@ TWO_STAGE_LOGISTIC = Law(
     public=_two_public(("a", "b", "k", "l0")),
     model=_m,
     resid=_r,
+    split=(3, 4),
     options={"link": "logistic"},
-    formula="nll = A·C^-alpha (x = C, nll), acc = a·sigmoid(k·(nll - l0)) + b",
+    formula="nll = E + A·C^-alpha (x = C, nll), acc = a·sigmoid(k·(nll - l0)) + b",
 )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 CHUNK = 256
+BEATEN = 3.0
 Fun = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -188,11 +189,14 @@ def _lbfgs(fun, th, grp, max_iter, history, ftol, fatol, window, wtol, c1, max_b
         # valley (often toward a parameter at infinity): it stops where it is; so does one that gained
         # less than 1% while at more than twice its group's best, as it will not be the one kept
         crawl = np.zeros(L, dtype=bool)
+        np.minimum.at(gbest, grp[ids], f)
         if (k + 1) % window == 0:
-            np.minimum.at(gbest, grp[ids], f)
             gain = f_ago - f
             crawl = (gain < wtol * np.abs(f)) | ((gain < 1e-2 * np.abs(f)) & (f > 2 * gbest[grp[ids]]))
             f_ago = f.copy()
+        # a start more than BEATEN times above its problem's best after a step is clearly beaten: Hoffmann's
+        # 4,500 starts fall into a few basins, hundreds of starts each, and only the best basin is kept
+        crawl |= f > BEATEN * gbest[grp[ids]]
         frozen |= stop | (stalls >= 2) | (f <= fatol) | crawl
 
         # hand finished rows back once they are a tenth of the batch (or at the end)

@@ -46,7 +46,7 @@ def misalignment(
 
     monotone = bool(np.all(np.diff(bleu) >= -tol))
     falling = len(ce) > 1 and bool(np.all(np.diff(ce) <= tol)) and ce[-1] < ce[0]
-    res = fit("bleu_log", dp, bleu, holdout=np.arange(len(dp)) >= n_fit)
+    res = fit("bleu_log", dp, bleu, holdout=np.arange(len(dp)) >= n_fit, interval="none")  # errors only
     err = float(np.mean([h["rel_err"] for h in res.holdout])) if res.ok and res.holdout else math.nan
 
     if not monotone:
