@@ -7,6 +7,7 @@ before a whole study is sized (docs/results-desk.md records every run).
 
 Scores, at every evaluation, two held-out sets: the corpus's test set (whole unseen packages) and the in-domain
 set carved from the training pool (pipeline.corpus.indomain), each a fixed sample of `--test-size` pairs.
+`python scripts/desk_search.py --table OUT` prints every run in OUT as a markdown table.
 Writes <out>/<name>.jsonl (one line per evaluation) and prints it; <out>/<name>.pt holds the state at the last
 evaluation, so the same command with a larger --minutes continues the run (the same data order). The pipeline's own pieces do the work
 (tokenizer, model, fused loss, batching, greedy decoding, sacreBLEU), so what wins here is what the stages run.
@@ -18,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -58,7 +60,31 @@ def split_for(pairs: list[tuple[str, str]], cache: Path, n_test: int, n_val: int
     return dict(np.load(path))
 
 
+def table(out: Path) -> str:
+    """Every run in `out` as a markdown table: its settings, and per evaluation the CPU minutes, epochs, in-domain
+    validation CE, in-domain and unseen-package BLEU/chrF (docs/results-desk.md prints this)."""
+    lines = ["| run | parameters | settings | CPU min | epochs | val CE | in-domain BLEU / chrF | package BLEU / chrF |",
+             "|---|---|---|---|---|---|---|---|"]
+    for f in sorted(out.glob("*.jsonl")):
+        rows = jsonl(f)
+        head = rows[0]
+        evals = [r for i, r in enumerate(rows[1:]) if i == 0 or r["step"] != rows[i]["step"]]  # a repeated last one
+        a = head["args"]
+        params = f"{head['params']['total'] / 1e6:.2f}M"
+        settings = (f"d{a['d_model']} {a['layers']}+{a['layers']}, vocab {a['vocab']}, batch {a['batch']}, lr {a['lr']} "
+                    f"{a['schedule']} (warmup {a['warmup']}), dropout {a['dropout']}")
+        for i, r in enumerate(evals):
+            lines.append(f"| {head['name'] if i == 0 else ''} | "
+                         f"{params if i == 0 else ''} | "
+                         f"{settings if i == 0 else ''} | {r['cpu_min']:.0f} | {r['epochs']:.2f} | {r['val_ce']:.3f} | "
+                         f"{r['id_bleu']:.2f} / {r['id_chrf']:.1f} | {r['pkg_bleu']:.2f} / {r['pkg_chrf']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(table(Path(sys.argv[2])))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, required=True)
