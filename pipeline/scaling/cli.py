@@ -250,7 +250,7 @@ def _predict(a: argparse.Namespace) -> int:
         shown.append(line)
         print(json.dumps(line, default=_json_num) if a.json else text)
     if not shown:
-        print(f"no fit to predict from: {len(recs)} fit(s) read, none ok with inputs {', '.join(at)}"
+        print(f"no fit to predict from: {len(recs)} fitted law(s) read, none with inputs {', '.join(at)}"
               + (f" and output {next(iter(target))}" if target else ""))
         return 1
     return 0
