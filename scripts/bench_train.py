@@ -89,8 +89,7 @@ def run_trainer(task, steps: int, out: Path) -> float:
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5ForConditionalGeneration
 
     from pipeline.config import Mixture
-    from pipeline.mixture import MixtureSampler
-    from pipeline.plan import mixture_counts
+    from pipeline.mixture import MixtureSampler, mixture_counts
     from pipeline.span_corruption import corrupt_batch
     from pipeline.tokenizer import load_tokenizer, sentinel_ids
 

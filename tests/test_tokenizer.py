@@ -18,6 +18,12 @@ from pipeline.span_corruption import t5_sentinel_ids
 from pipeline.tokenizer import sentinel_ids
 
 LANGS = ("en", "de", "fr", "ro")
+
+
+def all_four(root: Path) -> list[str]:
+    """A mixture of the four languages, so the sweep reads them all (their held-out text: the slice's mono)."""
+    return ["+sweep.tasks.en-de.mixtures.all4={en:0.25,de:0.25,fr:0.25,ro:0.25}",
+            *(f"+data.local.mono_validation.{lang}={root / 'data' / f'{lang}.jsonl'}" for lang in ("fr", "ro"))]
 VOCAB = 400  # tests/test_training.py SMALL
 
 
@@ -26,7 +32,8 @@ def stage(tmp_path_factory):
     from pipeline.task import execute
 
     root = tmp_path_factory.mktemp("tok")
-    _, plan = small_plan(root, langs=LANGS)
+    # The vocabulary is learnt from the languages the sweep reads: a mixture of all four makes it read them all.
+    _, plan = small_plan(root, extra=all_four(root), langs=LANGS)
     task = next(t for t in plan.tasks if t.stage == "tokenizer")
     assert execute(task) == "ok"
     return task
@@ -92,6 +99,15 @@ def test_each_languages_letters_are_in_the_vocabulary(tok, text):
     ids = tok(text).input_ids
     assert tok.unk_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_the_vocabulary_is_learnt_from_the_sweeps_languages_only(tmp_path):
+    _, plan = small_plan(tmp_path, langs=LANGS)  # the en-de sweep: en50_de50 and en100 on a four-language corpus
+    task = next(t for t in plan.tasks if t.stage == "tokenizer")
+    assert task.spec["config"]["languages"] == ["de", "en"]
+    _, plan4 = small_plan(tmp_path, extra=all_four(tmp_path), langs=LANGS)
+    task4 = next(t for t in plan4.tasks if t.stage == "tokenizer")
+    assert task4.spec["config"]["languages"] == ["de", "en", "fr", "ro"] and task4.dir != task.dir
 
 
 def test_a_second_run_is_skipped_by_hash(stage):
