@@ -186,6 +186,19 @@ def test_dependency_order_then_everything_finished_is_skipped(tmp_path, fake_sta
     assert all(runs(plan, t.name) == (2 if t.stage == "collect" else 1) for t in plan.tasks)
 
 
+def test_a_finetuned_cell_is_evaluated_before_the_next_cell_trains(tmp_path, fake_stages, caplog):
+    # A sweep stopped part-way should hold evaluated cells, not a row of unevaluated checkpoints.
+    plan = toy_plan(tmp_path)
+    rc, counts = run_local(plan, caplog)
+    assert rc == 0 and counts == {"ok": 11}, counts
+    done = [m.split("] ", 1)[1].rsplit(" ", 1)[0] for m in (r.getMessage() for r in caplog.records)
+            if re.match(r"\[\d+/\d+\] ", m)]
+    assert len(done) == 11, done
+    first = min(done.index("finetune/ft-a"), done.index("finetune/ft-b"))
+    cell = done[first].rsplit("-", 1)[1]
+    assert done[first + 1] == f"evaluate/ev-{cell}", done
+
+
 def test_two_workers_run_independent_tasks_at_the_same_time(tmp_path, fake_stages, caplog):
     plan = toy_plan(tmp_path, peers=True)
     rc, counts = run_local(plan, caplog, workers=2)
@@ -292,7 +305,8 @@ def test_a_stop_signal_stops_the_sweep_with_exit_zero_and_the_rerun_finishes(tmp
     text = (tmp_path / "first.log").read_text()
     counts = summary_counts(text.splitlines())
     assert counts["preempted"] == 1 and "failed" not in counts and "blocked" not in counts, counts
-    never = ["ev-a", "ev-b", "collect"] + ([] if workers > 1 else ["ft-b", "ft-c"])
+    # one worker: ft-c (the init branch, ready before the pretraining) ran first, deepest stage first
+    never = ["ev-a", "ev-b", "collect"] + ([] if workers > 1 else ["ft-b"])
     assert counts["not started"] >= len(never) and all(runs(plan, n) == 0 for n in never), counts
     if workers > 1:
         assert runs(plan, "ft-b") == 1 and (ft_b / "status.json").exists()  # finished, not killed

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline.logs import setup_logging
 from pipeline.plan import Plan, Task
-from pipeline.stages import READ_STAGES
+from pipeline.stages import LEVELS, READ_STAGES
 from pipeline.task import TaskFailed, execute, is_complete
 
 log = logging.getLogger("pipeline")
@@ -128,14 +128,18 @@ class LocalExecutor:
         with self._pool() as (pool, forward), _SweepStop(forward) as stop:
             running: dict[Future, Task] = {}
             while running or (pending and not stop.signal):
-                for t in list(pending):
-                    if stop.signal:
-                        break
-                    r = ready(t)
-                    if r == "blocked":
+                blocked = [t for t in pending if ready(t) == "blocked" and not stop.signal]
+                while blocked:  # to a fixed point: a blocked task blocks what depends on it
+                    for t in blocked:
                         pending.remove(t)
                         finish(t, "blocked")
-                    elif r == "run" and len(running) < self.workers:
+                    blocked = [t for t in pending if ready(t) == "blocked" and not stop.signal]
+                # deepest stage first: a finetuned cell is evaluated before the next cell trains, so a sweep
+                # stopped part-way has results, not a row of unevaluated checkpoints (the sort is stable)
+                for t in sorted(pending, key=lambda t: -LEVELS.index(t.stage)):
+                    if stop.signal or len(running) >= self.workers:
+                        break
+                    if ready(t) == "run":
                         pending.remove(t)
                         running[pool.submit(_run_in_worker, t)] = t
                 if not running:  # nothing can start: a dependency outside the plan (not with a planner-built plan)
