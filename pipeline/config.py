@@ -192,6 +192,17 @@ class FitConfig:
     ce_delta: float
     interval: str = "laplace"  # how the fits' intervals are made (pipeline.scaling.fit.INTERVALS)
     level: float = 0.9
+    # the law fitted to each metric's curve against Dp (a name in pipeline.scaling.LAWS taking one input)
+    bleu_law: str = "bleu_log"
+    ce_law: str = "power"
+    # a law "holds" on a curve when its mean held-out relative error is at most this (the misalignment
+    # verdict and the report's sentences)
+    good_rel_err: float = 0.1
+
+    def curve_laws(self) -> tuple[tuple[str, str, float], ...]:
+        """(metric, law, Huber delta) of every per-curve fit: the one place the fit stage, the misalignment
+        verdict and the methods table read which law goes with which metric."""
+        return (("bleu", self.bleu_law, self.bleu_delta), ("ce", self.ce_law, self.ce_delta))
 
 
 # ------------------------------------------------------------------------------------ infrastructure
@@ -427,7 +438,16 @@ def _parse_fit(d: Mapping[str, Any]) -> FitConfig:
         ce_delta=_num(d, "ce_delta", p, lo=0, lo_open=True),
         interval=_choice(d, "interval", p, _intervals(), "laplace"),
         level=_num(d, "level", p, lo=0, hi=0.999, lo_open=True, default=0.9),
+        bleu_law=_choice(d, "bleu_law", p, _curve_laws(), "bleu_log"),
+        ce_law=_choice(d, "ce_law", p, _curve_laws(), "power"),
+        good_rel_err=_num(d, "good_rel_err", p, lo=0, lo_open=True, default=0.1),
     )
+
+
+def _curve_laws() -> tuple[str, ...]:
+    from pipeline.scaling.laws import LAWS  # the registry (imported late: it loads torch)
+
+    return tuple(name for name, law in LAWS.items() if law.nx == 1)
 
 
 def _intervals() -> tuple[str, ...]:

@@ -28,8 +28,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text
-from pipeline.results import REQUIRED, ResultsError, is_ok, load_results  # noqa: F401 (fit.load_results: its old home)
+from pipeline.config import FitConfig
+from pipeline.results import REQUIRED, ReadSpec, ResultsError, is_ok, load_results  # noqa: F401 (fit.load_results: its old home)
 from pipeline.tracking import make_tracker, read_stage_run_id
+from pipeline.typed import to_dict
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +91,12 @@ def _curve_grid(x: np.ndarray) -> np.ndarray:
     return np.geomspace(max(x.min() / 2, 1.0), x.max() * 4, 60) if len(x) else np.array([])
 
 
-def _interval_args(fit_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The fitter's interval settings from the `fit:` config (tables from older configs: Laplace at 90%)."""
-    return {"interval": fit_cfg.get("interval", "laplace"), "level": fit_cfg.get("level", 0.9),
-            "bootstrap": fit_cfg["bootstrap"]}
+def _interval_args(fit_cfg: FitConfig) -> dict[str, Any]:
+    """The fitter's interval settings from the `fit:` config."""
+    return {"interval": fit_cfg.interval, "level": fit_cfg.level, "bootstrap": fit_cfg.bootstrap}
 
 
-def fit_group(points: pd.DataFrame, metric: str, law: str, delta: float, holdout: int, fit_cfg: dict[str, Any],
+def fit_group(points: pd.DataFrame, metric: str, law: str, delta: float, holdout: int, fit_cfg: FitConfig,
               seed: int = 0) -> dict[str, Any]:
     """One law on one curve (Dp > 0), with the largest `holdout` points held out."""
     from pipeline.scaling import fit
@@ -127,7 +128,7 @@ def _with_curve(res, x: np.ndarray, y: np.ndarray, holdout: int, xname: str, xs:
     return d
 
 
-def two_stage_route(points: pd.DataFrame, upstream: str, holdout: int, fit_cfg: dict[str, Any]) -> dict[str, Any]:
+def two_stage_route(points: pd.DataFrame, upstream: str, holdout: int, fit_cfg: FitConfig) -> dict[str, Any]:
     """BLEU from Dp through the upstream loss: the `two_stage` law (Dp -> loss by the power law with E, loss ->
     BLEU by a linear link), fitted on the same smaller rungs as the direct log-law; a held-out prediction uses
     no measurement at its Dp (the loss there is the stage-1 prediction too), so the two routes compare fairly."""
@@ -149,7 +150,7 @@ def two_stage_route(points: pd.DataFrame, upstream: str, holdout: int, fit_cfg: 
     return rec
 
 
-def fit_table(df: pd.DataFrame, fit_cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def fit_table(df: pd.DataFrame, fit_cfg: FitConfig) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """fits.csv rows and the full fit records (curves, points, verdicts, excluded rows) for the report."""
     from pipeline.scaling import misalignment
 
@@ -159,11 +160,11 @@ def fit_table(df: pd.DataFrame, fit_cfg: dict[str, Any]) -> tuple[pd.DataFrame, 
         log.warning("fit: %d row(s) left out: %s", len(bad), "; ".join(sorted(set(bad["why"]))))
     pts = seed_means(usable(df))
     rows = []
-    hold = fit_cfg["holdout_largest"]
+    hold = fit_cfg.holdout_largest
     for key, g in pts.groupby(GROUP, dropna=False):
         meta = {**dict(zip(GROUP, key)), "alignment": float(g["alignment"].iloc[0])}
         base = g[g["dp"] == 0]
-        for metric, law, delta in (("bleu", "bleu_log", fit_cfg["bleu_delta"]), ("ce", "power", fit_cfg["ce_delta"])):
+        for metric, law, delta in fit_cfg.curve_laws():
             rec = fit_group(g, metric, law, delta, hold, fit_cfg)
             rec.update(meta, metric=metric, baseline=float(base[metric].iloc[0]) if len(base) else math.nan)
             records.append(rec)
@@ -175,7 +176,8 @@ def fit_table(df: pd.DataFrame, fit_cfg: dict[str, Any]) -> tuple[pd.DataFrame, 
         curve = g[g["dp"] > 0]
         n_fit = max(len(curve) - hold, 1)
         verdict = misalignment(curve["dp"].to_numpy(float), curve["bleu"].to_numpy(float), curve["ce"].to_numpy(float),
-                               n_fit=n_fit)
+                               n_fit=n_fit, max_rel_err=fit_cfg.good_rel_err, law=fit_cfg.bleu_law,
+                               delta=fit_cfg.bleu_delta)
         records.append({**meta, "metric": "verdict", "law": "misalignment", **_as_dict(verdict)})
     for rec in _joint_fits(pts, fit_cfg):
         records.append(rec)
@@ -183,7 +185,7 @@ def fit_table(df: pd.DataFrame, fit_cfg: dict[str, Any]) -> tuple[pd.DataFrame, 
     return pd.DataFrame(rows), records
 
 
-def _joint_fits(pts: pd.DataFrame, fit_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def _joint_fits(pts: pd.DataFrame, fit_cfg: FitConfig) -> list[dict[str, Any]]:
     """The laws over two inputs: Zhang et al. over (Dp, Df) per model; Chinchilla over (params, Dp) on the
     upstream loss and Zhang et al. over (params, Df) at the largest Dp, across model sizes."""
     from pipeline.scaling import fit
@@ -192,7 +194,7 @@ def _joint_fits(pts: pd.DataFrame, fit_cfg: dict[str, Any]) -> list[dict[str, An
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             rec.update(ok=False, reason="missing values (parameter counts or upstream losses) in the results table")
             return
-        res = fit(law, x, y, holdout=holdout, delta=fit_cfg["ce_delta"], **_interval_args(fit_cfg))
+        res = fit(law, x, y, holdout=holdout, delta=fit_cfg.ce_delta, **_interval_args(fit_cfg))
         rec.update(res.to_dict())
 
     out = []
@@ -301,13 +303,13 @@ def correlation_table(df: pd.DataFrame, bootstrap: int, seed: int = 0) -> pd.Dat
 # ------------------------------------------------------------------------------ methods (Q3)
 
 
-def method_table(df: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
+def method_table(df: pd.DataFrame, fits: pd.DataFrame, fit_cfg: FitConfig) -> pd.DataFrame:
     """methods.csv: per curve (task, mixture, model, Df) and metric, each method against full finetuning:
     the gap (method − full) at Dp = 0, at the smallest and the largest Dp > 0, where it is largest, and
     whether the two fitted laws' exponents have disjoint bootstrap intervals."""
     pts = seed_means(usable(df))
     rows = []
-    laws = {"bleu": "bleu_log", "ce": "power"}
+    laws = {metric: law for metric, law, _ in fit_cfg.curve_laws()}
     for key, g in pts.groupby(["task", "mixture", "model", "df"], dropna=False):
         methods = sorted(g["method"].unique())
         ref = REFERENCE_METHOD if REFERENCE_METHOD in methods else methods[0]
@@ -380,32 +382,23 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def stage_results(spec: dict[str, Any]) -> tuple[Path, Path, pd.DataFrame]:
-    """The reports directory of a fit/report task and the results table it reads (the sweep's own, or the
-    one given as paths.results)."""
-    out = Path(spec["reports_dir"])
-    results = Path(spec["results"]) if spec.get("results") else out / "results.csv"
-    if not results.exists():
-        raise ResultsError(f"no results table at {results}: run the sweep (or `stage=collect`) first")
-    return out, results, load_results(results)
-
-
 def run(task) -> None:
-    spec = task.spec
-    out, _, df = stage_results(spec)
-    table, records = fit_table(df, spec["fit"])
-    corr = correlation_table(df, spec["fit"]["bootstrap"])
-    methods = method_table(df, table)
+    spec: ReadSpec = task.spec
+    out = Path(spec.reports_dir)
+    _, df = spec.table()
+    table, records = fit_table(df, spec.fit)
+    corr = correlation_table(df, spec.fit.bootstrap)
+    methods = method_table(df, table, spec.fit)
     for name, t in (("fits.csv", table), ("correlations.csv", corr), ("methods.csv", methods)):
         atomic_write_text(out / name, t.to_csv(index=False, float_format="%.10g"))
     atomic_write_json(out / "fits.json", json.loads(json.dumps(records, default=_json_default)))
     n_ok = int(table["ok"].fillna(False).astype(bool).sum()) if len(table) else 0
-    with make_tracker(out, spec.get("tracking"), run_id=read_stage_run_id("fit", spec),
-                      name=getattr(task, "name", f"fit-{spec['sweep']}"), config={"fit": spec["fit"]},
-                      file="fit-metrics.jsonl", group=spec["sweep"]) as tracker:
+    with make_tracker(out, spec.tracking, run_id=read_stage_run_id("fit", spec.to_dict()),
+                      name=getattr(task, "name", f"fit-{spec.sweep}"), config={"fit": to_dict(spec.fit)},
+                      file="fit-metrics.jsonl", group=spec.sweep) as tracker:
         tracker.log({"fits": len(table), "fits_ok": n_ok, "cells_left_out": len(excluded(df)), **fit_metrics(table)},
                     step=0)
-    log.info("fit %s: %d of %d fits succeeded -> %s", spec["sweep"], n_ok, len(table), out / "fits.csv")
+    log.info("fit %s: %d of %d fits succeeded -> %s", spec.sweep, n_ok, len(table), out / "fits.csv")
 
 
 def fit_metrics(table: pd.DataFrame) -> dict[str, float]:

@@ -31,7 +31,7 @@ STAGES = (
     Stage("finetune", "pipeline.finetune:run", "FinetuneSpec", stored=True),
     Stage("evaluate", "pipeline.evaluate:run", "EvaluateSpec"),
     Stage("collect", "pipeline.collect:run", "CollectSpec", reads_only=True),
-    Stage("fit", "pipeline.fit:run", reads_only=True),  # reads its spec as plain data until issue 17 lands
+    Stage("fit", "pipeline.fit:run", "ReadSpec", reads_only=True),
     Stage("report", "pipeline.report:run", "ReadSpec", reads_only=True),
 )
 

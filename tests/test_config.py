@@ -72,6 +72,8 @@ BAD = [
     (["finetune.validation_split=test"], "finetune.validation_split", "allowed: validation, validation_indomain"),
     (["evaluate.test_splits=[train]"], "evaluate.test_splits", "allowed: test, test_indomain"),
     (["evaluate.test_splits=[test,test]"], "evaluate.test_splits", "one or two different splits"),
+    (["fit.bleu_law=chinchilla"], "fit.bleu_law", "allowed: bleu_log, power"),  # two inputs: not a curve law
+    (["fit.good_rel_err=0"], "fit.good_rel_err", "> 0"),
 ]
 
 

@@ -4,6 +4,7 @@ never crashes on NaN, failed or old-format rows (it lists them)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,9 +12,10 @@ import pandas as pd
 import pytest
 
 from pipeline.collect import COLUMNS
+from pipeline.config import FitConfig
 from pipeline.fit import correlation, correlation_table, excluded, fit_table, load_results, method_table
 
-CFG = {"holdout_largest": 2, "bootstrap": 0, "bleu_delta": 0.1, "ce_delta": 1e-3}
+CFG = FitConfig(holdout_largest=2, bootstrap=0, bleu_delta=0.1, ce_delta=1e-3)
 DP = [2.0**k for k in range(16, 23)]  # 7 rungs: 5 fitted, 2 held out
 PARAMS = {"t5_tiny": 5e5, "t5_mini": 3e6}
 MIX = {"en50_de50": 1.0, "en100": 0.7}
@@ -75,7 +77,7 @@ def synthetic_results(models=("t5_tiny",), methods=("full",), dfs=(1000, 4000), 
 
 
 def _fits(df: pd.DataFrame, **cfg) -> tuple[pd.DataFrame, list[dict]]:
-    return fit_table(df, {**CFG, **cfg})
+    return fit_table(df, dataclasses.replace(CFG, **cfg))
 
 
 def _one(t: pd.DataFrame, **key) -> pd.Series:
@@ -124,6 +126,18 @@ def test_misalignment_is_flagged_where_bleu_zigzags_while_ce_falls():
     assert "not monotone" in verdicts[("en100", 1000)]["message"]
 
 
+@pytest.mark.parametrize("law, delta", [("bleu_log", 1e-3), ("power", 0.05)])
+def test_the_bleu_law_and_delta_are_read_from_the_config_by_the_fits_and_the_verdict(law, delta):
+    # fit.bleu_law / fit.bleu_delta are the one place: the per-curve BLEU fit and the misalignment verdict on
+    # the same split of the same curve must be the same fit (the verdict once refitted with the law's default δ)
+    t, recs = _fits(synthetic_results(dfs=(1000,), noise=0.01, seed=3), bleu_law=law, bleu_delta=delta)
+    for mix in MIX:
+        row = _one(t, mixture=mix, metric="bleu", x="dp")
+        assert row["law"] == law and row["ok"], row["reason"]
+        verdict = next(r for r in recs if r.get("metric") == "verdict" and r["mixture"] == mix)
+        assert verdict["bleu_err"] == pytest.approx(row["holdout_mre"], rel=1e-6)
+
+
 def test_nan_and_failed_rows_are_excluded_and_listed_never_fitted():
     df = synthetic_results(bleu_law=False)
     # one bad row in each curve (8 rows a curve: Dp = 0 and 7 rungs)
@@ -147,7 +161,7 @@ def test_an_all_nan_table_gives_failed_rows_not_an_exception():
     t, recs = _fits(df)
     assert len(t) == 0 and len([r for r in recs if r["metric"] == "excluded"]) == len(df)
     assert correlation_table(df, 10).empty
-    assert method_table(df, t).empty
+    assert method_table(df, t, CFG).empty
 
 
 def test_too_few_rungs_fail_with_the_reason():
@@ -243,7 +257,7 @@ def test_one_model_size_says_why_no_size_law():
 def test_method_gaps_and_exponents_per_curve():
     df = synthetic_results(methods=("full", "lora"), mixtures=("en50_de50",), dfs=(1000,), bleu_law=False)
     t, _ = _fits(df, bootstrap=50)
-    m = method_table(df, t)
+    m = method_table(df, t, CFG)
     ce = _one(m, mixture="en50_de50", df=1000, metric="ce", method="lora")
     assert ce["reference"] == "full" and ce["n_dp"] == 8
     expect = [ce_of("lora", d, 1000) - ce_of("full", d, 1000) for d in DP]

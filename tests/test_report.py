@@ -478,8 +478,19 @@ def test_the_huber_deltas_in_the_text_are_the_fitted_ones(tmp_path):
     synthetic_results(dp=DP[:5], dfs=(1000,)).to_csv(tmp_path / "results.csv", index=False)
     md = (run_fit_and_report(tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0", "fit.bleu_delta=0.25",
                              "fit.ce_delta=2e-4") / "report.md").read_text()
-    assert "(Isik et al. Eq. 1, Huber δ = 0.25)" in md and "(Isik et al. Eq. 3, Huber δ = 2e-4)" in md
+    assert "(Isik et al. Eq. 1), Huber δ = 0.25" in md and "(Isik et al. Eq. 3), Huber δ = 2e-4" in md
     assert "δ = 0.1)" not in md and "δ = 1e-3)" not in md
+
+
+def test_another_bleu_law_is_named_and_written_from_the_registry(tmp_path):
+    # fit.bleu_law is the one place a law is chosen: the fits, headings, sentences and figures follow it
+    synthetic_results(dp=DP[:5], dfs=(1000,)).to_csv(tmp_path / "results.csv", index=False)
+    out = run_fit_and_report(tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0", "fit.bleu_law=power")
+    md = (out / "report.md").read_text()
+    fits = pd.read_csv(out / "fits.csv")
+    assert set(fits[(fits["metric"] == "bleu") & (fits["x"] == "dp")]["law"]) == {"power"}
+    assert "BLEU: L(Dp) = E + A/Dp^alpha, Huber δ = 0.1" in md  # the registry's formula, not Isik's
+    assert "BLEU law (power)" in md and "log-law" not in md.split("## Fitted laws")[1].split("## Figures")[0]
 
 
 # ------------------------------------------------------------------------------------------- tracking

@@ -110,6 +110,7 @@ def test_the_fit_stage_on_a_table_with_bad_numbers_never_raises(n, data):
     """pipeline.fit reads a results table: NaN, inf, zero and negative metrics are reported, not fatal."""
     import pandas as pd
 
+    from pipeline.config import FitConfig
     from pipeline.fit import fit_table
 
     bad = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -1.0])
@@ -120,8 +121,8 @@ def test_the_fit_stage_on_a_table_with_bad_numbers_never_raises(n, data):
              "status": "ok", "selected": True,
              "alignment": 1.0, "upstream_loss_mixture": math.nan, "upstream_loss_tgt": math.nan}
             for dp in dps]
-    table, records = fit_table(pd.DataFrame(rows), {"bleu_delta": 0.1, "ce_delta": 1e-3, "holdout_largest": 1,
-                                                     "bootstrap": 0})
+    table, records = fit_table(pd.DataFrame(rows), FitConfig(bleu_delta=0.1, ce_delta=1e-3, holdout_largest=1,
+                                                             bootstrap=0))
     for r in records:
         if r.get("metric") == "excluded":  # a row left out of the fits: listed with its reason
             assert r.get("why"), r

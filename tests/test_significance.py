@@ -9,8 +9,10 @@ import pytest
 from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
 
+from pipeline.config import FitConfig
 from pipeline.significance import compare_cells, paired_bleu, planned
 
+FIT = FitConfig(holdout_largest=1, bootstrap=0, bleu_delta=0.1, ce_delta=1e-3)
 WORDS = ["the", "file", "could", "not", "be", "opened", "because", "a", "disk", "error", "stopped", "every", "write", "to", "it"]
 
 
@@ -159,7 +161,7 @@ def test_the_reports_sentences_quote_their_comparisons():
     pts = t.groupby(["task", "model", "method", "mixture", "df", "dp"], as_index=False).agg(
         bleu=("bleu", "mean"), ce=("ce", "mean"), alignment=("alignment", "first"))
     fits = pd.DataFrame(columns=["task", "mixture", "model", "method", "df", "metric", "law", "x", "ok", "reason"])
-    text = "\n".join(verdicts("en-de", pts, fits, [], "t5_tiny", "full", comp))
+    text = "\n".join(verdicts("en-de", pts, fits, [], "t5_tiny", "full", FIT, comp))
     c = comparison(comp, "pretraining", "en-de", "t5_tiny", "full", 100, mixture_b="en50_de50")
     assert int(c["dp_rung_b"]) == 2048 and sig_text(c) in text and "beyond the noise" in sig_text(c)
     c2 = comparison(comp, "pretraining", "en-de", "t5_tiny", "full", 1000, mixture_b="en50_de50")

@@ -21,7 +21,7 @@ from pipeline.artifacts import atomic_write_bytes, atomic_write_text
 from pipeline.fit import excluded, seed_means, usable
 from pipeline.report.document import Block, to_html, to_markdown
 from pipeline.report.figures import Figure, plot_bleu_vs_ce, plot_task, render
-from pipeline.report.fmt import fmt, fmt_g
+from pipeline.report.fmt import LAW_TITLES, fmt, fmt_g, law_formula
 from pipeline.report.questions import question_methods, question_size, question_upstream
 from pipeline.report.tables import (
     cells_section,
@@ -65,7 +65,7 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
                 if sel.empty:
                     continue
                 summary.append(Block("p", f"**{task} · {model} · {method}**"))
-                summary.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method, comp)
+                summary.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method, spec.fit, comp)
                                      or ["Nothing to conclude yet."]))
     if pts.empty:
         summary.append(Block("p", "No evaluated cells yet: nothing to conclude."))
@@ -81,13 +81,12 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
     from pipeline.scaling.backtest import interval_note  # loads torch: only when a report is built
 
     body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); Dp in "
-                           "raw text tokens. " + interval_note(spec.fit.interval, spec.fit.level)))
-    body.append(Block("h3", f"BLEU: f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1, Huber δ = {fmt_g(spec.fit.bleu_delta)})"))
-    body.append(fit_table(fits_df, "bleu_log", param_names(fits_df, "bleu_log")))
-    body += flag_list(fits_df, "bleu_log")
-    body.append(Block("h3", f"Cross-entropy: L(Dp) = E + A/Dp^α (Isik et al. Eq. 3, Huber δ = {fmt_g(spec.fit.ce_delta)})"))
-    body.append(fit_table(fits_df, "power", param_names(fits_df, "power")))
-    body += flag_list(fits_df, "power")
+                           "raw text tokens. " + interval_note(spec.fit.interval, spec.fit.level,
+                                                               (spec.fit.bleu_law, spec.fit.ce_law))))
+    for metric, law, delta in spec.fit.curve_laws():
+        body.append(Block("h3", f"{LAW_TITLES[metric]}: {law_formula(law, metric)}, Huber δ = {fmt_g(delta)}"))
+        body.append(fit_table(fits_df, law, param_names(fits_df, law)))
+        body += flag_list(fits_df, law)
     if (fits_df["x"].astype(str) == "dp,df").any():
         body.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
         body.append(fit_table(fits_df, "joint", param_names(fits_df, "joint", "dp,df"), x="dp,df"))

@@ -161,7 +161,7 @@ def plot_task(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Pa
                 d = g[(g["df"] == df_) & (g["dp"] > 0)].sort_values("dp")
                 base = g[(g["df"] == df_) & (g["dp"] == 0)]
                 rec = next(iter(records(fits, task=task, mixture=mix, df=df_, model=model, method=method,
-                                         law={"bleu": "bleu_log", "ce": "power"}[metric])), None)
+                                         metric=metric, x="dp")), None)
                 recs.append(rec)
                 x, y = d["dp"].to_numpy(float), d[metric].to_numpy(float)
                 _draw_points(ax, x, y, _holdout_of(rec, len(d)), c, f"Df = {df_:,}")
@@ -257,9 +257,9 @@ def plot_sizes(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: P
             if ch and ch.get("ok") and finite(params) and len(x):
                 grid = np.geomspace(x.min(), x.max() * 2, 40)
                 axes[i][0].plot(grid, _chinchilla(ch["params"], params, grid), "-", color=c, lw=1.2)
-            for j, (metric, law) in enumerate((("ce", "power"), ("bleu", "bleu_log")), start=1):
+            for j, metric in enumerate(("ce", "bleu"), start=1):
                 rec = next(iter(records(fits, task=task, mixture=mix, model=model, method=method, df=df_max,
-                                         law=law)), None)
+                                         metric=metric, x="dp")), None)
                 recs[metric].append(rec)
                 _draw_points(axes[i][j], x, d[metric].to_numpy(float), _holdout_of(rec, len(d)), c, model)
                 _draw_law(axes[i][j], rec, c, x)

@@ -23,6 +23,27 @@ UP_LABEL = {"mixture": "upstream loss on the pretraining mixture (nats/token)",
 METRIC = {"bleu": "BLEU", "ce": "CE", "chrf": "chrF", "upstream": "upstream loss"}
 
 
+# The report's names of the default per-curve laws (fit.bleu_law, fit.ce_law); any other law is named after
+# its metric and its name in pipeline.scaling.LAWS, so a new law needs no edit here.
+LAW_NAMES = {("bleu", "bleu_log"): "BLEU log-law", ("ce", "power"): "CE power law"}
+LAW_FORMULAS = {("bleu", "bleu_log"): "f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1)",
+                ("ce", "power"): "L(Dp) = E + A/Dp^α (Isik et al. Eq. 3)"}
+LAW_TITLES = {"bleu": "BLEU", "ce": "Cross-entropy"}
+
+
+def law_name(law: Any, metric: str) -> str:
+    return LAW_NAMES.get((metric, str(law)), f"{METRIC.get(metric, metric)} law ({law})")
+
+
+def law_formula(law: str, metric: str) -> str:
+    """How the report writes a law: the paper's form for the defaults, the registry's formula otherwise."""
+    if (metric, law) in LAW_FORMULAS:
+        return LAW_FORMULAS[(metric, law)]
+    from pipeline.scaling.laws import LAWS  # loads torch: only when a report is built
+
+    return LAWS[law].formula if law in LAWS else law
+
+
 def fmt(v: Any, digits: int = 4) -> str:
     """Numbers as the report prints them: `digits` significant digits, '—' for missing."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):

@@ -20,10 +20,12 @@ from pipeline.report.fmt import (
     fmt_count,
     fmt_df,
     fmt_pct,
+    law_formula,
+    law_name,
     num,
     plain_reason,
 )
-from pipeline.report.tables import fit_table, param_names
+from pipeline.report.tables import curve_fits, fit_table, param_names
 from pipeline.report.verdicts import (
     corr_verdicts,
     curve_name,
@@ -86,11 +88,12 @@ def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFra
 
 def _routes(fits_df: pd.DataFrame) -> list[Block]:
     """The direct log-law against the two-stage route, per curve, at the largest (held-out) Dp."""
-    blocks = [Block("h3", "Predicting the largest-Dp BLEU: direct log-law against the two-stage route"),
-              Block("p", "Direct: BLEU(Dp) = (log(A·Dp^α))^β. Two-stage: the upstream loss L(Dp) = E + A/Dp^α, then "
+    direct = curve_fits(fits_df, "bleu")
+    law = direct["law"].iloc[0] if len(direct) else "bleu_log"
+    blocks = [Block("h3", f"Predicting the largest-Dp BLEU: direct {law_name(law, 'bleu')} against the two-stage route"),
+              Block("p", f"Direct: {law_formula(law, 'bleu')}. Two-stage: the upstream loss L(Dp) = E + A/Dp^α, then "
                          "BLEU = a + b·L (least squares). Both are fitted on the same smaller rungs; the error is on the "
                          "held-out larger rungs, where the two-stage route uses its own predicted loss, not the measured one.")]
-    direct = fits_df[(fits_df["law"] == "bleu_log") & (fits_df["x"].astype(str) == "dp")]
     routes = {"direct": direct, "two-stage (mixture loss)": fits_df[fits_df["x"].astype(str) == "dp>upstream_mixture"],
               "two-stage (target-language loss)": fits_df[fits_df["x"].astype(str) == "dp>upstream_tgt"]}
     keys = ["task", "mixture", "model", "method", "df"]
@@ -152,8 +155,10 @@ def question_size(pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str,
         blocks.append(Block("h3", "The laws side by side, per size"))
         blocks.append(Block("p", "Exponent α and held-out relative error of each per-curve law, one column pair a size "
                                  f"({', '.join(models)}, smallest first)."))
-        for law, metric in (("bleu_log", "BLEU log-law"), ("power", "CE power law")):
-            f = fits_df[(fits_df["law"] == law) & (fits_df["x"].astype(str) == "dp")]
+        for metric in ("bleu", "ce"):
+            f = curve_fits(fits_df, metric)
+            if f.empty:
+                continue
             rows = []
             for key, g in f.groupby(["task", "mixture", "method", "df"], sort=False):
                 cells = [str(key[0]), str(key[1]), str(key[2]), fmt_df(key[3])]
@@ -163,7 +168,7 @@ def question_size(pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str,
                     cells += [fmt(num(r["p_alpha"].iloc[0])) if ok and "p_alpha" in r else "—",
                               fmt_pct(r["holdout_mre"].iloc[0]) if ok else "—"]
                 rows.append(cells)
-            blocks.append(Block("p", f"**{metric}**"))
+            blocks.append(Block("p", f"**{law_name(f['law'].iloc[0], metric)}**"))
             blocks.append(Block("table", header=["task", "mixture", "method", "Df",
                                                  *(f"{m}: {c}" for m in models for c in ("α", "held-out rel. error"))],
                                 rows=rows))
@@ -196,8 +201,9 @@ def question_methods(pts: pd.DataFrame, methods: pd.DataFrame) -> Section:
     if methods.empty:
         blocks.append(Block("p", "No method comparison was computed (no fit-stage `methods.csv`: rerun `stage=fit`)."))
         return Section(blocks, [], figures)
+    laws = ", ".join(law_name(r["law"], r["metric"]) for _, r in methods[["metric", "law"]].drop_duplicates().iterrows())
     blocks.append(Block("p", "Gap = method − reference, on the seed means at the same Dp. α is the exponent of each "
-                             "method's law (BLEU log-law, CE power law) with its 90% interval; the exponents "
+                             f"method's law ({laws}) with its 90% interval; the exponents "
                              "differ when the intervals are disjoint."))
     rows = []
     for _, r in methods.iterrows():

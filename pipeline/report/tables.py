@@ -20,10 +20,17 @@ from pipeline.report.fmt import (
     fmt_df,
     fmt_pct,
     fmt_tokens,
+    law_name,
     num,
     plain_reason,
 )
 from pipeline.results import ReadSpec, is_ok
+
+
+def curve_fits(fits_df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The per-curve fits of one metric against Dp (fit.bleu_law / fit.ce_law, whichever law that is): the
+    rows of fits.csv with that metric and x = dp (the two-stage routes and joint laws have other x)."""
+    return fits_df[(fits_df["metric"] == metric) & (fits_df["x"].astype(str) == "dp")]
 
 
 def flag_list(fits_df: pd.DataFrame, law: str) -> list[Block]:
@@ -129,13 +136,13 @@ def inputs(x: str, v: Any) -> str:
 def fit_counts(results: pd.DataFrame, fits_df: pd.DataFrame) -> str:
     """The state of the study in one sentence: how many cells, how many laws fitted."""
     n_ok = int((results["status"] == "ok").sum())
-    parts = []
-    for law, x, name in (("bleu_log", "dp", "BLEU log-law"), ("power", "dp", "CE power law"),
-                         ("two_stage", None, "two-stage route"), ("joint", "dp,df", "joint (Dp, Df) law"),
+    groups = [(f, law_name(f["law"].iloc[0], m)) for m in ("bleu", "ce") if len(f := curve_fits(fits_df, m))]
+    for law, x, name in (("two_stage", None, "two-stage route"), ("joint", "dp,df", "joint (Dp, Df) law"),
                          ("chinchilla", None, "Chinchilla law across sizes"), ("joint", "params,df", "joint (N, Df) law")):
         f = fits_df[fits_df["law"] == law]
-        if x is not None:
-            f = f[f["x"].astype(str) == x]
+        groups.append((f if x is None else f[f["x"].astype(str) == x], name))
+    parts = []
+    for f, name in groups:
         if len(f):
             parts.append(f"the {name} on {int(f['ok'].map(is_ok).sum())} of {len(f)}")
     return (f"{n_ok} of {len(results)} cells evaluated (see Cells). Fitted: " + "; ".join(parts) + "."

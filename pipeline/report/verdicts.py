@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.config import FitConfig
 from pipeline.report.figures import records
 from pipeline.report.fmt import (
     METRIC,
@@ -20,13 +21,12 @@ from pipeline.report.fmt import (
     fmt_df,
     fmt_pct,
     fmt_tokens,
+    law_name,
     plain_reason,
 )
+from pipeline.report.tables import curve_fits
 from pipeline.results import is_ok
 
-# A law "holds" when its held-out relative error is at most this. The misalignment verdict of the fitter
-# (pipeline.scaling.misalignment, max_rel_err) uses the same threshold by default.
-GOOD_MRE = 0.10
 BLEU_FLOOR = 1.0  # below this no cell translates: BLEU counts a few stray n-grams
 MONOTONE_RHO = 0.8  # |Spearman ρ| at least this: an upstream loss that ranks a curve's points
 
@@ -43,10 +43,13 @@ def grouped(pairs: list[tuple[str, str]]) -> list[str]:
     return [s.replace("{where}", and_list(c)) for s, c in by.items()]  # not format(): reasons may hold braces
 
 
-def _law_status(f: pd.DataFrame, law: str, metric: str, n_curves: int) -> list[str]:
-    """Failed fits of one law, one line per reason; all curves failing for one reason is one line."""
-    bad = f[(f["law"] == law) & ~f["ok"].map(is_ok)]
-    name = {"bleu_log": "The BLEU log-law", "power": "The CE power law"}[law]
+def _law_status(f: pd.DataFrame, metric: str, n_curves: int) -> list[str]:
+    """Failed per-curve fits of one metric, one line per reason; all curves failing for one reason is one line."""
+    bad = curve_fits(f, metric)
+    bad = bad[~bad["ok"].map(is_ok)]
+    if bad.empty:
+        return []
+    name = "The " + law_name(bad["law"].iloc[0], metric)
     if len(bad) == n_curves and bad["reason"].nunique() == 1:
         return [f"{name} could not be fitted on any curve: {plain_reason(bad['reason'].iloc[0], metric)}."]
     return grouped([(f"{name} could not be fitted for {{where}}: {plain_reason(r['reason'], metric)}.",
@@ -103,9 +106,11 @@ def _more_pretraining(recs: list[dict[str, Any]], dp: float, bleu_now: float) ->
 
 
 def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], model: str,
-             method: str, comp: pd.DataFrame | None = None) -> list[str]:
+             method: str, fit_cfg: FitConfig, comp: pd.DataFrame | None = None) -> list[str]:
     """Plain sentences generated from the numbers, for one (task, model, method); each said once. Every BLEU
-    difference read carries its paired-bootstrap test from `comp` (comparisons.csv)."""
+    difference read carries its paired-bootstrap test from `comp` (comparisons.csv); a law "holds" within
+    `fit_cfg.good_rel_err`, the threshold the fit stage's misalignment verdict used."""
+    good_err = fit_cfg.good_rel_err
     out: list[str] = []
     g = pts[pts["task"] == task]
     dfs = sorted(g["df"].unique())
@@ -117,21 +122,22 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
         out.append(f"BLEU stays below {BLEU_FLOOR:g} in every cell (at most {fmt(top, 3)}): the models do not translate "
                    f"yet at this scale, so BLEU's ups and downs are noise; read the cross-entropy, or run a larger "
                    f"scale.")
-    for law, metric in (("bleu_log", "bleu"), ("power", "ce")):
-        out += _law_status(f, law, metric, n_curves)
+    for metric in ("bleu", "ce"):
+        out += _law_status(f, metric, n_curves)
     for mix, gm in g.groupby("mixture", sort=False):
-        bl = f[(f["mixture"] == mix) & (f["law"] == "bleu_log")]
+        bl = curve_fits(f[f["mixture"] == mix], "bleu")
         ok = bl[bl["ok"].map(is_ok)]
         if not len(ok):
             continue
         align = gm["alignment"].iloc[0]
-        good = ok[ok["holdout_mre"].fillna(np.inf) <= GOOD_MRE]
+        name = law_name(ok["law"].iloc[0], "bleu")
+        good = ok[ok["holdout_mre"].fillna(np.inf) <= good_err]
         if len(good) == len(bl):
-            out.append(f"**{mix}** (alignment {fmt(align, 3)}): BLEU follows the log-law at every Df "
-                       f"(held-out relative error ≤ {GOOD_MRE:.0%}).")
+            out.append(f"**{mix}** (alignment {fmt(align, 3)}): BLEU follows the {name} at every Df "
+                       f"(held-out relative error ≤ {good_err:.0%}).")
         else:
             worst = ok.sort_values("holdout_mre", na_position="first").iloc[-1]
-            out.append(f"**{mix}** (alignment {fmt(align, 3)}): the BLEU log-law fits {len(ok)} of {len(bl)} Df "
+            out.append(f"**{mix}** (alignment {fmt(align, 3)}): the {name} fits {len(ok)} of {len(bl)} Df "
                        f"values; the worst held-out relative error is {fmt_pct(worst['holdout_mre'])} at Df = "
                        f"{fmt_df(worst['df'])}.")
         for _, r in ok.iterrows():
@@ -140,7 +146,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                 continue
             last = curve.iloc[-1]
             out.append(f"**{mix}**, Df = {fmt_df(r['df'])}: " + _more_pretraining(
-                records(fits, task=task, model=model, method=method, mixture=mix, df=r["df"], law="bleu_log",
+                records(fits, task=task, model=model, method=method, mixture=mix, df=r["df"], metric="bleu",
                         x="dp"), r["next_rung"], last["bleu"]))
     # Misalignment (Isik et al. §3.5): CE falls while BLEU does not follow; one line per kind of disagreement.
     flagged = []
@@ -157,9 +163,9 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                      + (" beyond the noise" if steps is not None else "") + ", for {where}: CE is a misleading proxy "
                      "there.")
         elif not r.get("bleu_fit_ok"):
-            s = "CE keeps falling with Dp while BLEU follows no log-law (see above), for {where}."
+            s = f"CE keeps falling with Dp while BLEU follows no {law_name(fit_cfg.bleu_law, 'bleu')} (see above), for {{where}}."
         else:
-            s = (f"CE keeps falling with Dp while the BLEU law misses the held-out Dp by more than {GOOD_MRE:.0%}, "
+            s = (f"CE keeps falling with Dp while the BLEU law misses the held-out Dp by more than {good_err:.0%}, "
                  "for {where}.")
         flagged.append((s, curve_name(r["mixture"], r["df"])))
     out += grouped(flagged)

@@ -34,10 +34,13 @@ def misalignment(
     n_fit: int = 4,
     max_rel_err: float = 0.1,
     tol: float = 0.0,
+    law: str = "bleu_log",
+    delta: float | None = None,
 ) -> Misalignment:
     """Verdict for one curve: BLEU and CE at each Dp (one Df; average the seeds first).
 
-    Dp <= 0 (the no-pretraining baseline) is ignored; `tol` is the drop (BLEU) or rise (CE) still called noise.
+    Dp <= 0 (the no-pretraining baseline) is ignored; `tol` is the drop (BLEU) or rise (CE) still called noise;
+    `law` and `delta` (None: the law's default) are those the BLEU curves are fitted with elsewhere.
     """
     dp, bleu, ce = (np.asarray(v, dtype=np.float64) for v in (dp, bleu, ce))
     keep = (dp > 0) & np.isfinite(dp) & np.isfinite(bleu) & np.isfinite(ce)
@@ -46,7 +49,7 @@ def misalignment(
 
     monotone = bool(np.all(np.diff(bleu) >= -tol))
     falling = len(ce) > 1 and bool(np.all(np.diff(ce) <= tol)) and ce[-1] < ce[0]
-    res = fit("bleu_log", dp, bleu, holdout=np.arange(len(dp)) >= n_fit, interval="none")  # errors only
+    res = fit(law, dp, bleu, holdout=np.arange(len(dp)) >= n_fit, delta=delta, interval="none")  # errors only
     err = float(np.mean([h["rel_err"] for h in res.holdout])) if res.ok and res.holdout else math.nan
 
     if not monotone:
