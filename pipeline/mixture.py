@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ConfigError, Mixture
+from pipeline.config import ConfigError
+from pipeline.study import Mixture
 from pipeline.tokens import open_stream
 
 

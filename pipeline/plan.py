@@ -28,9 +28,10 @@ from pipeline.artifacts import (
     stage_dir,
 )
 from pipeline.budget import CHARS_PER_TOKEN
-from pipeline.config import Config, ConfigError, Mixture, to_dict
+from pipeline.config import Config, ConfigError, to_dict
 from pipeline.results import Cell, ReadSpec, Scale
 from pipeline.stages import LEVELS, READ_STAGES
+from pipeline.study import Mixture
 from pipeline.typed import Spec
 
 

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.artifacts import atomic_write_json, dir_hash
-from pipeline.config import Mixture, PretrainConfig, TrackingConfig
+from pipeline.config import PretrainConfig, TrackingConfig
 from pipeline.mixture import DataExhausted, MixtureSampler, mixture_counts
 from pipeline.model import (
     ModelPreset,
@@ -33,6 +33,7 @@ from pipeline.model import (
     load_model,
 )
 from pipeline.span_corruption import corrupt_batch
+from pipeline.study import Mixture
 from pipeline.tokenizer import load_tokenizer, sentinel_ids
 from pipeline.tokens import open_stream
 from pipeline.tracking import make_tracker

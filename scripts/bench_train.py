@@ -88,9 +88,9 @@ def run_ours(task, steps: int, out: Path) -> float:
 def run_trainer(task, steps: int, out: Path) -> float:
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5ForConditionalGeneration
 
-    from pipeline.config import Mixture
     from pipeline.mixture import MixtureSampler, mixture_counts
     from pipeline.span_corruption import corrupt_batch
+    from pipeline.study import Mixture
     from pipeline.tokenizer import load_tokenizer, sentinel_ids
 
     spec, cfg = task.spec, task.spec["pretrain"]

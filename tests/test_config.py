@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from conftest import CONF, cli, compose
 
-from pipeline.config import ConfigError, Mixture, load_config
+from pipeline.config import ConfigError, load_config
+from pipeline.study import Mixture
 
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 SCALES = ["smoke", "cpu", "desk", "gpu", "paper"]

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import ConfigError, Mixture
+from pipeline.config import ConfigError
 from pipeline.mixture import DataExhausted, MixtureSampler, mixture_counts
+from pipeline.study import Mixture
 
 
 def streams(sizes: dict[str, int]) -> dict[str, np.ndarray]:

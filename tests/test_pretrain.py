@@ -70,9 +70,9 @@ def assert_same_run(run_dir, ref_dir) -> None:
 def test_initial_loss_is_log_vocab_on_real_data(built):
     from transformers import T5ForConditionalGeneration
 
-    from pipeline.config import Mixture
     from pipeline.mixture import MixtureSampler, mixture_counts
     from pipeline.span_corruption import corrupt_batch
+    from pipeline.study import Mixture
     from pipeline.tokenizer import load_tokenizer, sentinel_ids
 
     spec = built["task"].spec

@@ -454,11 +454,11 @@ def test_shipped_data_configs_parse_into_sources(tmp_path):
     """conf/data/*.yaml through the config layer's own parsing (frozen options, empty mappings included)."""
     from omegaconf import OmegaConf
 
-    from pipeline.config import _parse_data
+    from pipeline.config import DataConfig
 
     def parse(name: str, *dotlist: str):
         d = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml"), OmegaConf.from_dotlist(list(dotlist)))
-        return get_source(_parse_data(OmegaConf.to_container(d)), tmp_path)
+        return get_source(DataConfig.parse(OmegaConf.to_container(d)), tmp_path)
 
     opts = make_local(tmp_path)
     s = parse("local", f"local.mono.en={opts['mono']['en']}", f"local.mono.de={opts['mono']['de']}",
