@@ -262,13 +262,23 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                    spec=CollectSpec(**vars(_read_spec(cfg)), cells=tuple(cells),
                                     dirs={x.id: x.dir for x in tasks.values() if x.stage in ("finetune", "evaluate")}
                                     ).to_dict())
-    ordered = sorted(tasks.values(), key=lambda x: LEVELS.index(x.stage)) + [collect, *_fit_report(cfg, collect.id)]
+    ordered = sorted(tasks.values(), key=_run_order) + [collect, *_fit_report(cfg, collect.id)]
 
     stored = {lang: stored_tokens(source, lang, tokens[lang], needed[lang]) for lang in langs}
     summary = _summary(cfg, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells)
     summary["data_problems"] = [str(e) for e in problems]
     summary["tokens_stored"] = stored
     return Plan(sweep=cfg.sweep.name, tasks=ordered, cells=cells, summary=summary)
+
+
+def _run_order(task: Task) -> tuple:
+    """Stage by stage; the finetuning cells cheapest Df first, and within a Df the baseline, then the largest
+    Dp downwards: a sweep stopped part-way has the smallest-Df column whole (where pretraining matters most)
+    and each column's two ends first. The executors start ready tasks in this order."""
+    if task.stage != "finetune":
+        return (LEVELS.index(task.stage),)
+    dp = task.spec["checkpoint"]["dp_rung"]  # a FinetuneSpec's plain data
+    return (LEVELS.index(task.stage), task.spec["df"], dp != 0, -dp)
 
 
 def _read_spec(cfg: Config) -> ReadSpec:

@@ -35,6 +35,22 @@ def test_select_follows_the_registry_order():
     assert set(stages.READ_STAGES) == {"collect", "fit", "report"} and "pretrain" in stages.STORED
 
 
+def test_the_finetuning_cells_run_cheapest_df_first_baseline_then_largest_dp(tmp_path, l10n_corpus):
+    # a sweep stopped part-way holds the smallest-Df column whole, each column's two ends first
+    from test_training import small_plan
+
+    _, plan = small_plan(tmp_path)
+    order = [(t.spec["df"], t.spec["checkpoint"]["dp_rung"]) for t in plan.tasks if t.stage == "finetune"]
+    dfs, dps = sorted({d for d, _ in order}), sorted({p for _, p in order if p})
+    assert len(dfs) >= 2 and len(dps) >= 2, order
+    assert [d for d, _ in order] == sorted(d for d, _ in order)
+    for df in dfs:
+        col = list(dict.fromkeys(p for d, p in order if d == df))
+        assert col == [0, *sorted(dps, reverse=True)], (df, col)
+    stages_in_order = [t.stage for t in plan.tasks]
+    assert stages_in_order == sorted(stages_in_order, key=stages.LEVELS.index)
+
+
 def test_every_task_spec_rebuilds_into_its_stage_dataclass_and_back(tmp_path, l10n_corpus):
     # plan.json holds plain data; pipeline.task rebuilds each stage's spec from it: nothing lost or changed,
     # and every field of the typed spec has the type the stage reads
