@@ -12,7 +12,7 @@ from scipy.optimize import nnls
 
 from .laws import Law
 from .minimise import bounded, minimise, per_fit, public
-from .result import FitResult
+from .result import ABSURD, FitResult
 
 MIN_DISTINCT_RESAMPLES = 20  # fewer distinct bootstrap resample sets make no interval (see bootstrap_draws)
 
@@ -102,7 +102,7 @@ def inflation(law: Law, x: np.ndarray, t: np.ndarray, delta: float, m) -> tuple[
 
 def param_intervals(res: FitResult, law: Law, x0) -> dict[str, tuple[float, float]]:
     """Each natural parameter's interval from the draws; (−inf, inf) when more than the interval's tail share of
-    the draws have no finite value for it (the data do not bound it)."""
+    the draws have no finite value for it, or when its ends are ABSURD-fold apart (the data do not bound it)."""
     vals: dict[str, list[float]] = {k: [] for k in res.params}
     for th in res._boot:
         try:
@@ -121,7 +121,8 @@ def param_intervals(res: FitResult, law: Law, x0) -> dict[str, tuple[float, floa
             out[k] = (-math.inf, math.inf)
         else:  # the undefined draws count against both ends: the lowest and the highest they could be
             lo, hi = np.nanquantile(v, [(tail - bad) / (1 - bad), (1 - tail) / (1 - bad)])
-            out[k] = (float(lo), float(hi))
+            runaway = lo * hi > 0 and max(abs(lo), abs(hi)) >= ABSURD * min(abs(lo), abs(hi))
+            out[k] = (-math.inf, math.inf) if runaway else (float(lo), float(hi))
     return out
 
 

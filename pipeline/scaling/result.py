@@ -13,6 +13,10 @@ import torch
 from .laws import Law, get_law
 
 DRAWS = 4000  # draws from the Laplace approximation: quantiles to ±0.01 at 90%
+# An interval end six orders of magnitude from the estimate is not information but the approximation running
+# away along a direction the data do not constrain (a floored variance, or Cauchy tails at 1 degree of
+# freedom through an exponential): it is reported unbounded, like an end that is not finite or overflows.
+ABSURD = 1e6
 
 
 def _clean(v):
@@ -117,8 +121,17 @@ class FitResult:
         p = np.where(np.isnan(p), np.inf, p)  # a draw whose curve is undefined there bounds nothing
         # "nearest": interpolating between two infinite draws would give NaN
         q = np.quantile(p, [(1 - level) / 2, (1 + level) / 2], axis=0, method="nearest")
-        lo, hi = (natural(self._law, v, self.options.get("q0", 0.0)) for v in q)
-        return np.minimum(lo, hi), np.maximum(lo, hi)  # loglog maps decreasingly
+        # residual space is relative (ln y, ln(-ln Q~)) for all but the linear laws: ln(ABSURD) from the
+        # estimate there is a million-fold; such an end, or one that is not finite, is unbounded
+        centre = self._predict_t(self._theta, x)[0]
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(q) | (np.abs(q - centre) > math.log(ABSURD))
+        q0 = self.options.get("q0", 0.0)
+        (lo, hi), (bad_lo, bad_hi) = natural(self._law, q, q0), bad
+        if self._law.space == "loglog":  # maps decreasingly: the low residual is the high accuracy
+            lo, hi, bad_lo, bad_hi = hi, lo, bad_hi, bad_lo
+        bad_lo, bad_hi = bad_lo | ~np.isfinite(lo), bad_hi | ~np.isfinite(hi)  # overflowed on the way back
+        return np.where(bad_lo, -np.inf, lo), np.where(bad_hi, np.inf, hi)
 
     def to_dict(self) -> dict:
         d = {
