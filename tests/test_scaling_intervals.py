@@ -73,7 +73,7 @@ def test_unbounded_parameter_is_reported_unbounded_and_flagged():
     res = fit("power", x, y)
     assert res.ok
     lo, hi = res.intervals["E"]
-    assert not (math.isfinite(lo) and math.isfinite(hi)) or hi / lo >= 100
+    assert lo <= 0 and hi >= y.min(), (lo, hi)  # its interval holds both (at the boundary: [0, hi])
     assert any(f.startswith("E") for f in res.flags), res.flags
     json.dumps(res.to_dict(), allow_nan=False)  # unbounded is null in the record
 
@@ -208,7 +208,7 @@ def test_an_interval_the_data_do_not_bound_is_unbounded_not_a_huge_number():
 def test_apple_two_stage_bands_are_bounded_or_say_unbounded():
     # stage 1's E at its limit (0) used to send the draws to nll = e^600: bands of [-3e260, 0.77] accuracy
     root = shared_file("apple-downstream-metrics", "dclm_selected_wide.csv").parents[1]
-    pts = run([c for c in apple(root) if c.law == "two_stage"])
+    pts = run([c for c in apple(root) if c.law == "two_stage" and not c.label])
     assert pts.ok.all()
     for p in pts.itertuples():
         assert _sane(p.lo, p.pred) and _sane(p.hi, p.pred), p

@@ -64,6 +64,7 @@ from .minimise import (
     prepare,
     public,
     residual_target,
+    settle,
 )
 from .result import FitResult, draws, natural
 
@@ -156,7 +157,7 @@ def fit(
         return res
     m = minimise(spec, xf, t, delta, starts)
     best = int(np.argmin(m.f))
-    theta, f = m.theta[best].copy(), float(m.f[best])
+    theta, f = settle(spec, m.theta[best].copy()), float(m.f[best])
     if not math.isfinite(f):
         res.reason = "no start reached a finite objective"
         return res
@@ -201,7 +202,7 @@ def fit(
         res.cov = res.cov * res.inflation**2
         res.scale = [v * res.inflation for v in res.scale]
         if res._boot is None or len(res._boot) == 0:
-            res._boot = draws(theta, res.cov, res.dof, seed)
+            res._boot = draws(theta, res.cov, res.dof, seed, res.boundary_index())
         res.intervals = param_intervals(res, spec, x0)
     res.flags += identifiability_flags(res, spec, xf, t, y[fit_mask])
     pred = natural(spec, pt, q0)

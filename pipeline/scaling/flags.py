@@ -8,11 +8,10 @@ import numpy as np
 import torch
 
 from .laws import Law
-from .result import FitResult
+from .result import NEGLIGIBLE, FitResult
 
 COLLINEAR = 0.9999  # |correlation| of two coordinates' estimates above which neither is pinned down alone
 SPAN = 100.0  # an interval whose ends differ by this factor or more spans orders of magnitude
-NEGLIGIBLE = 1e-6  # a term contributing less than this share at every fit point is at its limit (→ 0)
 
 
 def identifiability_flags(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> list[str]:
@@ -31,11 +30,20 @@ def identifiability_flags(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray
             share = torch.exp(z - torch.logsumexp(z, 0)).amax(1).numpy()
             for k in np.flatnonzero(share < NEGLIGIBLE):
                 names = [p for p, c in zip(law.params, phi[k].abs().sum(0).tolist()) if c > 0]
+                if names == res.boundary:
+                    continue  # the floor E, said below
                 flags.append(
                     f"the term in {', '.join(names)} is at its limit (contributes < {NEGLIGIBLE:g} of the fit at "
                     f"every point): those parameters are not identified"
                 )
+    for name in res.boundary:
+        flags.append(
+            f"E is at its limit 0 (the term in {name} contributes < {NEGLIGIBLE:g} of the fit at every point): "
+            "a boundary estimate, so its interval starts at 0"
+        )
     for k, (lo, hi) in res.intervals.items():
+        if k == "E" and res.boundary and lo == 0 and math.isfinite(hi):
+            continue  # [0, hi] is what a boundary estimate is, not a span of orders of magnitude
         if not (math.isfinite(lo) and math.isfinite(hi)):
             flags.append(f"{k} is not bounded by the data (its {res.level:.0%} interval is unbounded)")
         elif (lo * hi > 0 and max(abs(lo), abs(hi)) >= SPAN * min(abs(lo), abs(hi))) or (

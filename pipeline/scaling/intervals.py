@@ -11,8 +11,8 @@ import torch
 from scipy.optimize import nnls
 
 from .laws import Law
-from .minimise import bounded, minimise, per_fit, public
-from .result import ABSURD, FitResult
+from .minimise import bounded, minimise, per_fit, public, settle
+from .result import ABSURD, NEGLIGIBLE, FitResult
 
 MIN_DISTINCT_RESAMPLES = 20  # fewer distinct bootstrap resample sets make no interval (see bootstrap_draws)
 
@@ -24,15 +24,36 @@ def _residuals(law: Law, theta: torch.Tensor, x: torch.Tensor, t: torch.Tensor) 
     return (law.predict_t(theta[None], x) - t)[0][:, None]
 
 
+def boundary(law: Law, J: np.ndarray) -> tuple[int, ...]:
+    """The floor coordinate (ln E) when the floor is at its limit: its residuals' sensitivity to ln E, which is
+    E's share of the fit, is below NEGLIGIBLE at every point. There ln E sits anywhere down a flat valley and a
+    Laplace approximation in it runs away (to E = e^600); in E itself the estimate is an ordinary boundary one."""
+    if not law.floor:
+        return ()
+    j = law.params.index(law.floor)
+    return (j,) if np.abs(J[..., j]).max() < NEGLIGIBLE else ()
+
+
+def _in_e(J: np.ndarray, theta: np.ndarray, lin: tuple[int, ...]) -> np.ndarray:
+    """A Jacobian in the coordinates `draws` uses: d/dE = (d/d ln E)/E for the boundary coordinates."""
+    J = J.copy()
+    for j in lin:
+        J[..., j] /= math.exp(theta[j])
+    return J
+
+
 def laplace_parts(
     law: Law, x: np.ndarray, t: np.ndarray, theta: np.ndarray
-) -> tuple[np.ndarray, int, np.ndarray]:
-    """Gauss-Newton (Laplace) covariance of the coordinates at an optimum, the residual degrees of freedom and
-    the residual scale per column: cov = (Jᵀ W J)⁻¹ with W = 1/s² per residual column, s² = RSS/(n − p)."""
+) -> tuple[np.ndarray, int, np.ndarray, tuple[int, ...]]:
+    """Gauss-Newton (Laplace) covariance of the coordinates at an optimum, the residual degrees of freedom, the
+    residual scale per column and the boundary coordinates (in E, not ln E, in the covariance: see `boundary`):
+    cov = (Jᵀ W J)⁻¹ with W = 1/s² per residual column, s² = RSS/(n − p)."""
     xt, tt = torch.tensor(x), torch.tensor(t)
     th = torch.tensor(theta)
     r = _residuals(law, th, xt, tt).numpy()  # (n, R)
     J = torch.autograd.functional.jacobian(lambda v: _residuals(law, v, xt, tt), th).numpy()  # (n, R, P)
+    lin = boundary(law, J)
+    J = _in_e(J, theta, lin)
     n, R = r.shape
     split = law.split or (len(law.params),)
     dof = [n - p for p in split]
@@ -44,12 +65,24 @@ def laplace_parts(
     # directions the data do not constrain keep a variance of 1e12× the best one: their draws run away,
     # which is what "unbounded" means
     lam = np.maximum(lam, 1e-12 * max(lam.max(), 1e-300))
-    return (V / lam) @ V.T, int(min(dof)), s
+    return (V / lam) @ V.T, int(min(dof)), s, lin
 
 
 def laplace(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray) -> None:
-    cov, res.dof, s = laplace_parts(law, x, t, res._theta)
-    res.cov, res.scale = cov, s.tolist()
+    cov, res.dof, s, lin = laplace_parts(law, x, t, res._theta)
+    res.cov, res.scale, res.boundary = cov, s.tolist(), [law.params[j] for j in lin]
+
+
+def observed_var(law: Law, theta: np.ndarray, x: torch.Tensor, s: np.ndarray) -> np.ndarray:
+    """(n,) variance of a new measurement about the curve at x, in residual space: the last stage's scatter,
+    and for a chained law the earlier stages' scatter carried through the later ones (linearised)."""
+    var = np.full(len(x), s[-1] ** 2)
+    if law.observe is None or len(s) < 2:
+        return var
+    th = torch.tensor(theta[None])
+    eps = torch.zeros(1, len(x), len(s) - 1, dtype=torch.float64, requires_grad=True)
+    law.observe(th, x, eps).sum().backward()  # each point's prediction depends on its own eps only
+    return var + (eps.grad[0].numpy() ** 2 * np.asarray(s[:-1]) ** 2).sum(-1)
 
 
 MAX_CHECKS = 3  # inner extrapolation checks per fit (each a refit on fewer points)
@@ -73,19 +106,21 @@ def inflation(law: Law, x: np.ndarray, t: np.ndarray, delta: float, m) -> tuple[
             break
         ms = minimise(law, x[sub], t[sub], delta, starts)
         k = int(np.argmin(ms.f))
-        th = ms.theta[k]
+        th = settle(law, ms.theta[k])
         if not (math.isfinite(ms.f[k]) and bounded(th)):
             continue
-        cov, dof, s = laplace_parts(law, x[sub], t[sub], th)
+        cov, dof, s, lin = laplace_parts(law, x[sub], t[sub], th)
         xn = torch.tensor(x[~sub])
-        g = torch.autograd.functional.jacobian(
-            lambda v, xn=xn: law.predict_t(v[None], xn)[0], torch.tensor(th)
-        )
-        g = g.numpy()
+        g = torch.autograd.functional.jacobian(lambda v, xn=xn: law.predict_t(v[None], xn)[0], torch.tensor(th))
+        g = _in_e(g.numpy(), th, lin)
         with torch.no_grad():
             pred = law.predict_t(torch.tensor(th[None]), xn).numpy()[0]
-        sd = np.sqrt(np.einsum("np,pq,nq->n", g, cov, g) + s[-1] ** 2)
         err = t[~sub] - pred
+        var = np.einsum("np,pq,nq->n", g, cov, g)
+        for j in lin:  # E >= 0 at its boundary: its uncertainty explains errors on its own side only
+            gc = g @ cov[:, j]  # how the prediction moves with E (the others following it)
+            var = var - np.where(np.sign(gc) != np.sign(err), gc**2 / cov[j, j], 0.0)
+        sd = np.sqrt(var + observed_var(law, th, xn, s))
         zk = err / sd
         # the error the refit's own uncertainty does not explain, per e-fold of extrapolation beyond it
         dist = np.log(x[~sub, 0] / cut)
@@ -104,9 +139,12 @@ def param_intervals(res: FitResult, law: Law, x0) -> dict[str, tuple[float, floa
     """Each natural parameter's interval from the draws; (−inf, inf) when more than the interval's tail share of
     the draws have no finite value for it, or when its ends are ABSURD-fold apart (the data do not bound it)."""
     vals: dict[str, list[float]] = {k: [] for k in res.params}
+    on_floor = res.boundary_index()
     for th in res._boot:
         try:
             pub = public(law, th, x0) if bounded(th) else {}
+            if pub and on_floor and th[on_floor[0]] == res._theta[on_floor[0]]:  # a draw projected onto E = 0
+                pub["E"] = 0.0  # every floor law reports its ln E coordinate as E
         except (OverflowError, ValueError, ZeroDivisionError):
             pub = {}
         for k in vals:
@@ -159,6 +197,6 @@ def bootstrap_draws(
     groups = np.repeat(np.arange(len(counts)), k)  # one problem per resample
     mb = minimise(law, x, t, delta, np.tile(starts, (len(counts), 1)), np.repeat(counts, k, axis=0), groups)
     fb = mb.f.reshape(-1, k)
-    theta = mb.theta.reshape(-1, k, P)[np.arange(len(fb)), fb.argmin(1)]
+    theta = settle(law, mb.theta.reshape(-1, k, P)[np.arange(len(fb)), fb.argmin(1)])
     theta = theta[np.isfinite(fb.min(1)) & np.array([bounded(th) for th in theta], dtype=bool)]
     res._boot, res.n_boot = theta, len(theta)

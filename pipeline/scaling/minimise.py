@@ -109,6 +109,18 @@ def minimise(law: Law, x: np.ndarray, t: np.ndarray, delta: float, starts: np.nd
 MAX_COORDINATE = 500.0
 
 
+def settle(law: Law, theta: np.ndarray) -> np.ndarray:
+    """Optima (..., P) with the floor coordinate ln E raised to −MAX_COORDINATE where the optimiser ran further
+    down its flat valley: E = e^−500 and E = e^−2600 are the same curve (the limit E = 0), and only one of
+    them can be mapped to natural parameters and drawn around."""
+    if not law.floor:
+        return theta
+    theta = theta.copy()
+    j = law.params.index(law.floor)
+    theta[..., j] = np.maximum(theta[..., j], -MAX_COORDINATE)
+    return theta
+
+
 def bounded(theta: np.ndarray) -> bool:
     """Finite optimised coordinates small enough that the natural parameters (exp of some) stay finite."""
     return bool(np.isfinite(theta).all() and np.abs(theta).max() <= MAX_COORDINATE)

@@ -17,6 +17,7 @@ DRAWS = 4000  # draws from the Laplace approximation: quantiles to ±0.01 at 90%
 # away along a direction the data do not constrain (a floored variance, or Cauchy tails at 1 degree of
 # freedom through an exponential): it is reported unbounded, like an end that is not finite or overflows.
 ABSURD = 1e6
+NEGLIGIBLE = 1e-6  # a term contributing less than this share at every fit point is at its limit (→ 0)
 
 
 def _clean(v):
@@ -41,14 +42,26 @@ def natural(law: Law, p: np.ndarray, q0: float) -> np.ndarray:
         return p
 
 
-def draws(theta: np.ndarray, cov: np.ndarray, dof: int, seed: int) -> np.ndarray:
+def draws(theta: np.ndarray, cov: np.ndarray, dof: int, seed: int, boundary: tuple[int, ...] = ()) -> np.ndarray:
     """Multivariate-t draws around theta: the Laplace approximation with the residual scale's uncertainty
-    (dof degrees of freedom), so that 4 points and 3 parameters give the wide intervals they should."""
+    (dof degrees of freedom), so that 4 points and 3 parameters give the wide intervals they should.
+
+    Coordinates in `boundary` are ln E of a floor at its limit: cov is then in E itself, and a draw below the
+    estimate (≈ 0) is projected onto it in the metric of the approximation, the other coordinates moving to
+    their conditional values: the distribution of an estimate on a boundary (Self & Liang 1987)."""
     rng = np.random.default_rng(seed)
     lam, V = np.linalg.eigh(cov)
     z = rng.standard_normal((DRAWS, len(theta))) * np.sqrt(np.maximum(lam, 0.0))
     w = np.sqrt(max(dof, 1) / rng.chisquare(max(dof, 1), size=(DRAWS, 1)))
-    return theta + (z @ V.T) * w
+    d = (z @ V.T) * w
+    out = theta + d
+    for j in boundary:
+        below = d[:, j] < 0
+        d[below] -= np.outer(d[below, j] / cov[j, j], cov[:, j])  # d_j -> 0, the others to their conditionals
+        out = theta + d
+        # back to ln E; a projected draw sits exactly on the estimate (E ≈ 0), not a rounding away from it
+        out[:, j] = np.where(below, theta[j], np.log(math.exp(theta[j]) + d[:, j].clip(min=0.0)))
+    return out
 
 
 @dataclass
@@ -78,9 +91,13 @@ class FitResult:
     inflation: float = 1.0  # the factor the Laplace interval was widened by (see intervals.inflation)
     drift: float = 0.0  # the law's extra error per e-fold of extrapolation past the fit points (ditto)
     n_checks: int = 0  # the inner extrapolation checks that factor rests on
+    boundary: list[str] = field(default_factory=list)  # coordinates at a boundary (see draws), cov in E for them
     _law: Law | None = field(default=None, repr=False)
     _theta: np.ndarray | None = field(default=None, repr=False)
     _boot: np.ndarray | None = field(default=None, repr=False)  # (B, P) coordinates of the interval draws
+
+    def boundary_index(self) -> tuple[int, ...]:
+        return tuple(self._law.params.index(p) for p in self.boundary)
 
     def _x(self, x: np.ndarray) -> np.ndarray:
         x = np.array(x, dtype=np.float64)
@@ -111,6 +128,11 @@ class FitResult:
             return np.full(m, np.nan), np.full(m, np.nan)
         p = self._predict_t(self._boot, x)
         rng = np.random.default_rng(self.seed + 1)
+        if observed and self._law.observe is not None and len(self.scale) > 1:
+            # a chained law: the earlier stages' scatter passes through the later ones
+            eps = np.stack([s * rng.standard_t(max(self.dof, 1), size=p.shape) for s in self.scale[:-1]], -1)
+            with torch.no_grad(), np.errstate(all="ignore"):
+                p = self._law.observe(torch.tensor(self._boot), torch.tensor(self._x(x)), torch.tensor(eps)).numpy()
         if self.drift > 0 and self.x_range is not None:  # beyond the fit points the law's bias grows
             xx = np.asarray(x, dtype=np.float64)
             xx = xx if xx.ndim == 1 else xx[:, 0]
@@ -155,6 +177,7 @@ class FitResult:
             "inflation": self.inflation,
             "drift": self.drift,
             "n_checks": self.n_checks,
+            "boundary": self.boundary,
         }
         return _clean(d)
 
@@ -191,11 +214,12 @@ class FitResult:
             inflation=float(d.get("inflation") or 1.0),
             drift=float(d.get("drift") or 0.0),
             n_checks=int(d.get("n_checks") or 0),
+            boundary=list(d.get("boundary") or []),
             _law=law,
         )
         if res.ok:
             res._theta = np.array([res.raw[p] for p in law.params], dtype=np.float64)
             if d.get("cov") is not None and res.dof > 0:
                 res.cov = np.array(d["cov"], dtype=np.float64)
-                res._boot = draws(res._theta, res.cov, res.dof, res.seed)
+                res._boot = draws(res._theta, res.cov, res.dof, res.seed, res.boundary_index())
         return res
