@@ -1,4 +1,5 @@
-"""Scaling laws and their fitter: see `fit.py` for the API, `laws.py` for the laws, `predict.py` for prediction
+"""Scaling laws and their fitter: see `fit.py` for the API (and the modules it calls: `minimise`, `intervals`,
+`flags`, `result`), `laws.py` for the laws, `predict.py` for prediction
 and inversion, `backtest.py` for the measured coverage of the intervals (docs/fitting.md)."""
 
 from .fit import FitResult, fit, objective

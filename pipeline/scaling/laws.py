@@ -38,6 +38,12 @@ class Law:
     logx: bool = True  # the law takes ln x, so x must be > 0
     center: bool = False  # x is divided by the geometric mean of the fit points (public then takes its ln)
     split: tuple[int, ...] = ()  # laws with several residual columns: parameters per column, in order
+    # the coordinate that is ln E of an additive floor E >= 0, whose limit E -> 0 is a boundary of the law
+    # (the fitter keeps it finite there, and intervals treat it as a boundary: see intervals.laplace_parts)
+    floor: str = ""
+    # multi-stage laws: the prediction with noise eps (S, n, R - 1) added to the earlier stages' outputs, in
+    # their residual units, so that a new measurement's interval carries every stage's scatter
+    observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     options: dict = field(default_factory=dict)  # law options and their defaults
     formula: str = ""
 
@@ -158,6 +164,7 @@ POWER = Law(
     starts=lambda x, t: np.array(_power_starts(np.log(x[:, 0]), t)),
     public=lambda p: {"E": math.exp(p[0]), "A": math.exp(p[1]), "alpha": p[2]},
     design=_power_design,
+    floor="e",
     formula="L(Dp) = E + A/Dp^alpha",
 )
 
@@ -203,6 +210,7 @@ CHINCHILLA = Law(
         "beta": p[4],
     },
     design=_chinchilla_design,
+    floor="e",
     formula="L(N, D) = E + A/N^alpha + B/D^beta",
 )
 
@@ -235,6 +243,7 @@ JOINT = Law(
     starts=_joint_starts,
     public=lambda p: {"A": math.exp(p[0]), "alpha": p[1], "beta": p[2], "E": math.exp(p[3])},
     design=_joint_design,
+    floor="e",
     formula="L(X, Df) = A·X^-alpha·Df^-beta + E",
 )
 
@@ -277,6 +286,7 @@ DIRECT_SAT = Law(
     public=lambda p: {"E": math.exp(p[0]), "A": math.exp(p[1]), "alpha": p[2]},
     design=_power_design,
     options=dict(CHANCE),
+    floor="e",
     formula="-ln Q~ = A·C^-alpha + E",
 )
 
@@ -359,18 +369,23 @@ def _stage1(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(th[:, :1], th[:, 1:2] - th[:, 2:3] * lc)
 
 
-def _two_stage(link: Callable) -> tuple[Callable, Callable]:
+def _two_stage(link: Callable) -> tuple[Callable, Callable, Callable]:
     # θ = (e, ln A, α, link...): stage 1 nll = E + A·C^-α in log space, stage 2 acc = link(nll). Stage 1 is
     # fitted on the measured (C, nll), stage 2 on the measured (nll, acc); a prediction chains them from C alone.
     def model(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return link(th[:, 3:], torch.exp(_stage1(th, x)))
+
+    def observe(th: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        # a new model's nll scatters about stage 1's curve as the measured ones do, and its accuracy follows
+        # its own nll through the link: that scatter is part of what a measurement of accuracy can be
+        return link(th[:, 3:], torch.exp(_stage1(th, x) + eps[..., 0]))
 
     def resid(th: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         r1 = _stage1(th, x) - torch.log(x[:, 1])
         r2 = link(th[:, 3:], x[:, 1]) - t
         return torch.stack([r1, r2], -1)
 
-    return model, resid
+    return model, resid, observe
 
 
 def _stage1_starts(x: np.ndarray, k: int = 4) -> list[tuple[float, float, float]]:
@@ -406,7 +421,7 @@ def _two_public(names: tuple[str, ...]) -> Callable[[np.ndarray], dict[str, floa
     }
 
 
-_m, _r = _two_stage(_link_linear)
+_m, _r, _o = _two_stage(_link_linear)
 TWO_STAGE = Law(
     name="two_stage",
     params=("e", "lnA", "alpha", "a", "b"),
@@ -417,11 +432,13 @@ TWO_STAGE = Law(
     public=_two_public(("a", "b")),
     model=_m,
     resid=_r,
+    observe=_o,
     split=(3, 2),
     options={"link": "linear"},
+    floor="e",
     formula="nll = E + A·C^-alpha (x = C, nll), acc = a + b·nll",
 )
-_m, _r = _two_stage(_link_logistic)
+_m, _r, _o = _two_stage(_link_logistic)
 TWO_STAGE_LOGISTIC = Law(
     name="two_stage",
     params=("e", "lnA", "alpha", "a", "b", "k", "l0"),
@@ -432,8 +449,10 @@ TWO_STAGE_LOGISTIC = Law(
     public=_two_public(("a", "b", "k", "l0")),
     model=_m,
     resid=_r,
+    observe=_o,
     split=(3, 4),
     options={"link": "logistic"},
+    floor="e",
     formula="nll = E + A·C^-alpha (x = C, nll), acc = a·sigmoid(k·(nll - l0)) + b",
 )
 
