@@ -359,7 +359,7 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
     row = {k: rec.get(k) for k in ("task", "mixture", "alignment", "model", "method", "df", "metric", "law", "x", "ok",
                                    "reason", "n_fit", "objective", "form")}
-    # identifiability: the curve stands, these parameters do not (see pipeline.scaling.fit._flags)
+    # identifiability: the curve stands, these parameters do not (see pipeline.scaling.flags)
     row["flags"] = "; ".join(rec.get("flags") or [])
     hold = rec.get("holdout") or []
     row["n_holdout"] = len(hold)

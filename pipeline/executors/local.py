@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline.logs import setup_logging
 from pipeline.plan import Plan, Task
-from pipeline.stages import LEVELS, READ_STAGES
+from pipeline.stages import READ_STAGES
 from pipeline.task import TaskFailed, execute, is_complete
 
 log = logging.getLogger("pipeline")
@@ -134,9 +134,9 @@ class LocalExecutor:
                         pending.remove(t)
                         finish(t, "blocked")
                     blocked = [t for t in pending if ready(t) == "blocked" and not stop.signal]
-                # deepest stage first: a finetuned cell is evaluated before the next cell trains, so a sweep
-                # stopped part-way has results, not a row of unevaluated checkpoints (the sort is stable)
-                for t in sorted(pending, key=lambda t: -LEVELS.index(t.stage)):
+                # the plan's order (its cheapest cells first), except that a cell's evaluation starts before the
+                # next cell trains: a sweep stopped part-way has results, not a row of unevaluated checkpoints
+                for t in sorted(pending, key=lambda t: t.stage != "evaluate"):
                     if stop.signal or len(running) >= self.workers:
                         break
                     if ready(t) == "run":
