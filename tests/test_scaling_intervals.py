@@ -66,6 +66,18 @@ def test_exact_law_prediction_intervals_cover_as_claimed():
     assert 0.8 <= covered / n <= 0.99, covered / n
 
 
+def test_a_power_law_fitted_rising_is_flagged_and_its_curve_still_returned():
+    # the default study's en100 CE at Df 1,000 (4 fit points, rising at the last): the optimum has alpha < 0,
+    # a law that explodes as it extrapolates; the fit stands, the flag says the data do not decay
+    x = np.array([67680, 135360, 266208, 527904, 1051296, 2098080], dtype=float)
+    y = np.array([6.897021, 6.889559, 6.892186, 6.910309, 6.877642, 6.847006])
+    res = fit("power", x, y, holdout=np.arange(6) >= 4, delta=1e-3)
+    assert res.ok and res.params["alpha"] < 0, (res.reason, res.params)
+    assert any(f.startswith("alpha = ") and "grows" in f for f in res.flags), res.flags
+    decaying = fit("power", x, 5.0 + 30.0 * x ** -0.3, delta=1e-3)
+    assert decaying.ok and not any("grows" in f for f in decaying.flags), decaying.flags
+
+
 def test_unbounded_parameter_is_reported_unbounded_and_flagged():
     # four points of a nearly straight line in log-log: E cannot be told from 0 or from the data's floor
     x = np.geomspace(1e6, 1e9, 4)

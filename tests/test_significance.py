@@ -76,6 +76,18 @@ def test_two_different_systems_with_the_same_bleu_are_no_difference():
     assert "inside the noise" in c.sentence("a", "b")
 
 
+@pytest.mark.parametrize("p, lo, hi, called", [(0.004, -0.05, 0.01, False), (0.004, 0.02, 0.09, True),
+                                                 (0.2, 0.02, 0.09, False), (0.001, -0.3, -0.1, True)])
+def test_beyond_the_noise_needs_the_p_value_and_the_interval_to_agree(p, lo, hi, called):
+    # near BLEU 0 sacreBLEU's zero-centred p and the percentile interval can disagree; the report shows both
+    from pipeline.significance import Comparison
+
+    c = Comparison(bleu_a=0.1, bleu_b=0.1 + (lo + hi) / 2, delta=(lo + hi) / 2, delta_lo=lo, delta_hi=hi,
+                   p_value=p, n=2000, resamples=1000)
+    assert c.significant is called and c.as_dict()["significant"] is called
+    assert ("inside the noise" in c.sentence("a", "b")) is not called
+
+
 def test_mismatched_test_sets_are_refused():
     with pytest.raises(ValueError, match="same non-empty test set"):
         paired_bleu(["a b"], ["a b", "c"], ["a b"])
@@ -146,6 +158,8 @@ def test_compare_cells_pools_seeds_and_reuses_unchanged_rows():
         return pred(i)
     again = compare_cells(t, counting, "13a", cached=comp)
     assert not calls and again.equals(comp)
+    stale = comp.assign(significant=~comp["significant"])  # a table written under another reading rule
+    assert compare_cells(t, counting, "13a", cached=stale)["significant"].equals(comp["significant"]) and not calls
     t.loc[b[0], "config_hash"] = "changed"
     compare_cells(t, counting, "13a", cached=comp)
     assert b[0] in calls

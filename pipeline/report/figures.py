@@ -55,12 +55,22 @@ def _draw_law(ax, rec: dict[str, Any] | None, color, x_pts: np.ndarray) -> None:
     fit_x = np.array((rec.get("points") or {}).get("x") or x_pts, dtype=float)
     last_fit = fit_x[~hold].max() if len(hold) == len(fit_x) and (~hold).any() else x_pts.max()
     end = x_pts.max() * 2
+    # A law that runs away from its points (a rising power law extrapolated to 1e19) must not rescale the
+    # panel until the measurements sit flat: the line stops, and the band is cut, at twice the points' spread.
+    ys = np.array((rec.get("points") or {}).get("y") or [], dtype=float)
+    ys = ys[np.isfinite(ys)]
+    if len(ys):
+        span = max(ys.max() - ys.min(), 0.05 * abs(ys.max()), 1e-9)
+        window = (ys.min() - 2 * span, ys.max() + 2 * span)
+        cy = np.where((cy >= window[0]) & (cy <= window[1]), cy, np.nan)
     inside, beyond = (cx >= x_pts.min()) & (cx <= last_fit), (cx >= last_fit) & (cx <= end)
     ax.plot(cx[inside], cy[inside], "-", color=color, lw=1.5)
     ax.plot(cx[beyond], cy[beyond], "--", color=color, lw=1.5)
     if "lo" in rec["curve"]:
         lo, hi = np.array(rec["curve"]["lo"], dtype=float), np.array(rec["curve"]["hi"], dtype=float)
-        sel = (cx >= x_pts.min()) & (cx <= end)
+        if len(ys):
+            lo, hi = np.clip(lo, *window), np.clip(hi, *window)
+        sel = (cx >= x_pts.min()) & (cx <= end) & np.isfinite(lo) & np.isfinite(hi)
         ax.fill_between(cx[sel], lo[sel], hi[sel], color=color, alpha=0.12, lw=0)
 
 

@@ -36,6 +36,12 @@ def identifiability_flags(res: FitResult, law: Law, x: np.ndarray, t: np.ndarray
                     f"the term in {', '.join(names)} is at its limit (contributes < {NEGLIGIBLE:g} of the fit at "
                     f"every point): those parameters are not identified"
                 )
+    if law.name in ("power", "chinchilla", "joint"):  # laws written as a floor plus terms that decay
+        for k in (k for k in res.params if k in ("alpha", "beta") and res.params[k] < 0):
+            flags.append(
+                f"{k} = {res.params[k]:.3g} < 0: the term grows with its input instead of decaying, so the law "
+                "rises without bound as it extrapolates (the data do not follow the law's decaying form)"
+            )
     for name in res.boundary:
         flags.append(
             f"E is at its limit 0 (the term in {name} contributes < {NEGLIGIBLE:g} of the fit at every point): "
