@@ -183,6 +183,15 @@ def test_the_reports_sentences_quote_their_comparisons():
     m = comparison(comp, "mixture", "en-de", "t5_tiny", "full", 100, mixture_b="en100")
     assert f"en100 against en50_de50: {sig_text(m)}" in text
     assert "no significance test" in sig_text(None)
+    # the gain at the smallest Df (significant) is gone at the largest (inside the noise): it washes out; the
+    # same pattern with pretraining *lowering* BLEU at the smallest Df is no such thing
+    assert "**en50_de50**: the largest Dp changes BLEU by +" in text and "no longer matters much" in text
+    flipped = comp.copy()
+    small = (flipped["kind"] == "pretraining") & (flipped["df"] == 100)
+    flipped.loc[small, ["delta", "delta_lo", "delta_hi"]] = -flipped.loc[small, ["delta", "delta_hi", "delta_lo"]].to_numpy()
+    worse = pts.copy()
+    worse.loc[(worse["df"] == 100) & (worse["dp"] > 0), "bleu"] = -1.0  # below the baseline at every rung
+    assert "no longer matters" not in "\n".join(verdicts("en-de", worse, fits, [], "t5_tiny", "full", FIT, flipped))
 
 
 def test_rung_steps_count_the_changes_beyond_the_noise_along_a_curve():

@@ -188,8 +188,8 @@ def significance_section(comp: pd.DataFrame | None) -> list[Block]:
                                  "table copied without its evaluation directories).")]
     sig = comp["significant"].map(is_ok)
     out.append(Block("p", f"sacreBLEU's paired bootstrap resampling ({int(comp['resamples'].iloc[0]):,} resamples of "
-                          f"the test sentences, seeds pooled), p < {ALPHA:g} called significant; the interval is the "
-                          f"95% interval of the difference. "
+                          f"the test sentences, seeds pooled): a difference is called significant when p < {ALPHA:g} and "
+                          f"its 95% interval excludes 0. "
                           + "; ".join(f"{k}: {int(sig[comp['kind'] == k].sum())} of {int((comp['kind'] == k).sum())} "
                                       "beyond the noise" for k in dict.fromkeys(comp["kind"])) + "."))
     rows = []

@@ -190,8 +190,9 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
             elif not sig and max(abs(lo), abs(hi)) < 0.5:
                 out.append(f"{head}{tail}: pretraining makes no visible difference to BLEU at any Df here.")
             else:
-                fades = (hi < 0.25 * lo if lo > 0 else False) or (
-                    c_lo is not None and c_hi is not None and is_ok(c_lo["significant"]) and not is_ok(c_hi["significant"]))
+                # "washes out" is about a gain at the smallest Df that the largest Df no longer shows
+                fades = lo > 0 and (hi < 0.25 * lo or (
+                    c_lo is not None and c_hi is not None and is_ok(c_lo["significant"]) and not is_ok(c_hi["significant"])))
                 out.append(f"{head}{tail}" + (": at the largest Df pretraining no longer matters much." if fades else "."))
     # The cross-entropy side of the same question (the signal that remains when BLEU is at its floor).
     for mix, gm in g.groupby("mixture", sort=False):
