@@ -166,6 +166,7 @@ def test_compare_cells_pools_seeds_and_reuses_unchanged_rows():
 
 
 def test_the_reports_sentences_quote_their_comparisons():
+    from pipeline.report.fmt import fmt
     from pipeline.report.verdicts import comparison, sig_text, verdicts
 
     t, refs = _table(), _refs(120, seed=9)
@@ -192,6 +193,15 @@ def test_the_reports_sentences_quote_their_comparisons():
     worse = pts.copy()
     worse.loc[(worse["df"] == 100) & (worse["dp"] > 0), "bleu"] = -1.0  # below the baseline at every rung
     assert "no longer matters" not in "\n".join(verdicts("en-de", worse, fits, [], "t5_tiny", "full", FIT, flipped))
+    # a sweep still running: en100 has no pretrained cell yet, so no mixture is compared (it read "every mixture
+    # has the same BLEU" from en50_de50 alone); with en100 at the smaller rung only, they meet at that rung
+    alone = "\n".join(verdicts("en-de", pts[(pts["mixture"] != "en100") | (pts["dp"] == 0)], fits, [], "t5_tiny",
+                                "full", FIT, None))
+    assert "every mixture" not in alone and "BLEU by mixture" not in alone
+    gap = pts[(pts["mixture"] != "en100") | (pts["dp"] < 2048)]
+    meet = [x for x in verdicts("en-de", gap, fits, [], "t5_tiny", "full", FIT, None) if "BLEU by mixture" in x]
+    at = gap[(gap["dp"] == 1024) & (gap["df"] == 100)].set_index("mixture")["bleu"]
+    assert meet and f"en100 {fmt(at['en100'], 3)}" in meet[0] and f"en50_de50 {fmt(at['en50_de50'], 3)}" in meet[0]
 
 
 def test_rung_steps_count_the_changes_beyond_the_noise_along_a_curve():

@@ -208,9 +208,11 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
     if g["mixture"].nunique() >= 2:
         for d in dfs:
             top = g[(g["df"] == d) & (g["dp"] > 0)]
-            if top.empty:
+            # the mixtures compared at one Dp that each of them reached (a sweep still running has gaps)
+            shared = set.intersection(*(set(x["dp"]) for _, x in top.groupby("mixture"))) if len(top) else set()
+            if top["mixture"].nunique() < 2 or not shared:
                 continue
-            best = top.sort_values("dp").groupby("mixture").tail(1).sort_values("bleu", ascending=False)
+            best = top[top["dp"] == max(shared)].sort_values("bleu", ascending=False)
             if best["bleu"].nunique() == 1:
                 out.append(f"At the largest Dp and Df = {fmt(int(d))}, every mixture has the same BLEU "
                            f"({fmt(best['bleu'].iloc[0], 3)}).")
