@@ -99,8 +99,8 @@ def header(results: pd.DataFrame, spec: ReadSpec, results_name: str) -> Block:
         f"Models: {model_desc}. Finetuning: {', '.join(sorted(results['method'].dropna().unique()))}. "
         f"Cells: {int((results['status'] == 'ok').sum())} of {len(results)} evaluated.",
         f"sacreBLEU signature: {'; '.join(sigs) or 'n/a'}.",
-        f"Git SHA: {', '.join(shas) or git_sha() + ' (of the report; the table records none)'}. "
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{results_name}`.",
+        f"Git SHA of the cells: {', '.join(shas) or 'none recorded'}; of the code that wrote this report: "
+        f"{git_sha()}. Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{results_name}`.",
     ]))
 
 
