@@ -128,12 +128,11 @@ class LocalExecutor:
         with self._pool() as (pool, forward), _SweepStop(forward) as stop:
             running: dict[Future, Task] = {}
             while running or (pending and not stop.signal):
-                blocked = [t for t in pending if ready(t) == "blocked" and not stop.signal]
-                while blocked:  # to a fixed point: a blocked task blocks what depends on it
+                # to a fixed point: a blocked task blocks what depends on it
+                while not stop.signal and (blocked := [t for t in pending if ready(t) == "blocked"]):
                     for t in blocked:
                         pending.remove(t)
                         finish(t, "blocked")
-                    blocked = [t for t in pending if ready(t) == "blocked" and not stop.signal]
                 # the plan's order (its cheapest cells first), except that a cell's evaluation starts before the
                 # next cell trains: a sweep stopped part-way has results, not a row of unevaluated checkpoints
                 for t in sorted(pending, key=lambda t: t.stage != "evaluate"):
