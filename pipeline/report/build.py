@@ -36,6 +36,7 @@ from pipeline.report.tables import (
 )
 from pipeline.report.verdicts import verdicts
 from pipeline.results import ReadSpec, is_ok
+from pipeline.scaling.calibration import interval_note
 
 
 @dataclass
@@ -78,8 +79,6 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
                       rows=[[str(r["task"]), str(r["mixture"]), fmt(r["alignment"])] for _, r in al.iterrows()]))
 
     body.append(Block("h2", "Fitted laws"))
-    from pipeline.scaling.backtest import interval_note  # loads torch: only when a report is built
-
     body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); Dp in "
                            "raw text tokens. " + interval_note(spec.fit.interval, spec.fit.level,
                                                                (spec.fit.bleu_law, spec.fit.ce_law))))

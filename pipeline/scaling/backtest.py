@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .calibration import law_label
 from .fit import fit
 
 EXTRAPOLATION = 8.0  # hold out the runs within this factor of the largest
 GORDON_MIN_BYTES = 5242880  # the authors' own cut: smaller training sets are below the law's range
+LINKS = ("linear", "quadratic", "logistic")  # the two-stage law's links, each backtested
 APPLE_FIT_MAX_FLOPS = 2.5e20  # the data's README split: fit N <= 1.34B, predict 3.2B to 6.85B
 # the Apple benchmarks with a usable curve, and their chance level (README: MMLU and GSM8K sit at chance)
 APPLE_BENCHMARKS = {
@@ -43,7 +45,10 @@ class Case:
     y: np.ndarray
     holdout: np.ndarray
     options: dict = field(default_factory=dict)
-    label: str = ""  # the law's name in the table, where options make it a different model (a link)
+
+    @property
+    def label(self) -> str:  # the law's name in the table: options can make it a different model (a link)
+        return law_label(self.law, self.options)
 
 
 def _tail(x: np.ndarray) -> np.ndarray:
@@ -98,9 +103,9 @@ def apple(root: Path) -> Iterator[Case]:
             c2 = g2.flops_nominal.to_numpy(float)
             x = np.c_[c2, g2[nll].to_numpy(float)]
             y2, hold2 = g2[col].to_numpy(float), c2 > APPLE_FIT_MAX_FLOPS
-            yield Case("apple2025 DCLM", "two_stage", col, x, y2, hold2)
-            # the same law with a logistic link: does a link that can bend fix the linear link's misses?
-            yield Case("apple2025 DCLM", "two_stage", col, x, y2, hold2, {"link": "logistic"}, "two_stage (logistic)")
+            # the linear link, then links that can bend: do they fix the linear link's misses?
+            for link in LINKS:
+                yield Case("apple2025 DCLM", "two_stage", col, x, y2, hold2, {"link": link})
 
 
 def results_table(path: Path, holdout_largest: int = 2) -> Iterator[Case]:
@@ -144,7 +149,7 @@ def run(all_cases: list[Case], level: float = 0.9) -> pd.DataFrame:
     rows = []
     for c in all_cases:
         res = fit(c.law, c.x, c.y, holdout=c.holdout, level=level, **c.options)
-        law = c.label or c.law
+        law = c.label
         if not res.ok:
             rows.append({"dataset": c.dataset, "law": law, "case": c.name, "ok": False, "reason": res.reason})
             continue
@@ -185,41 +190,3 @@ def markdown(table: pd.DataFrame, level: float) -> str:
         width = f"{r[7]:.3g}" if math.isfinite(r[7]) else "—"
         lines.append(f"| {r.dataset} | {r.law} | {r[2]} | {r[3]} | {cov} | {r.unbounded} | {err} | {width} |")
     return "\n".join(lines)
-
-
-COVERAGE_FILE = Path(__file__).with_name("coverage.json")  # the last recorded backtest (see `record`)
-
-
-def record(table: pd.DataFrame, level: float, path: Path = COVERAGE_FILE) -> None:
-    """Keep a backtest's summary beside the code, for the report to quote (`interval_note`)."""
-    import json
-
-    rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-            for r in table.to_dict("records")]
-    path.write_text(json.dumps({"level": level, "extrapolation": EXTRAPOLATION, "rows": rows}, indent=1) + "\n")
-
-
-def interval_note(method: str, level: float, laws: tuple[str, ...] = ("bleu_log", "power")) -> str:
-    """One sentence on what the report's brackets and bands are, with their measured coverage where the
-    backtest recorded it for these laws at this level."""
-    import json
-
-    if method == "none":
-        return "No intervals were computed (fit.interval=none)."
-    if method == "bootstrap":
-        what = f"{level:.0%} bootstrap percentile intervals (points resampled and refitted; refused on too few points)"
-    else:
-        what = (f"{level:.0%} intervals from the Laplace approximation, widened by each law's own extrapolation "
-                f"errors inside its fit")
-    s = f"Brackets and bands are {what}; 'unbounded' where the data do not bound a parameter."
-    if method != "laplace" or not COVERAGE_FILE.is_file():
-        return s + " Their coverage has not been measured."
-    rec = json.loads(COVERAGE_FILE.read_text())
-    if rec.get("level") != level:
-        return s + f" Their coverage was measured at {rec.get('level'):.0%}, not at this level."
-    got = [f"{r['coverage']:.0%} of {r['held out']} ({r['dataset']}, {r['law']})" for r in rec["rows"]
-           if r["law"] in laws and r.get("coverage") is not None and r["held out"]]
-    if not got:
-        return s
-    return s + (f" Backtested on larger runs than they were fitted on (up to {rec['extrapolation']:g}×), the "
-                f"prediction intervals covered {', '.join(got)} held-out points (docs/fitting.md).")

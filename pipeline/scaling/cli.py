@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from . import backtest
+from . import backtest, calibration
 from .fit import INTERVALS, FitResult, fit
 from .laws import LAWS
 from .predict import invert, predict_at
@@ -277,7 +277,7 @@ def _backtest(a: argparse.Namespace) -> int:
         points.to_csv(a.out, index=False)
     table = backtest.summary(points)
     if a.record:
-        backtest.record(table, a.level)
+        calibration.record(table, a.level, backtest.EXTRAPOLATION)
     print(backtest.markdown(table, a.level))
     return 0
 

@@ -19,7 +19,7 @@ Public API (the report and the CLI call exactly this):
         interval  "laplace" (default; docs/fitting.md says why), "bootstrap" (resamples of the fit points, each
                   refitted; refused, with a flag, when the resamples are too few distinct sets) or "none"
         bootstrap number of resamples when interval="bootstrap"
-        law_options  q0 (chance shift: direct, direct_sat, multi_tpr, passk), link ("linear" | "logistic":
+        law_options  q0 (chance shift: direct, direct_sat, multi_tpr, passk), link ("linear" | "quadratic" | "logistic":
                   two_stage), monotone_tol (bleu_log)
     res.ok, res.reason            False and a one-line reason when the fit cannot be made; never raises on data
     res.params                    natural parameters {name: float}; res.raw: optimised coordinates
@@ -50,6 +50,7 @@ import math
 import numpy as np
 import torch
 
+from .calibration import coverage_flags, law_label
 from .flags import identifiability_flags
 from .intervals import bootstrap_draws, inflation, laplace, param_intervals
 from .laws import LAWS, Law
@@ -204,6 +205,8 @@ def fit(
         if res._boot is None or len(res._boot) == 0:
             res._boot = draws(theta, res.cov, res.dof, seed, res.boundary_index())
         res.intervals = param_intervals(res, spec, x0)
+        if interval == "laplace":  # the method the backtest measured
+            res.flags += coverage_flags(law_label(law, opts), level)
     res.flags += identifiability_flags(res, spec, xf, t, y[fit_mask])
     pred = natural(spec, pt, q0)
     lo, hi = res.band(x[hold], observed=True)
