@@ -61,13 +61,79 @@ def compute(cfg: Config, presets, vocab: int, targets_len: int, tokens_per_step:
         models[preset.name] = {"params": count_params(preset, vocab), "flops_per_example": f["per_example"],
                                "runs": runs}
     ft = cfg.finetune
-    ft_steps = sum(min(ft.max_steps, ft.max_epochs * math.ceil(df / ft.batch_size)) for df in finetune_dfs)
+    ft_steps = sum(ft.step_cap(df) for df in finetune_dfs)
     ft_flops = eval_flops = 0.0
     for preset in presets:
         per_pair = flops_per_token(preset, vocab, *pair_tokens)["per_example"]
         ft_flops += per_pair * ft.batch_size * ft_steps / len(presets)
         eval_flops += 2 * per_pair / 3 * test_sentences * len(finetune_dfs) / len(presets)
     return models, pretrain_flops, ft_flops, ft_steps, eval_flops
+
+
+def task_work(task) -> float:
+    """A task's work in its stage's unit: at most this many optimiser steps for pretraining and finetuning (the
+    cell's cap: early stopping may take fewer), one task for the other stages."""
+    from pipeline.task import typed
+
+    spec = typed(task).spec
+    if task.stage == "finetune":
+        return float(spec.finetune.step_cap(spec.df))
+    if task.stage == "pretrain":
+        return float(max(spec.rung_steps()))
+    return 1.0
+
+
+def time_left(plan, workers: int = 1) -> dict[str, Any]:
+    """What is left of a sweep, timed by the sweep's own finished tasks on this machine: per stage the seconds a
+    unit of work took over all its finished tasks (status.json's `seconds` summed, over their `task_work` summed:
+    a long task weighs as much as its steps), times the work of every task not yet done (a partial task counted whole: an upper bound, as the step caps are). Stages with work left and no
+    finished task to time it by are listed as `unmeasured`, and left out of `seconds`."""
+    from pipeline.artifacts import read_status
+    from pipeline.stages import READ_STAGES
+
+    timed: dict[str, list[tuple[float, float]]] = {}  # stage -> (seconds, work) of each finished task
+    left: dict[str, list[float]] = {}
+    for t in plan.tasks:
+        if t.stage in READ_STAGES:
+            continue
+        st = read_status(Path(t.dir))
+        work = task_work(t)
+        if st and st.get("status") == "ok":
+            if isinstance(st.get("seconds"), int | float) and work > 0:
+                timed.setdefault(t.stage, []).append((st["seconds"], work))
+        else:
+            left.setdefault(t.stage, []).append(work)
+    stages, seconds, unmeasured = {}, 0.0, []
+    for stage, works in left.items():
+        if stage not in timed:
+            unmeasured.append(stage)
+            continue
+        rate = sum(s for s, _ in timed[stage]) / sum(w for _, w in timed[stage])
+        stages[stage] = {"rate": rate, "timed": len(timed[stage]), "tasks": len(works), "work": sum(works),
+                         "seconds": rate * sum(works)}
+        seconds += rate * sum(works)
+    return {"stages": stages, "unmeasured": unmeasured, "seconds": seconds, "workers": max(1, workers),
+            "tasks": sum(len(w) for w in left.values())}
+
+
+def _time_left_lines(tl: dict[str, Any]) -> list[str]:
+    if not tl["tasks"]:
+        return []
+    w = tl["workers"]
+    head = (f"time left, timed by this sweep's finished tasks on this machine: {tl['tasks']} tasks, about "
+            f"{human_seconds(tl['seconds'])} of one worker's time")
+    lines = [head + (f" ({human_seconds(tl['seconds'] / w)} on {w} workers)" if w > 1 else "")
+             + (" for the timed stages" if tl["unmeasured"] else "")]
+    for stage, v in tl["stages"].items():
+        rate = f"{v['rate']:.2f} s" if v["rate"] < 10 else human_seconds(v["rate"])
+        if stage in ("pretrain", "finetune"):
+            lines.append(f"  {stage}: {rate} a step (over {v['timed']} finished), at most {v['work']:,.0f} "
+                         f"steps in {v['tasks']} tasks left")
+        else:
+            lines.append(f"  {stage}: {rate} a task (over {v['timed']} finished), {v['tasks']} left")
+    if tl["unmeasured"]:
+        lines.append(f"  not timed yet (nothing finished): {', '.join(tl['unmeasured'])}")
+    return lines
 
 
 PAIRS_SAMPLED = 2000
@@ -187,11 +253,12 @@ def human_seconds(s: float) -> str:
 
 
 def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, float] | None = None,
-                disk: dict[str, Any] | None = None, failed: list[tuple[str, str, str]] | None = None) -> str:
+                disk: dict[str, Any] | None = None, failed: list[tuple[str, str, str]] | None = None,
+                left: dict[str, Any] | None = None) -> str:
     """The plan as a researcher reads it: grid, alignment, models, budgets, time, disk, progress.
 
     `disk`: {"estimate": disk_estimate(...), "free": bytes, "probe": path, "shortfall": reason or None};
-    `failed`: (task id, error, log path) of the tasks whose last attempt failed."""
+    `failed`: (task id, error, log path) of the tasks whose last attempt failed; `left`: `time_left(plan)`."""
     s = plan.summary
     lines = [f"sweep {plan.sweep} · scale {s['scale']} ({s['scale_description']}) · data {s['data_source']}", ""]
     lines.append("grid")
@@ -251,4 +318,6 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
             order.index(k) if k in order else len(order), k))))
         for tid, err, lp in failed or []:
             lines.append(f"  failed {tid}: {err} (log: {lp})")
+    if left and left["stages"]:  # once something has finished, the sweep's own timing replaces the estimate
+        lines += _time_left_lines(left)
     return "\n".join(lines)

@@ -172,6 +172,10 @@ class FinetuneConfig:
     validation_split: str = "validation"  # model selection and early stopping: validation | validation_indomain
     seeds_df_max: int | None = None  # seeds after the first only at Df up to this (None: every seed at every Df)
 
+    def step_cap(self, pairs: int) -> int:
+        """The most optimiser steps a cell of `pairs` training pairs takes (early stopping may take fewer)."""
+        return min(self.max_steps, self.max_epochs * -(-pairs // self.batch_size))
+
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> FinetuneConfig:
         p = "finetune"

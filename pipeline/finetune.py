@@ -147,7 +147,7 @@ def run(task) -> None:
     steps_per_epoch = math.ceil(len(tr_src) / B)
     lengths = np.array([len(a) + len(b) for a, b in zip(tr_src, tr_tgt)])
     batches: dict[int, list[np.ndarray]] = {}
-    max_steps = min(cfg.max_steps, cfg.max_epochs * steps_per_epoch)
+    max_steps = cfg.step_cap(len(tr_src))
     state_root = out / "state"
     resume = latest_checkpoint(state_root)
     lora = spec.method == "lora"

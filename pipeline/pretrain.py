@@ -147,6 +147,14 @@ class PretrainSpec(Spec):
     raw_length: int  # raw text tokens per example before span corruption
     targets_length: int
 
+    @property
+    def tokens_per_step(self) -> int:
+        return self.pretrain.batch_size * self.raw_length
+
+    def rung_steps(self) -> dict[int, int]:
+        """step -> the Dp rung its checkpoint stands for; the run ends at the largest."""
+        return {math.ceil(dp / self.tokens_per_step): dp for dp in self.dp_ladder}
+
 
 def run(task) -> None:
     spec: PretrainSpec = task.spec
@@ -164,9 +172,8 @@ def run(task) -> None:
     if B % (micro * rt.world):
         raise ValueError(f"batch_size {B} must be a multiple of micro_batch_size x processes ({micro} x {rt.world})")
     per_rank = B // rt.world
-    tokens_per_step = B * raw_len
-    ladder = list(spec.dp_ladder)
-    rung_steps = {math.ceil(dp / tokens_per_step): dp for dp in ladder}
+    tokens_per_step = spec.tokens_per_step
+    rung_steps = spec.rung_steps()
     total_steps = max(rung_steps)
     mix = Mixture(name=spec.mixture_name, weights=tuple(sorted(spec.mixture.items())))
     counts = mixture_counts(mix, B)

@@ -15,6 +15,7 @@ from pipeline.budget import (
     format_plan,
     free_bytes,
     measured_peak,
+    time_left,
 )
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.executors import check_executor
@@ -127,7 +128,9 @@ def run(cfg_any: Any) -> int:
     cfg, plan = prepare(cfg_any)
     if cfg.stage == "plan":
         states = Counter(task_state(t) for t in plan.tasks)
-        print(format_plan(plan, dict(states), measured_peak(), disk_check(cfg, plan), failed_tasks(plan)))
+        workers = int(cfg.executor.opts().get("workers", 1)) if cfg.executor.kind == "local" else 1
+        print(format_plan(plan, dict(states), measured_peak(), disk_check(cfg, plan), failed_tasks(plan),
+                          time_left(plan, workers)))
         path = write_plan(plan, cfg.paths.artifacts)
         print(f"\nplan written to {path}")
         return 0
