@@ -251,6 +251,9 @@ class EvaluateConfig:
         )
 
 
+CURVE_METRICS = ("bleu", "ce")  # the metrics fitted per (mixture, Df) curve, each by its own law
+
+
 @dataclass(frozen=True)
 class FitConfig:
     holdout_largest: int
@@ -269,7 +272,8 @@ class FitConfig:
     def curve_laws(self) -> tuple[tuple[str, str, float], ...]:
         """(metric, law, Huber delta) of every per-curve fit: the one place the fit stage, the misalignment
         verdict and the methods table read which law goes with which metric."""
-        return (("bleu", self.bleu_law, self.bleu_delta), ("ce", self.ce_law, self.ce_delta))
+        laws = {"bleu": (self.bleu_law, self.bleu_delta), "ce": (self.ce_law, self.ce_delta)}
+        return tuple((m, *laws[m]) for m in CURVE_METRICS)
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> FitConfig:

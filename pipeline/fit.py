@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text
-from pipeline.config import FitConfig
+from pipeline.config import CURVE_METRICS, FitConfig
 from pipeline.results import REQUIRED, ReadSpec, ResultsError, is_ok, load_results  # noqa: F401 (fit.load_results: its old home)
 from pipeline.tracking import make_tracker, read_stage_run_id
 from pipeline.typed import to_dict
@@ -317,7 +317,7 @@ def method_table(df: pd.DataFrame, fits: pd.DataFrame, fit_cfg: FitConfig) -> pd
             a = g[g["method"] == ref].set_index("dp")
             b = g[g["method"] == method].set_index("dp")
             common = sorted(set(a.index) & set(b.index))
-            for metric in ("bleu", "ce"):
+            for metric in CURVE_METRICS:
                 row = {**dict(zip(["task", "mixture", "model", "df"], key)), "metric": metric, "method": method,
                        "reference": ref, "n_dp": len(common)}
                 d = pd.Series({dp: b.at[dp, metric] - a.at[dp, metric] for dp in common}, dtype=float).dropna()

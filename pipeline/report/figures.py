@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_bytes
+from pipeline.config import CURVE_METRICS
 from pipeline.report.fmt import CE_LABEL, DP_LABEL, METRIC, UP_LABEL, finite, fmt_tokens, plain_reason
 
 
@@ -310,7 +311,7 @@ def plot_methods(task: str, pts: pd.DataFrame, path: Path, model: str) -> None:
             for ls, d in zip(styles, dfs):
                 s = g[(g["method"] == method) & (g["df"] == d)].sort_values("dp")
                 pos = s[s["dp"] > 0]
-                for j, metric in enumerate(("bleu", "ce")):
+                for j, metric in enumerate(CURVE_METRICS):
                     axes[i][j].plot(pos["dp"], pos[metric], ls, marker="o", ms=4, color=f"C{k}")
                     base = s[s["dp"] == 0]
                     if len(base):  # Dp = 0 cannot sit on a log axis: a marker at the left edge

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.config import CURVE_METRICS
 from pipeline.report.document import Block, collapsed
 from pipeline.report.figures import Figure, plot_methods, plot_sizes, plot_upstream
 from pipeline.report.fmt import (
@@ -155,7 +156,7 @@ def question_size(pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str,
         blocks.append(Block("h3", "The laws side by side, per size"))
         blocks.append(Block("p", "Exponent α and held-out relative error of each per-curve law, one column pair a size "
                                  f"({', '.join(models)}, smallest first)."))
-        for metric in ("bleu", "ce"):
+        for metric in CURVE_METRICS:
             f = curve_fits(fits_df, metric)
             if f.empty:
                 continue

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import git_sha
+from pipeline.config import CURVE_METRICS
 from pipeline.fit import excluded
 from pipeline.report.document import Block, collapsed
 from pipeline.report.fmt import (
@@ -136,7 +137,7 @@ def inputs(x: str, v: Any) -> str:
 def fit_counts(results: pd.DataFrame, fits_df: pd.DataFrame) -> str:
     """The state of the study in one sentence: how many cells, how many laws fitted."""
     n_ok = int((results["status"] == "ok").sum())
-    groups = [(f, law_name(f["law"].iloc[0], m)) for m in ("bleu", "ce") if len(f := curve_fits(fits_df, m))]
+    groups = [(f, law_name(f["law"].iloc[0], m)) for m in CURVE_METRICS if len(f := curve_fits(fits_df, m))]
     for law, x, name in (("two_stage", None, "two-stage route"), ("joint", "dp,df", "joint (Dp, Df) law"),
                          ("chinchilla", None, "Chinchilla law across sizes"), ("joint", "params,df", "joint (N, Df) law")):
         f = fits_df[fits_df["law"] == law]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import FitConfig
+from pipeline.config import CURVE_METRICS, FitConfig
 from pipeline.report.figures import records
 from pipeline.report.fmt import (
     METRIC,
@@ -122,7 +122,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
         out.append(f"BLEU stays below {BLEU_FLOOR:g} in every cell (at most {fmt(top, 3)}): the models do not translate "
                    f"yet at this scale, so BLEU's ups and downs are noise; read the cross-entropy, or run a larger "
                    f"scale.")
-    for metric in ("bleu", "ce"):
+    for metric in CURVE_METRICS:
         out += _law_status(f, metric, n_curves)
     for mix, gm in g.groupby("mixture", sort=False):
         bl = curve_fits(f[f["mixture"] == mix], "bleu")
