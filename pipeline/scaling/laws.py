@@ -431,56 +431,32 @@ def _two_public(names: tuple[str, ...]) -> Callable[[np.ndarray], dict[str, floa
     }
 
 
-_m, _r, _o = _two_stage(_link_linear)
-TWO_STAGE = Law(
-    name="two_stage",
-    params=("e", "lnA", "alpha", "a", "b"),
-    nx=2,
-    space="linear",
-    delta=math.inf,
-    starts=_two_linear_starts,
-    public=_two_public(("a", "b")),
-    model=_m,
-    resid=_r,
-    observe=_o,
-    split=(3, 2),
-    options={"link": "linear"},
-    floor="e",
-    formula="nll = E + A·C^-alpha (x = C, nll), acc = a + b·nll",
+def _two_stage_law(link: str, fn: Callable, names: tuple[str, ...], starts: Callable, formula: str) -> Law:
+    m, r, o = _two_stage(fn)
+    return Law(
+        name="two_stage",
+        params=("e", "lnA", "alpha", *names),
+        nx=2,
+        space="linear",
+        delta=math.inf,
+        starts=starts,
+        public=_two_public(names),
+        model=m,
+        resid=r,
+        observe=o,
+        split=(3, len(names)),
+        options={"link": link},
+        floor="e",
+        formula=f"nll = E + A·C^-alpha (x = C, nll), acc = {formula}",
+    )
+
+
+TWO_STAGE = _two_stage_law("linear", _link_linear, ("a", "b"), _two_linear_starts, "a + b·nll")
+TWO_STAGE_QUADRATIC = _two_stage_law(
+    "quadratic", _link_quadratic, ("a", "b", "c"), _two_quadratic_starts, "a + b·nll + c·nll^2"
 )
-_m, _r, _o = _two_stage(_link_quadratic)
-TWO_STAGE_QUADRATIC = Law(
-    name="two_stage",
-    params=("e", "lnA", "alpha", "a", "b", "c"),
-    nx=2,
-    space="linear",
-    delta=math.inf,
-    starts=_two_quadratic_starts,
-    public=_two_public(("a", "b", "c")),
-    model=_m,
-    resid=_r,
-    observe=_o,
-    split=(3, 3),
-    options={"link": "quadratic"},
-    floor="e",
-    formula="nll = E + A·C^-alpha (x = C, nll), acc = a + b·nll + c·nll^2",
-)
-_m, _r, _o = _two_stage(_link_logistic)
-TWO_STAGE_LOGISTIC = Law(
-    name="two_stage",
-    params=("e", "lnA", "alpha", "a", "b", "k", "l0"),
-    nx=2,
-    space="linear",
-    delta=math.inf,
-    starts=_two_logistic_starts,
-    public=_two_public(("a", "b", "k", "l0")),
-    model=_m,
-    resid=_r,
-    observe=_o,
-    split=(3, 4),
-    options={"link": "logistic"},
-    floor="e",
-    formula="nll = E + A·C^-alpha (x = C, nll), acc = a·sigmoid(k·(nll - l0)) + b",
+TWO_STAGE_LOGISTIC = _two_stage_law(
+    "logistic", _link_logistic, ("a", "b", "k", "l0"), _two_logistic_starts, "a·sigmoid(k·(nll - l0)) + b"
 )
 
 
