@@ -86,8 +86,10 @@ def task_work(task) -> float:
 def time_left(plan, workers: int = 1) -> dict[str, Any]:
     """What is left of a sweep, timed by the sweep's own finished tasks on this machine: per stage the seconds a
     unit of work took over all its finished tasks (status.json's `seconds` summed, over their `task_work` summed:
-    a long task weighs as much as its steps), times the work of every task not yet done (a partial task counted whole: an upper bound, as the step caps are). Stages with work left and no
-    finished task to time it by are listed as `unmeasured`, and left out of `seconds`."""
+    a long task weighs as much as its steps), times the work of every task not yet done. A partial task counts
+    whole (an upper bound, as the step caps are); a finished task that was resumed is timed by its last attempt
+    only (a lower bound). Stages with work left and no finished task to time it by are listed as `unmeasured`
+    and left out of `seconds`."""
     from pipeline.artifacts import read_status
     from pipeline.stages import READ_STAGES
 
@@ -318,6 +320,6 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
             order.index(k) if k in order else len(order), k))))
         for tid, err, lp in failed or []:
             lines.append(f"  failed {tid}: {err} (log: {lp})")
-    if left and left["stages"]:  # once something has finished, the sweep's own timing replaces the estimate
+    if left and left["stages"]:  # once something has finished, the sweep's own timing beside the estimate
         lines += _time_left_lines(left)
     return "\n".join(lines)
