@@ -542,3 +542,26 @@ def test_tracking_wandb_gets_the_fit_metrics_and_every_figure(tmp_path, monkeypa
     # a rerun of the same task continues the same runs
     run_fit_and_report(*args)
     assert [r["id"] for r in runs[2:]] == [fit_run["id"], report_run["id"]]
+
+
+def test_a_curve_that_does_not_translate_is_said_so_while_the_others_are_read(tmp_path):
+    # the desk study's shape: nothing translates at the smallest Df (BLEU < 1 on that curve), the larger Df does.
+    # The smallest Df's BLEU moves must not be read as a disagreement with CE, nor its mixture ranking as one of
+    # translation; the larger Df keeps the ordinary verdicts.
+    df = synthetic_results(dp=DP[:6], dfs=(1000, 4000), misaligned="en100")
+    small = df["df"] == 1000
+    df.loc[small, "bleu"] = df.loc[small, "bleu"] / 100
+    df.to_csv(tmp_path / "results.csv", index=False)
+    md = (run_fit_and_report(tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0") / "report.md").read_text()
+    assert "BLEU stays below 1 in every cell" not in md
+    floor = [line for line in md.splitlines() if line.startswith("- BLEU stays below 1 at every Dp for")]
+    assert len(floor) == 1 and "Df = 1,000" in floor[0] and "Df = 4,000" not in floor[0], floor
+    proxy = [line for line in md.splitlines() if "misleading proxy" in line or "BLEU law misses" in line
+             or "follows no" in line]
+    assert proxy and all("Df = 1,000" not in line for line in proxy), proxy  # en100 at Df 4,000 still flagged
+    ranks = {d: line for line in md.splitlines() for d in ("1,000", "4,000")
+             if line.startswith(f"- At the largest Dp and Df = {d}, BLEU by mixture")}
+    assert "No mixture translates at this Df" in ranks["1,000"]
+    assert "No mixture translates" not in ranks["4,000"]
+    washes = [line for line in md.splitlines() if "over no pretraining at Df = 1,000" in line]
+    assert washes and all("no cell translates at Df = 1,000" in line for line in washes), washes

@@ -118,6 +118,12 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                 & (fits_df["x"].astype(str) == "dp")]
     n_curves = len(g.groupby(["mixture", "df"]))
     top = g["bleu"].max() if len(g) else np.nan
+    # a (mixture, Df) curve whose best cell is below the floor does not translate: its BLEU moves are stray n-grams
+    curve_top = {(m, float(d)): v for (m, d), v in g.groupby(["mixture", "df"])["bleu"].max().items()}
+
+    def floored(mix: str, df: Any) -> bool:
+        return curve_top.get((mix, float(df)), np.inf) < BLEU_FLOOR
+
     if np.isfinite(top) and top < BLEU_FLOOR:
         out.append(f"BLEU stays below {BLEU_FLOOR:g} in every cell (at most {fmt(top, 3)}): the models do not translate "
                    f"yet at this scale, so BLEU's ups and downs are noise; read the cross-entropy, or run a larger "
@@ -153,15 +159,18 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
     for r in records(fits, task=task, metric="verdict", model=model, method=method):
         if not r.get("flag") or (np.isfinite(top) and top < BLEU_FLOOR):  # no BLEU signal to disagree with
             continue
-        if not r.get("bleu_monotone"):
+        if floored(r["mixture"], r["df"]):
+            s = (f"BLEU stays below {BLEU_FLOOR:g} at every Dp for {{where}}: the models do not translate at that Df, "
+                 "so BLEU can neither follow CE nor contradict it there, whatever its tests say; read the CE.")
+        elif not r.get("bleu_monotone"):
             steps = rung_steps(comp, task, model, method, r["df"], r["mixture"])
             if steps is not None and not steps[0]:  # no rung-to-rung change is beyond the noise
                 s = ("CE keeps falling with Dp while BLEU's ups and downs are all inside the noise of the test set, "
                      "for {where}: BLEU does not move there.")
             else:
-                s = ("CE keeps falling with Dp while BLEU goes up and down"
-                     + (" beyond the noise" if steps is not None else "") + ", for {where}: CE is a misleading proxy "
-                     "there.")
+                s = ("CE keeps falling with Dp while BLEU does not rise with it"
+                     + (" (rung-to-rung changes beyond the noise)" if steps is not None else "")
+                     + ", for {where}: CE is a misleading proxy there.")
         elif not r.get("bleu_fit_ok"):
             s = f"CE keeps falling with Dp while BLEU follows no {law_name(fit_cfg.bleu_law, 'bleu')} (see above), for {{where}}."
         else:
@@ -185,7 +194,11 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                     f"({sig_text(c_lo)})")
             tail = f" and by {hi:+.2f} at Df = {fmt(int(dfs[-1]))} ({sig_text(c_hi)})"
             sig = [c for c in (c_lo, c_hi) if c is not None]
-            if sig and not any(is_ok(c["significant"]) for c in sig):
+            if floored(mix, dfs[0]):
+                out.append(f"{head}{tail}: no cell translates at Df = {fmt(int(dfs[0]))} (BLEU below {BLEU_FLOOR:g}), "
+                           "so BLEU cannot tell whether pretraining matters less at the largest Df; the CE can "
+                           "(below).")
+            elif sig and not any(is_ok(c["significant"]) for c in sig):
                 out.append(f"{head}{tail}: pretraining makes no difference to BLEU beyond the noise at either Df.")
             elif not sig and max(abs(lo), abs(hi)) < 0.5:
                 out.append(f"{head}{tail}: pretraining makes no visible difference to BLEU at any Df here.")
@@ -220,8 +233,10 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
             desc = ", ".join(f"{r['mixture']} {fmt(r['bleu'], 3)} (A = {fmt(r['alignment'], 3)})" for _, r in best.iterrows())
             tests = [f"{c['mixture_b']} against {c['mixture_a']}: {sig_text(c)}" for c in (
                 comparison(comp, "mixture", task, model, method, d, mixture_b=m) for m in best["mixture"]) if c is not None]
+            none = (f" No mixture translates at this Df (BLEU below {BLEU_FLOOR:g}): the ranking is of stray n-grams, "
+                    "not of translation." if (best["bleu"] < BLEU_FLOOR).all() else "")
             out.append(f"At the largest Dp and Df = {fmt(int(d))}, BLEU by mixture: {desc}"
-                       + (f" ({'; '.join(tests)})." if tests else "."))
+                       + (f" ({'; '.join(tests)})." if tests else ".") + none)
     return out
 
 
