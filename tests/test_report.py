@@ -565,3 +565,28 @@ def test_a_curve_that_does_not_translate_is_said_so_while_the_others_are_read(tm
     assert "No mixture translates" not in ranks["4,000"]
     washes = [line for line in md.splitlines() if "over no pretraining at Df = 1,000" in line]
     assert washes and all("no cell translates at Df = 1,000" in line for line in washes), washes
+
+
+def test_dp_ticks_on_a_short_ladder_are_token_counts_that_do_not_collide():
+    # the desk ladder (0.5M-8M) spans little more than a decade: the log axis's own minor labels (2×10⁶,
+    # 3×10⁶, 4×10⁶ ...) ran into each other
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.report.figures import _style_dp_axis
+
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot([5e5, 1e6, 2e6, 4e6, 8e6], [6.2, 6.1, 5.9, 5.6, 5.2], "o")
+    _style_dp_axis(ax, "CE", "t")
+    fig.canvas.draw()
+    labels = [t for t in [*ax.get_xticklabels(), *ax.get_xticklabels(minor=True)]
+              if t.get_text() and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    assert {t.get_text() for t in labels} == {"500k", "1M", "2M", "5M"}
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]
+    ax.set_xlim(1e6, 1e11)  # many decades: majors only
+    fig.canvas.draw()
+    assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    plt.close(fig)

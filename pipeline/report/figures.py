@@ -90,6 +90,7 @@ def _style_dp_axis(ax, ylabel: str, title: str, bleu: bool = False) -> None:
     # a log axis with no positive x raises at draw time: say what is missing instead
     if np.isfinite(ax.dataLim.x1) and ax.dataLim.x1 > 0:
         ax.set_xscale("log")
+        _token_ticks(ax)
     else:
         ax.text(0.5, 0.5, "no evaluated Dp > 0 point", transform=ax.transAxes, ha="center", va="center", color="gray")
     ax.set_xlabel(DP_LABEL)
@@ -98,6 +99,21 @@ def _style_dp_axis(ax, ylabel: str, title: str, bleu: bool = False) -> None:
     ax.grid(True, alpha=0.25)
     if bleu:
         _bleu_ylim(ax)
+
+
+def _token_ticks(ax) -> None:
+    """Dp ticks as a reader writes token counts (500k, 1M, 2M): on a ladder spanning less than two decades the
+    log axis's own minor labels (2×10⁶, 3×10⁶, 4×10⁶ …) run into each other, so only the 2s and 5s are labelled."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(v: float, _pos) -> str:
+        lo, hi = ax.get_xlim()
+        if v <= 0 or lo <= 0 or hi / lo > 100:
+            return ""
+        return fmt_tokens(v) if round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_tokens(v) if v > 0 else ""))
+    ax.xaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _bleu_ylim(ax) -> None:
