@@ -561,10 +561,14 @@ def test_a_curve_that_does_not_translate_is_said_so_while_the_others_are_read(tm
     assert proxy and all("Df = 1,000" not in line for line in proxy), proxy  # en100 at Df 4,000 still flagged
     ranks = {d: line for line in md.splitlines() for d in ("1,000", "4,000")
              if line.startswith(f"- At the largest Dp and Df = {d}, BLEU by mixture")}
-    assert "No mixture translates at this Df" in ranks["1,000"]
-    assert "No mixture translates" not in ranks["4,000"]
-    washes = [line for line in md.splitlines() if "over no pretraining at Df = 1,000" in line]
-    assert washes and all("no cell translates at Df = 1,000" in line for line in washes), washes
+    assert "Neither cell translates" in ranks["1,000"]
+    assert "Neither cell translates" not in ranks["4,000"]
+    washes = [line for line in md.splitlines() if "from no pretraining to the largest Dp, BLEU changes by" in line]
+    assert len(washes) == 2, washes  # one per mixture, each reading every Df and judging on the one that translates
+    for line in washes:
+        assert "at Df = 1,000 (" in line and "; no cell translates at this Df)" in line
+        assert line.count("no cell translates") == 1 and "at Df = 4,000 (" in line
+        assert "BLEU measures translation only at Df = 4,000, so it cannot tell" in line
 
 
 def test_dp_ticks_on_a_short_ladder_are_token_counts_that_do_not_collide():

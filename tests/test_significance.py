@@ -167,7 +167,7 @@ def test_compare_cells_pools_seeds_and_reuses_unchanged_rows():
 
 def test_the_reports_sentences_quote_their_comparisons():
     from pipeline.report.fmt import fmt
-    from pipeline.report.verdicts import comparison, sig_text, verdicts
+    from pipeline.report.verdicts import comparison, sig_brief, sig_text, verdicts
 
     t, refs = _table(), _refs(120, seed=9)
     pred = _predictions(t, refs)
@@ -178,21 +178,22 @@ def test_the_reports_sentences_quote_their_comparisons():
     fits = pd.DataFrame(columns=["task", "mixture", "model", "method", "df", "metric", "law", "x", "ok", "reason"])
     text = "\n".join(verdicts("en-de", pts, fits, [], "t5_tiny", "full", FIT, comp))
     c = comparison(comp, "pretraining", "en-de", "t5_tiny", "full", 100, mixture_b="en50_de50")
-    assert int(c["dp_rung_b"]) == 2048 and sig_text(c) in text and "beyond the noise" in sig_text(c)
+    assert int(c["dp_rung_b"]) == 2048 and sig_brief(c) in text and sig_brief(c).endswith("beyond the noise")
     c2 = comparison(comp, "pretraining", "en-de", "t5_tiny", "full", 1000, mixture_b="en50_de50")
-    assert f"{c2['delta']:+.2f} BLEU [{c2['delta_lo']:+.2f}, {c2['delta_hi']:+.2f}], p = {c2['p_value']:.3f}" in text
+    assert f"at Df = 1,000 (95% CI [{c2['delta_lo']:+.2f}, {c2['delta_hi']:+.2f}], p = {c2['p_value']:.3f}" in text
     m = comparison(comp, "mixture", "en-de", "t5_tiny", "full", 100, mixture_b="en100")
     assert f"en100 against en50_de50: {sig_text(m)}" in text
     assert "no significance test" in sig_text(None)
     # the gain at the smallest Df (significant) is gone at the largest (inside the noise): it washes out; the
     # same pattern with pretraining *lowering* BLEU at the smallest Df is no such thing
-    assert "**en50_de50**: the largest Dp changes BLEU by +" in text and "no longer matters much" in text
+    assert "**en50_de50**: from no pretraining to the largest Dp, BLEU changes by +" in text and "no longer matters much" in text
     flipped = comp.copy()
     small = (flipped["kind"] == "pretraining") & (flipped["df"] == 100)
     flipped.loc[small, ["delta", "delta_lo", "delta_hi"]] = -flipped.loc[small, ["delta", "delta_hi", "delta_lo"]].to_numpy()
     worse = pts.copy()
     worse.loc[(worse["df"] == 100) & (worse["dp"] > 0), "bleu"] = -1.0  # below the baseline at every rung
-    assert "no longer matters" not in "\n".join(verdicts("en-de", worse, fits, [], "t5_tiny", "full", FIT, flipped))
+    lowered = "\n".join(verdicts("en-de", worse, fits, [], "t5_tiny", "full", FIT, flipped))
+    assert "no longer matters" not in lowered and "pretraining lowers BLEU beyond the noise at Df = 100." in lowered
     # a sweep still running: en100 has no pretrained cell yet, so no mixture is compared (it read "every mixture
     # has the same BLEU" from en50_de50 alone); with en100 at the smaller rung only, they meet at that rung
     alone = "\n".join(verdicts("en-de", pts[(pts["mixture"] != "en100") | (pts["dp"] == 0)], fits, [], "t5_tiny",

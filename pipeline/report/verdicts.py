@@ -91,6 +91,15 @@ def sig_text(c: pd.Series | None) -> str:
     return iv + (": beyond the noise" if is_ok(c["significant"]) else ": inside the noise of the test set")
 
 
+def sig_brief(c: pd.Series | None) -> str:
+    """sig_text without the difference itself, for a sentence that has just stated it: '95% CI [+1.20, +5.00],
+    p = 0.002: beyond the noise'."""
+    if c is None:
+        return "no significance test"
+    return (f"95% CI [{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], p = {float(c['p_value']):.3f}: "
+            + ("beyond the noise" if is_ok(c["significant"]) else "inside the noise"))
+
+
 def _more_pretraining(recs: list[dict[str, Any]], dp: float, bleu_now: float) -> str:
     """What more pretraining would buy: the BLEU law's prediction at `dp`, with the interval a measurement
     there would fall in (pipeline.scaling.predict, the same function as `python -m pipeline.scaling predict`)."""
@@ -178,35 +187,43 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                  "for {where}.")
         flagged.append((s, curve_name(r["mixture"], r["df"])))
     out += grouped(flagged)
-    # Does pretraining still matter at the largest Df?
+    # Does pretraining still matter at the largest Df? BLEU from no pretraining to the largest Dp at every Df, then
+    # the smallest Df at which BLEU measures translation (a curve below the floor cannot) against the largest.
     if len(dfs) >= 2:
         for mix, gm in g.groupby("mixture", sort=False):
             gains = {}
-            for d in (dfs[0], dfs[-1]):
+            for d in dfs:
                 s = gm[gm["df"] == d].sort_values("dp")
-                if len(s) >= 2 and (s["dp"] == 0).any():
+                if len(s) >= 2 and (s["dp"] == 0).any() and s["dp"].iloc[-1] > 0:
                     gains[d] = float(s["bleu"].iloc[-1] - s[s["dp"] == 0]["bleu"].iloc[0])
             if len(gains) < 2:
                 continue
-            lo, hi = gains[dfs[0]], gains[dfs[-1]]
-            c_lo, c_hi = (comparison(comp, "pretraining", task, model, method, d, mixture_b=mix) for d in (dfs[0], dfs[-1]))
-            head = (f"**{mix}**: the largest Dp changes BLEU by {lo:+.2f} over no pretraining at Df = {fmt(int(dfs[0]))} "
-                    f"({sig_text(c_lo)})")
-            tail = f" and by {hi:+.2f} at Df = {fmt(int(dfs[-1]))} ({sig_text(c_hi)})"
+            tests = {d: comparison(comp, "pretraining", task, model, method, d, mixture_b=mix) for d in gains}
+            head = f"**{mix}**: from no pretraining to the largest Dp, BLEU changes by " + ", ".join(
+                f"{v:+.2f} at Df = {fmt(int(d))} ({sig_brief(tests[d])}"
+                + ("; no cell translates at this Df" if floored(mix, d) else "") + ")" for d, v in gains.items())
+            read = [d for d in gains if not floored(mix, d)]
+            if len(read) < 2:
+                where = f"only at Df = {fmt(int(read[0]))}" if read else "at no Df"
+                out.append(f"{head}: BLEU measures translation {where}, so it cannot tell whether pretraining matters "
+                           "less at the largest Df; the CE can (below).")
+                continue
+            lo, hi = gains[read[0]], gains[read[-1]]
+            c_lo, c_hi = tests[read[0]], tests[read[-1]]
             sig = [c for c in (c_lo, c_hi) if c is not None]
-            if floored(mix, dfs[0]):
-                out.append(f"{head}{tail}: no cell translates at Df = {fmt(int(dfs[0]))} (BLEU below {BLEU_FLOOR:g}), "
-                           "so BLEU cannot tell whether pretraining matters less at the largest Df; the CE can "
-                           "(below).")
-            elif sig and not any(is_ok(c["significant"]) for c in sig):
-                out.append(f"{head}{tail}: pretraining makes no difference to BLEU beyond the noise at either Df.")
+            if sig and not any(is_ok(c["significant"]) for c in sig):
+                out.append(f"{head}: pretraining makes no difference to BLEU beyond the noise at Df = "
+                           f"{fmt(int(read[0]))} or {fmt(int(read[-1]))}.")
             elif not sig and max(abs(lo), abs(hi)) < 0.5:
-                out.append(f"{head}{tail}: pretraining makes no visible difference to BLEU at any Df here.")
+                out.append(f"{head}: pretraining makes no visible difference to BLEU at any Df here.")
             else:
-                # "washes out" is about a gain at the smallest Df that the largest Df no longer shows
+                # "washes out" is about a gain at the smaller Df that the largest Df no longer shows
                 fades = lo > 0 and (hi < 0.25 * lo or (
                     c_lo is not None and c_hi is not None and is_ok(c_lo["significant"]) and not is_ok(c_hi["significant"])))
-                out.append(f"{head}{tail}" + (": at the largest Df pretraining no longer matters much." if fades else "."))
+                hurts = [d for d in read if gains[d] < 0 and tests[d] is not None and is_ok(tests[d]["significant"])]
+                out.append(head + (": at the largest Df pretraining no longer matters much." if fades else
+                                   f": pretraining lowers BLEU beyond the noise at Df = "
+                                   f"{', '.join(fmt(int(d)) for d in hurts)}." if hurts else "."))
     # The cross-entropy side of the same question (the signal that remains when BLEU is at its floor).
     for mix, gm in g.groupby("mixture", sort=False):
         drops = []
@@ -233,8 +250,8 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
             desc = ", ".join(f"{r['mixture']} {fmt(r['bleu'], 3)} (A = {fmt(r['alignment'], 3)})" for _, r in best.iterrows())
             tests = [f"{c['mixture_b']} against {c['mixture_a']}: {sig_text(c)}" for c in (
                 comparison(comp, "mixture", task, model, method, d, mixture_b=m) for m in best["mixture"]) if c is not None]
-            none = (f" No mixture translates at this Df (BLEU below {BLEU_FLOOR:g}): the ranking is of stray n-grams, "
-                    "not of translation." if (best["bleu"] < BLEU_FLOOR).all() else "")
+            none = (f" Neither cell translates (BLEU below {BLEU_FLOOR:g}): the ranking is of stray n-grams, not of "
+                    "translation." if (best["bleu"] < BLEU_FLOOR).all() else "")
             out.append(f"At the largest Dp and Df = {fmt(int(d))}, BLEU by mixture: {desc}"
                        + (f" ({'; '.join(tests)})." if tests else ".") + none)
     return out
