@@ -70,55 +70,8 @@ def compute(cfg: Config, presets, vocab: int, targets_len: int, tokens_per_step:
     return models, pretrain_flops, ft_flops, ft_steps, eval_flops
 
 
-def task_work(task) -> float:
-    """A task's work in its stage's unit: at most this many optimiser steps for pretraining and finetuning (the
-    cell's cap: early stopping may take fewer), one task for the other stages."""
-    from pipeline.task import typed
-
-    spec = typed(task).spec
-    if task.stage == "finetune":
-        return float(spec.finetune.step_cap(spec.df))
-    if task.stage == "pretrain":
-        return float(max(spec.rung_steps()))
-    return 1.0
-
-
-def time_left(plan, workers: int = 1) -> dict[str, Any]:
-    """What is left of a sweep, timed by the sweep's own finished tasks on this machine: per stage the seconds a
-    unit of work took over all its finished tasks (status.json's `seconds` summed, over their `task_work` summed:
-    a long task weighs as much as its steps), times the work of every task not yet done. A partial task counts
-    whole (an upper bound, as the step caps are); a finished task that was resumed is timed by its last attempt
-    only (a lower bound). Stages with work left and no finished task to time it by are listed as `unmeasured`
-    and left out of `seconds`."""
-    from pipeline.artifacts import read_status
-    from pipeline.stages import READ_STAGES
-
-    timed: dict[str, list[tuple[float, float]]] = {}  # stage -> (seconds, work) of each finished task
-    left: dict[str, list[float]] = {}
-    for t in plan.tasks:
-        if t.stage in READ_STAGES:
-            continue
-        st = read_status(Path(t.dir))
-        work = task_work(t)
-        if st and st.get("status") == "ok":
-            if isinstance(st.get("seconds"), int | float) and work > 0:
-                timed.setdefault(t.stage, []).append((st["seconds"], work))
-        else:
-            left.setdefault(t.stage, []).append(work)
-    stages, seconds, unmeasured = {}, 0.0, []
-    for stage, works in left.items():
-        if stage not in timed:
-            unmeasured.append(stage)
-            continue
-        rate = sum(s for s, _ in timed[stage]) / sum(w for _, w in timed[stage])
-        stages[stage] = {"rate": rate, "timed": len(timed[stage]), "tasks": len(works), "work": sum(works),
-                         "seconds": rate * sum(works)}
-        seconds += rate * sum(works)
-    return {"stages": stages, "unmeasured": unmeasured, "seconds": seconds, "workers": max(1, workers),
-            "tasks": sum(len(w) for w in left.values())}
-
-
-def _time_left_lines(tl: dict[str, Any]) -> list[str]:
+def time_left_lines(tl: dict[str, Any]) -> list[str]:
+    """`progress.time_left` as the plan prints it."""
     if not tl["tasks"]:
         return []
     w = tl["workers"]
@@ -260,7 +213,7 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
     """The plan as a researcher reads it: grid, alignment, models, budgets, time, disk, progress.
 
     `disk`: {"estimate": disk_estimate(...), "free": bytes, "probe": path, "shortfall": reason or None};
-    `failed`: (task id, error, log path) of the tasks whose last attempt failed; `left`: `time_left(plan)`."""
+    `failed`: (task id, error, log path) of the tasks whose last attempt failed; `left`: `progress.time_left(plan)`."""
     s = plan.summary
     lines = [f"sweep {plan.sweep} · scale {s['scale']} ({s['scale_description']}) · data {s['data_source']}", ""]
     lines.append("grid")
@@ -321,5 +274,5 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
         for tid, err, lp in failed or []:
             lines.append(f"  failed {tid}: {err} (log: {lp})")
     if left and left["stages"]:  # once something has finished, the sweep's own timing beside the estimate
-        lines += _time_left_lines(left)
+        lines += time_left_lines(left)
     return "\n".join(lines)

@@ -15,11 +15,11 @@ from pipeline.budget import (
     format_plan,
     free_bytes,
     measured_peak,
-    time_left,
 )
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.executors import check_executor
 from pipeline.plan import Plan, build_plan, build_read_plan, task_state, write_plan
+from pipeline.progress import time_left
 from pipeline.stages import READ_STAGES, STORED
 
 log = logging.getLogger("pipeline")

@@ -10,7 +10,8 @@ import pytest
 from conftest import compose
 
 from pipeline.artifacts import STATUS
-from pipeline.budget import format_plan, human_seconds, task_work, time_left
+from pipeline.budget import format_plan, human_seconds
+from pipeline.progress import task_work, time_left
 
 SMOKE = ["+sweep=en_de", "scale=smoke", "stage=plan", "finetune.max_steps=100000"]  # caps by epochs: cells differ
 
