@@ -223,7 +223,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                 hurts = [d for d in read if gains[d] < 0 and tests[d] is not None and is_ok(tests[d]["significant"])]
                 out.append(head + (": at the largest Df pretraining no longer matters much." if fades else
                                    f": pretraining lowers BLEU beyond the noise at Df = "
-                                   f"{', '.join(fmt(int(d)) for d in hurts)}." if hurts else "."))
+                                   f"{and_list([fmt(int(d)) for d in hurts])}." if hurts else "."))
     # The cross-entropy side of the same question (the signal that remains when BLEU is at its floor).
     for mix, gm in g.groupby("mixture", sort=False):
         drops = []
