@@ -81,7 +81,7 @@ def time_left_lines(tl: dict[str, Any]) -> list[str]:
              + (" for the timed stages" if tl["unmeasured"] else "")]
     for stage, v in tl["stages"].items():
         rate = f"{v['rate']:.2f} s" if v["rate"] < 10 else human_seconds(v["rate"])
-        if stage in ("pretrain", "finetune"):
+        if v["unit"] == "step":
             lines.append(f"  {stage}: {rate} a step (over {v['timed']} finished), at most {v['work']:,.0f} "
                          f"steps in {v['tasks']} tasks left")
         else:

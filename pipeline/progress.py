@@ -13,16 +13,16 @@ from pipeline.artifacts import read_status
 from pipeline.stages import READ_STAGES
 from pipeline.task import typed
 
+STEP_STAGES = ("pretrain", "finetune")  # timed by the optimiser step; every other stage by the task
+
 
 def task_work(task) -> float:
     """A task's work in its stage's unit: at most this many optimiser steps for pretraining and finetuning (the
     cell's cap: early stopping may take fewer), one task for the other stages."""
+    if task.stage not in STEP_STAGES:
+        return 1.0
     spec = typed(task).spec
-    if task.stage == "finetune":
-        return float(spec.finetune.step_cap(spec.df))
-    if task.stage == "pretrain":
-        return float(max(spec.rung_steps()))
-    return 1.0
+    return float(spec.finetune.step_cap(spec.df) if task.stage == "finetune" else max(spec.rung_steps()))
 
 
 def time_left(plan, workers: int = 1) -> dict[str, Any]:
@@ -50,8 +50,8 @@ def time_left(plan, workers: int = 1) -> dict[str, Any]:
             unmeasured.append(stage)
             continue
         rate = sum(s for s, _ in timed[stage]) / sum(w for _, w in timed[stage])
-        stages[stage] = {"rate": rate, "timed": len(timed[stage]), "tasks": len(works), "work": sum(works),
-                         "seconds": rate * sum(works)}
+        stages[stage] = {"rate": rate, "unit": "step" if stage in STEP_STAGES else "task", "timed": len(timed[stage]),
+                         "tasks": len(works), "work": sum(works), "seconds": rate * sum(works)}
         seconds += rate * sum(works)
     return {"stages": stages, "unmeasured": unmeasured, "seconds": seconds, "workers": max(1, workers),
             "tasks": sum(len(w) for w in left.values())}
