@@ -19,10 +19,10 @@ import pandas as pd
 
 from .calibration import law_label
 from .fit import fit
+from .laws import TWO_STAGE_LINKS
 
 EXTRAPOLATION = 8.0  # hold out the runs within this factor of the largest
 GORDON_MIN_BYTES = 5242880  # the authors' own cut: smaller training sets are below the law's range
-LINKS = ("linear", "quadratic", "logistic")  # the two-stage law's links, each backtested
 APPLE_FIT_MAX_FLOPS = 2.5e20  # the data's README split: fit N <= 1.34B, predict 3.2B to 6.85B
 # the Apple benchmarks with a usable curve, and their chance level (README: MMLU and GSM8K sit at chance)
 APPLE_BENCHMARKS = {
@@ -104,7 +104,7 @@ def apple(root: Path) -> Iterator[Case]:
             x = np.c_[c2, g2[nll].to_numpy(float)]
             y2, hold2 = g2[col].to_numpy(float), c2 > APPLE_FIT_MAX_FLOPS
             # the linear link, then links that can bend: do they fix the linear link's misses?
-            for link in LINKS:
+            for link in TWO_STAGE_LINKS:
                 yield Case("apple2025 DCLM", "two_stage", col, x, y2, hold2, {"link": link})
 
 

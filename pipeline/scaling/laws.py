@@ -458,6 +458,8 @@ TWO_STAGE_QUADRATIC = _two_stage_law(
 TWO_STAGE_LOGISTIC = _two_stage_law(
     "logistic", _link_logistic, ("a", "b", "k", "l0"), _two_logistic_starts, "a·sigmoid(k·(nll - l0)) + b"
 )
+# the two-stage law by its `link` option, the default first (the backtest measures each)
+TWO_STAGE_LINKS = {law.options["link"]: law for law in (TWO_STAGE, TWO_STAGE_QUADRATIC, TWO_STAGE_LOGISTIC)}
 
 
 # --- Gadre et al. 2024 ------------------------------------------------------------------------------
@@ -544,8 +546,8 @@ def get_law(name: str, options: dict) -> Law:
         allowed = ", ".join(law.options) or "none"
         raise ValueError(f"law {name!r} has no option {', '.join(sorted(bad))}; allowed: {allowed}")
     if name == "two_stage":
-        links = {"linear": TWO_STAGE, "quadratic": TWO_STAGE_QUADRATIC, "logistic": TWO_STAGE_LOGISTIC}
-        if options.get("link", "linear") not in links:
-            raise ValueError(f"two_stage link must be one of {', '.join(links)}, not {options['link']!r}")
-        return links[options.get("link", "linear")]
+        link = options.get("link", "linear")
+        if link not in TWO_STAGE_LINKS:
+            raise ValueError(f"two_stage link must be one of {', '.join(TWO_STAGE_LINKS)}, not {link!r}")
+        return TWO_STAGE_LINKS[link]
     return law
