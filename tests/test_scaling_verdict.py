@@ -3,6 +3,7 @@
 import numpy as np
 
 from pipeline.scaling import misalignment
+from pipeline.scaling.fit import not_rising
 
 DP = np.array([0.0, 1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7, 6.4e7, 1.28e8])  # Dp = 0 is the baseline, ignored
 CE = 2.0 + 50.0 / np.maximum(DP, 1.0) ** 0.3
@@ -25,6 +26,24 @@ def test_non_monotone_bleu_with_falling_ce_is_flagged():
     v = misalignment(DP, bleu, CE)
     assert not v.bleu_monotone and v.ce_falling and v.flag
     assert v.message.startswith("CE does not predict BLEU here")
+
+
+def test_bleu_that_falls_with_dp_is_said_to_fall_not_to_zigzag():
+    # the desk study's Df 16,000 curves: every doubling of Dp lowers BLEU while CE falls
+    bleu = law_bleu(DP)[::-1].copy()
+    v = misalignment(DP, bleu, CE)
+    assert not v.bleu_monotone and v.flag
+    assert "BLEU falls as Dp grows" in v.message and "not monotone" not in v.message
+    zig = law_bleu(DP)
+    zig[6] = zig[4] - 1.0
+    assert "BLEU is not monotone in Dp" in misalignment(DP, zig, CE).message
+
+
+def test_seed_spread_at_one_dp_is_not_a_drop():
+    dp = np.repeat(DP[1:5], 2)
+    bleu = np.repeat(law_bleu(DP[1:5]), 2) + np.tile([-0.05, 0.05], 4)  # two seeds, each rung above the last
+    assert not_rising(dp, bleu) is None
+    assert not_rising(dp, bleu[::-1]) == "falls as Dp grows"
 
 
 def test_stalling_bleu_is_flagged_by_its_extrapolation_error():

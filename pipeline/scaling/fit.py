@@ -97,11 +97,27 @@ def _check(law: Law, x: np.ndarray, y: np.ndarray, fit_mask: np.ndarray, opts: d
         return f"only {distinct} distinct x values; the law has {P} parameters and needs at least {P + 1}"
     if np.ptp(yf) <= 1e-12 * np.abs(yf).max():
         return "y is constant over the fit points"
-    if law.name == "bleu_log":
-        order = np.lexsort((yf, xf[:, 0]))
-        if (np.diff(yf[order]) < -opts["monotone_tol"]).any():
-            return "BLEU is not monotone in Dp over the fit points"
+    if law.name == "bleu_log" and (why := not_rising(xf[:, 0], yf, opts["monotone_tol"])):
+        return f"BLEU {why} over the fit points"
     return None
+
+
+def not_rising(x: np.ndarray, y: np.ndarray, tol: float = 0.0) -> str | None:
+    """Why y is not a rising curve of x (the only shape the BLEU log-law has), or None when it is.
+
+    A drop of more than `tol` anywhere makes it not rising (repeated x, e.g. seeds, sorted lowest y first, so
+    seed spread alone is no drop); it "falls as Dp grows" when the mean at each x never rises and ends lower,
+    and "is not monotone in Dp" otherwise: a curve that falls and one that zig-zags are different findings.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    order = np.lexsort((y, x))
+    if not (np.diff(y[order]) < -tol).any():
+        return None
+    xs = np.unique(x)
+    means = np.array([y[x == v].mean() for v in xs])
+    if (np.diff(means) <= tol).all() and means[-1] < means[0]:
+        return "falls as Dp grows"
+    return "is not monotone in Dp"
 
 
 def fit(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fit import fit
+from .fit import fit, not_rising
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,14 @@ def misalignment(
     order = np.argsort(dp[keep], kind="stable")
     dp, bleu, ce = dp[keep][order], bleu[keep][order], ce[keep][order]
 
-    monotone = bool(np.all(np.diff(bleu) >= -tol))
+    shape = not_rising(dp, bleu, tol)
+    monotone = shape is None
     falling = len(ce) > 1 and bool(np.all(np.diff(ce) <= tol)) and ce[-1] < ce[0]
     res = fit(law, dp, bleu, holdout=np.arange(len(dp)) >= n_fit, delta=delta, interval="none")  # errors only
     err = float(np.mean([h["rel_err"] for h in res.holdout])) if res.ok and res.holdout else math.nan
 
     if not monotone:
-        why = "BLEU is not monotone in Dp"
+        why = f"BLEU {shape}"
     elif not res.ok:
         why = f"the BLEU law cannot be fitted ({res.reason})"
     elif err > max_rel_err:
