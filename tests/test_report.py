@@ -571,6 +571,29 @@ def test_a_curve_that_does_not_translate_is_said_so_while_the_others_are_read(tm
         assert "BLEU measures translation only at Df = 4,000, so it cannot tell" in line
 
 
+def test_whether_bleu_and_ce_move_together_is_said_per_curve_with_its_rank_correlation(tmp_path):
+    # the desk study's two findings on curves that translate: at one Df BLEU falls with Dp while CE barely moves
+    # and ranks the rungs otherwise (no proxy); at the other both get worse together. Neither is a "CE falls while
+    # BLEU does not" flag, and both must still be read.
+    from scipy.stats import spearmanr
+
+    df = synthetic_results(dp=DP[:6], dfs=(1000, 4000), mixtures=("en50_de50",), bleu_law=False)
+    ces = {1000: [4.59, 4.58, 4.61, 4.62, 4.53, 4.60], 4000: [3.85, 3.86, 3.93, 4.04, 4.05, 4.06]}
+    for d, ce in ces.items():
+        m = (df["dp"] > 0) & (df["df"] == d)
+        df.loc[m, "bleu"], df.loc[m, "ce"] = np.linspace(3.0, 1.5, 6), ce
+    df.to_csv(tmp_path / "results.csv", index=False)
+    md = (run_fit_and_report(tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0") / "report.md").read_text()
+    rho = {d: spearmanr(np.linspace(3.0, 1.5, 6), ce).statistic for d, ce in ces.items()}
+    assert rho[4000] == pytest.approx(-1.0) and rho[1000] > -0.8
+    together = [line for line in md.splitlines() if line.startswith("- BLEU and CE move together across Dp")]
+    apart = [line for line in md.splitlines() if line.startswith("- BLEU and CE do not move together across Dp")]
+    assert len(together) == 1 and f"en50_de50 at Df = 4,000 (ρ = {rho[4000]:+.2f})" in together[0], together
+    assert len(apart) == 1 and f"en50_de50 at Df = 1,000 (ρ = {rho[1000]:+.2f})" in apart[0], apart
+    assert "Df = 1,000" not in together[0] and "Df = 4,000" not in apart[0]
+    assert "misleading proxy" not in md  # CE does not keep falling on either curve: no flag
+
+
 def test_dp_ticks_on_a_short_ladder_are_token_counts_that_do_not_collide():
     # the desk ladder (0.5M-8M) spans little more than a decade: the log axis's own minor labels (2×10⁶,
     # 3×10⁶, 4×10⁶ ...) ran into each other

@@ -1,6 +1,9 @@
 """Misalignment verdict: flag "CE does not predict BLEU here" only when CE falls and BLEU does not follow."""
 
+import math
+
 import numpy as np
+import pytest
 
 from pipeline.scaling import misalignment
 from pipeline.scaling.fit import not_rising
@@ -59,3 +62,12 @@ def test_rising_ce_is_not_a_misalignment_flag():
     bleu[6] = bleu[4] - 1.0
     v = misalignment(DP, bleu, CE[::-1])
     assert not v.ce_falling and not v.flag
+
+
+def test_rank_correlation_of_bleu_against_ce_is_over_rungs_with_seeds_averaged():
+    assert misalignment(DP, law_bleu(DP), CE).rho == pytest.approx(-1.0)  # BLEU rises as CE falls
+    dp = np.r_[0.0, np.repeat(DP[1:5], 2)]
+    bleu = np.r_[9.0, np.repeat([2.0, 1.8, 1.5, 1.0], 2) + np.tile([-0.5, 0.5], 4)]
+    ce = np.r_[9.0, np.repeat([3.0, 3.1, 3.3, 3.6], 2)]  # both get worse with Dp: they still move together
+    assert misalignment(dp, bleu, ce).rho == pytest.approx(-1.0)
+    assert math.isnan(misalignment(DP[:3], law_bleu(DP[:3]), CE[:3]).rho)  # the baseline and two rungs: too few

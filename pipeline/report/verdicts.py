@@ -187,6 +187,27 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                  "for {where}.")
         flagged.append((s, curve_name(r["mixture"], r["df"])))
     out += grouped(flagged)
+    # Where CE is not flagged, do BLEU and CE still rank the rungs alike? (On a curve that translates: the verdict
+    # the paper draws, read both ways, not only "CE falls while BLEU does not".)
+    moves = []
+    for r in records(fits, task=task, metric="verdict", model=model, method=method):
+        rho = r.get("rho")
+        if r.get("flag") or not finite(rho) or floored(r["mixture"], r["df"]) or (np.isfinite(top) and top < BLEU_FLOOR):
+            continue
+        steps = rung_steps(comp, task, model, method, r["df"], r["mixture"])
+        noise = "" if steps is None else f"; {steps[0]} of {steps[1]} rung-to-rung BLEU changes beyond the noise"
+        where = f"{curve_name(r['mixture'], r['df'])} (ρ = {rho:+.2f}{noise})"
+        if rho <= -MONOTONE_RHO:
+            s = ("BLEU and CE move together across Dp for {where}: the rungs with the lower CE have the higher BLEU, "
+                 "so CE tells BLEU's story there.")
+        elif steps is not None and not steps[0]:
+            s = ("BLEU and CE do not rank the Dp rungs alike for {where}, but BLEU's changes from rung to rung are "
+                 "inside the noise there: nothing for CE to miss.")
+        else:
+            s = (f"BLEU and CE do not move together across Dp for {{where}} (Spearman ρ of BLEU against CE above "
+                 f"−{MONOTONE_RHO:g}): CE does not rank the rungs as BLEU does, so it is no proxy for BLEU there.")
+        moves.append((s, where))
+    out += grouped(moves)
     # Does pretraining still matter at the largest Df? BLEU from no pretraining to the largest Dp at every Df, then
     # the smallest Df at which BLEU measures translation (a curve below the floor cannot) against the largest.
     if len(dfs) >= 2:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from .fit import fit, not_rising
 
@@ -24,6 +25,7 @@ class Misalignment:
     ce_falling: bool  # CE never rises (by more than `tol`) and ends lower than it starts
     flag: bool  # CE falls while BLEU is non-monotone or poorly predicted
     message: str
+    rho: float = math.nan  # Spearman ρ of BLEU against CE over the Dp rungs (seeds averaged); nan under 3 rungs
 
 
 def misalignment(
@@ -69,4 +71,14 @@ def misalignment(
         message = f"BLEU follows its scaling law{tail}; CE and BLEU tell the same story."
     else:
         message = f"CE does not keep falling with Dp, and {why}: the pretraining data does not help here."
-    return Misalignment(monotone, res.ok, err, falling, flag, message)
+    return Misalignment(monotone, res.ok, err, falling, flag, message, _rank_corr(dp, bleu, ce))
+
+
+def _rank_corr(dp: np.ndarray, bleu: np.ndarray, ce: np.ndarray) -> float:
+    """Spearman ρ of BLEU against CE across the rungs, each rung its seeds' mean (a seed is not a rung)."""
+    rungs = np.unique(dp)
+    b = np.array([bleu[dp == r].mean() for r in rungs])
+    c = np.array([ce[dp == r].mean() for r in rungs])
+    if len(rungs) < 3 or np.ptp(b) == 0 or np.ptp(c) == 0:
+        return math.nan
+    return float(spearmanr(b, c).statistic)
