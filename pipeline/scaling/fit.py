@@ -113,11 +113,17 @@ def not_rising(x: np.ndarray, y: np.ndarray, tol: float = 0.0) -> str | None:
     order = np.lexsort((y, x))
     if not (np.diff(y[order]) < -tol).any():
         return None
-    xs = np.unique(x)
-    means = np.array([y[x == v].mean() for v in xs])
+    _, (means,) = rung_means(x, y)
     if (np.diff(means) <= tol).all() and means[-1] < means[0]:
         return "falls as Dp grows"
     return "is not monotone in Dp"
+
+
+def rung_means(x: np.ndarray, *ys: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct x, ascending, and each y's mean at each of them (a rung's seeds are one point of a curve)."""
+    x = np.asarray(x, dtype=np.float64)
+    xs = np.unique(x)
+    return xs, [np.array([np.asarray(y, dtype=np.float64)[x == v].mean() for v in xs]) for y in ys]
 
 
 def fit(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from .fit import fit, not_rising
+from .fit import fit, not_rising, rung_means
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,7 @@ def misalignment(
 
 def _rank_corr(dp: np.ndarray, bleu: np.ndarray, ce: np.ndarray) -> float:
     """Spearman ρ of BLEU against CE across the rungs, each rung its seeds' mean (a seed is not a rung)."""
-    rungs = np.unique(dp)
-    b = np.array([bleu[dp == r].mean() for r in rungs])
-    c = np.array([ce[dp == r].mean() for r in rungs])
+    rungs, (b, c) = rung_means(dp, bleu, ce)
     if len(rungs) < 3 or np.ptp(b) == 0 or np.ptp(c) == 0:
         return math.nan
     return float(spearmanr(b, c).statistic)
