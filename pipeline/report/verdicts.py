@@ -81,13 +81,16 @@ def rung_steps(comp: pd.DataFrame | None, task: str, model: str, method: str, df
     return (int(c["significant"].map(is_ok).sum()), len(c)) if len(c) else None
 
 
+def _interval(c: pd.Series) -> str:
+    """'[+1.20, +5.00], p = 0.002': a comparison's 95% interval and sacreBLEU's p-value."""
+    return f"[{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], p = {float(c['p_value']):.3f}"
+
+
 def sig_text(c: pd.Series | None) -> str:
     """'+3.10 BLEU [+1.20, +5.00], p = 0.002' with its reading; a note when no test could be made."""
     if c is None:
         return "no significance test (the cells' predictions were not collected)"
-    p = float(c["p_value"])
-    iv = (f"{float(c['delta']):+.2f} BLEU [{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], "
-          f"p = {p:.3f}, paired bootstrap over {int(c['n']):,} sentences")
+    iv = f"{float(c['delta']):+.2f} BLEU {_interval(c)}, paired bootstrap over {int(c['n']):,} sentences"
     return iv + (": beyond the noise" if is_ok(c["significant"]) else ": inside the noise of the test set")
 
 
@@ -96,8 +99,7 @@ def sig_brief(c: pd.Series | None) -> str:
     p = 0.002: beyond the noise'."""
     if c is None:
         return "no significance test"
-    return (f"95% CI [{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], p = {float(c['p_value']):.3f}: "
-            + ("beyond the noise" if is_ok(c["significant"]) else "inside the noise"))
+    return f"95% CI {_interval(c)}: " + ("beyond the noise" if is_ok(c["significant"]) else "inside the noise")
 
 
 def _more_pretraining(recs: list[dict[str, Any]], dp: float, bleu_now: float) -> str:
@@ -133,7 +135,8 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
     def floored(mix: str, df: Any) -> bool:
         return curve_top.get((mix, float(df)), np.inf) < BLEU_FLOOR
 
-    if np.isfinite(top) and top < BLEU_FLOOR:
+    nothing_translates = bool(np.isfinite(top) and top < BLEU_FLOOR)
+    if nothing_translates:
         out.append(f"BLEU stays below {BLEU_FLOOR:g} in every cell (at most {fmt(top, 3)}): the models do not translate "
                    f"yet at this scale, so BLEU's ups and downs are noise; read the cross-entropy, or run a larger "
                    f"scale.")
@@ -166,7 +169,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
     # Misalignment (Isik et al. §3.5): CE falls while BLEU does not follow; one line per kind of disagreement.
     flagged = []
     for r in records(fits, task=task, metric="verdict", model=model, method=method):
-        if not r.get("flag") or (np.isfinite(top) and top < BLEU_FLOOR):  # no BLEU signal to disagree with
+        if not r.get("flag") or nothing_translates:  # no BLEU signal to disagree with
             continue
         if floored(r["mixture"], r["df"]):
             s = (f"BLEU stays below {BLEU_FLOOR:g} at every Dp for {{where}}: the models do not translate at that Df, "
@@ -192,7 +195,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
     moves = []
     for r in records(fits, task=task, metric="verdict", model=model, method=method):
         rho = r.get("rho")
-        if r.get("flag") or not finite(rho) or floored(r["mixture"], r["df"]) or (np.isfinite(top) and top < BLEU_FLOOR):
+        if r.get("flag") or not finite(rho) or floored(r["mixture"], r["df"]) or nothing_translates:
             continue
         steps = rung_steps(comp, task, model, method, r["df"], r["mixture"])
         noise = "" if steps is None else f"; {steps[0]} of {steps[1]} rung-to-rung BLEU changes beyond the noise"
