@@ -357,6 +357,8 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.scaling.fit import mean_rel_err
+
     row = {k: rec.get(k) for k in ("task", "mixture", "alignment", "model", "method", "df", "metric", "law", "x", "ok",
                                    "reason", "n_fit", "objective", "form")}
     # identifiability: the curve stands, these parameters do not (see pipeline.scaling.flags)
@@ -364,7 +366,9 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     hold = rec.get("holdout") or []
     row["n_holdout"] = len(hold)
     row["holdout_mae"] = float(np.mean([h["abs_err"] for h in hold])) if hold else math.nan
-    row["holdout_mre"] = float(np.mean([h["rel_err"] for h in hold])) if hold else math.nan
+    row["holdout_mre"], undefined = mean_rel_err(hold)
+    if undefined:  # reported beside the fit's own flags; the fit and its curve still stand
+        row["flags"] = "; ".join(f for f in (row["flags"], undefined) if f)
     # the largest held-out Dp: where the routes to BLEU are compared
     last = max(hold, key=lambda h: np.atleast_1d(h["x"])[-1]) if hold and rec.get("x") != "params,dp" else None
     row["largest_dp"] = float(np.atleast_1d(last["x"])[0]) if last else math.nan

@@ -268,3 +268,26 @@ def test_method_gaps_and_exponents_per_curve():
     bleu = _one(m, mixture="en50_de50", df=1000, metric="bleu", method="lora")
     assert bleu["delta_last"] == pytest.approx(-0.1 * df.loc[df["dp"] == DP[-1], "bleu"].iloc[0])
     assert bleu["law"] == "bleu_log" and not bleu["ok"] and bleu["alpha_differs"] is None
+
+
+def test_a_held_out_bleu_of_zero_is_reported_as_an_undefined_relative_error_not_a_crash():
+    # a model that does not translate yet scores BLEU 0 at a held-out rung: its relative error is undefined
+    # (x / 0); the stage reports that beside the fit and its verdict instead of raising (issue #30)
+    df = synthetic_results(mixtures=("en50_de50",), dfs=(1000,))
+    df.loc[df["dp"] == max(DP), "bleu"] = 0.0
+    table, _ = _fits(df)
+    # the two-stage routes (upstream loss -> BLEU) score the held-out rungs; the BLEU log-law refuses y = 0 upfront
+    routes = table[(table["metric"] == "bleu") & (table["law"] == "two_stage")]
+    assert len(routes) == 2 and routes["ok"].all() and (routes["n_holdout"] == 2).all()
+    assert routes["holdout_mre"].isna().all() and np.isfinite(routes["holdout_mae"]).all()
+    assert routes["flags"].str.contains("held-out relative error undefined: 1 held-out value(s) are 0", regex=False).all()
+
+
+def test_mean_rel_err_is_undefined_for_a_zero_or_null_held_out_value():
+    from pipeline.scaling.fit import mean_rel_err
+
+    assert mean_rel_err([{"y": 2.0, "rel_err": 0.1}, {"y": 4.0, "rel_err": 0.3}]) == (pytest.approx(0.2), None)
+    assert mean_rel_err([])[1] is None and math.isnan(mean_rel_err([])[0])
+    for bad in (None, math.nan, math.inf):  # JSON's null, the fitter's NaN, an older record's inf
+        err, why = mean_rel_err([{"y": 2.0, "rel_err": 0.1}, {"y": 0.0, "rel_err": bad}])
+        assert math.isnan(err) and why == "held-out relative error undefined: 1 held-out value(s) are 0"

@@ -25,7 +25,8 @@ Public API (the report and the CLI call exactly this):
     res.params                    natural parameters {name: float}; res.raw: optimised coordinates
     res.objective, res.n_fit      summed (or mean) Huber at the optimum over the fit points, their number
     res.predict(x) -> (m,)        prediction in y's units (NaN when not ok)
-    res.holdout                   [{x, y, pred, abs_err, rel_err, lo, hi}] for the held-out points; (lo, hi) is
+    res.holdout                   [{x, y, pred, abs_err, rel_err, lo, hi}] for the held-out points (rel_err NaN where
+                                  y = 0: `mean_rel_err` says so); (lo, hi) is
                                   the `level` prediction interval of a measurement there
     res.intervals                 {param: (lo, hi)} at `level`; ±inf where the data do not bound the parameter
     res.flags                     identifiability warnings (a parameter at a limit, an interval spanning orders of
@@ -72,7 +73,7 @@ from .result import FitResult, draws, natural
 INTERVALS = ("laplace", "bootstrap", "none")
 _objective_fn = objective_fn  # the name tests/test_scaling_optim.py imports
 
-__all__ = ["INTERVALS", "LAWS", "FitResult", "fit", "objective"]
+__all__ = ["INTERVALS", "LAWS", "FitResult", "fit", "mean_rel_err", "objective"]
 
 
 def _check(law: Law, x: np.ndarray, y: np.ndarray, fit_mask: np.ndarray, opts: dict) -> str | None:
@@ -117,6 +118,20 @@ def not_rising(x: np.ndarray, y: np.ndarray, tol: float = 0.0) -> str | None:
     if (np.diff(means) <= tol).all() and means[-1] < means[0]:
         return "falls as Dp grows"
     return "is not monotone in Dp"
+
+
+def mean_rel_err(holdout: list[dict]) -> tuple[float, str | None]:
+    """Mean held-out relative error, and why it is undefined when it is: a held-out observation of 0 (a BLEU of 0
+    on a model that does not translate yet) has no relative error, and averaging over the others would hide it.
+    `holdout` as in `res.holdout` or its JSON form (an undefined error there is null)."""
+    if not holdout:
+        return math.nan, None
+    errs = [h.get("rel_err") for h in holdout]
+    if any(e is None or not math.isfinite(e) for e in errs):
+        zero = sum(1 for h in holdout if h.get("y") == 0)
+        return math.nan, (f"held-out relative error undefined: {zero} held-out value(s) are 0" if zero
+                          else "held-out relative error undefined: a held-out value is not finite")
+    return float(np.mean(errs)), None
 
 
 def rung_means(x: np.ndarray, *ys: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -241,7 +256,7 @@ def fit(
                 "y": float(y[i]),
                 "pred": float(pred[i]),
                 "abs_err": float(err),
-                "rel_err": float(err / abs(y[i])) if y[i] != 0 else math.inf,
+                "rel_err": float(err / abs(y[i])) if y[i] != 0 else math.nan,  # undefined at 0: mean_rel_err
                 "lo": float(lo[j]),
                 "hi": float(hi[j]),
             }

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from .fit import fit, not_rising, rung_means
+from .fit import fit, mean_rel_err, not_rising, rung_means
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,14 @@ def misalignment(
     monotone = shape is None
     falling = len(ce) > 1 and bool(np.all(np.diff(ce) <= tol)) and ce[-1] < ce[0]
     res = fit(law, dp, bleu, holdout=np.arange(len(dp)) >= n_fit, delta=delta, interval="none")  # errors only
-    err = float(np.mean([h["rel_err"] for h in res.holdout])) if res.ok and res.holdout else math.nan
+    err, undefined = mean_rel_err(res.holdout) if res.ok else (math.nan, None)
 
     if not monotone:
         why = f"BLEU {shape}"
     elif not res.ok:
         why = f"the BLEU law cannot be fitted ({res.reason})"
+    elif undefined:
+        why = f"the BLEU law's {undefined}"
     elif err > max_rel_err:
         why = f"the BLEU law fitted on the {n_fit} smallest Dp misses the larger ones by {err:.0%} on average"
     else:
