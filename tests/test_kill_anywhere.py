@@ -1,6 +1,6 @@
 """Kill anywhere (issue #8): the smoke sweep SIGKILLed at five moments (pretraining twice, finetuning,
-evaluation, collect) and rerun after each kill ends with the results table of an uninterrupted run: the same
-BLEU, chrF and CE (to 1e-6), the same early-stopping choices and upstream losses. A kill during tokenizer
+evaluation, collect) and rerun after each kill ends with the results table of an uninterrupted run: every column but provenance the
+same (numbers to 1e-6: BLEU, chrF, CE, upstream losses; the rest exactly: early-stopping choices, splits). A kill during tokenizer
 training is its own test: the retrained tokenizer must be the uninterrupted run's, since everything after it
 depends on its token ids. (The killed sweep starts from a copy of the reference's tokenizer, so the two tests
 fail apart: a nondeterministic tokenizer trainer fails the first only.)
@@ -166,10 +166,15 @@ def test_sigkill_at_five_moments_then_rerun_equals_an_uninterrupted_sweep(refere
 
     want, got = results(ref), results(killed)
     assert list(got.columns) == list(want.columns) and len(got) == len(want) == 16
-    assert set(want.columns) == set(METRICS) | set(EXACT) | set(IGNORED) | {
-        "src", "tgt", "alignment", "params_non_embedding", "df_tokens_source", "df_tokens_target"}
-    pd.testing.assert_frame_equal(got[EXACT], want[EXACT])
-    for c in METRICS:
+    # Every column is compared but the provenance ones: one added to results.csv is covered the day it lands
+    # (numbers to 1e-6, the rest exactly), so the guarantee cannot go stale as the schema grows.
+    assert set(METRICS) | set(EXACT) | set(IGNORED) <= set(want.columns)
+    compared = [c for c in want.columns if c not in IGNORED]
+    numeric = [c for c in compared if pd.api.types.is_float_dtype(want[c]) and c not in EXACT]
+    assert set(METRICS) <= set(numeric), set(METRICS) - set(numeric)
+    exact = [c for c in compared if c not in numeric]
+    pd.testing.assert_frame_equal(got[exact], want[exact])
+    for c in numeric:
         np.testing.assert_allclose(got[c].to_numpy(float), want[c].to_numpy(float), rtol=0, atol=1e-6, err_msg=c)
     # no temporaries left behind by the kills, and every stage directory finished
     assert not [p for p in (killed / "artifacts").rglob(".*") if p.name.endswith(".tmp") or ".old-" in p.name]
