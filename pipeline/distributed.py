@@ -261,9 +261,17 @@ def load_sharded(directory: Path, model, opt: torch.optim.Optimizer) -> None:
     inner = unwrap(model)
     msd, osd = get_state_dict(inner, opt)
     state = {"model": msd, "optimizer": osd}
-    with _single_process_quiet():
-        dcp.load(state, storage_reader=_SafeReader(str(directory)), planner=_SafeLoadPlanner(),
-                 no_dist=not torch.distributed.is_initialized())
+    reader = _SafeReader(str(directory))
+    reader.read_metadata()  # refused here, in one line, rather than inside DCP's error report
+    try:
+        with _single_process_quiet():
+            dcp.load(state, storage_reader=reader, planner=_SafeLoadPlanner(),
+                     no_dist=not torch.distributed.is_initialized())
+    except dcp.api.CheckpointException as e:
+        for exc, _ in e.failures.values():
+            if isinstance(exc, UnsafeCheckpoint):
+                raise exc from None
+        raise
     set_state_dict(inner, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
