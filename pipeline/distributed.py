@@ -235,7 +235,17 @@ def full_model_state(model) -> dict[str, torch.Tensor]:
     inner = unwrap(model)
     if not is_sharded(model):
         return inner.state_dict()
-    return get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    sd = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Gathering copies each name's tensor: tied parameters (T5's shared embedding) share one again, so that
+    # save_pretrained writes them once, as it does from the model itself.
+    first: dict[int, str] = {}
+    for name, p in inner.named_parameters(remove_duplicate=False):
+        name = name.replace("_checkpoint_wrapped_module.", "")
+        if id(p) in first and name in sd and first[id(p)] in sd:
+            sd[name] = sd[first[id(p)]]
+        else:
+            first.setdefault(id(p), name)
+    return sd
 
 
 def save_sharded(directory: Path, model, opt: torch.optim.Optimizer) -> None:
