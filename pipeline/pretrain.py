@@ -236,6 +236,9 @@ def run(task) -> None:
                            resume_step=step if resume else None, group="pretrain", enabled=rt.is_main)
 
     def checkpoint(rung: int | None) -> None:  # every rank, at the same step
+        if rt.world > 1:  # the log window's partial loss, averaged over ranks: a resume on any number continues it
+            torch.distributed.all_reduce(running)
+            running.div_(rt.world)
         state = {"step": step, "scheduler": sched.state_dict(),
                  "rng": capture_rng(), "rungs": history, "dp_tokens": step * tokens_per_step,
                  "running_loss": running.detach().cpu().clone(), "running_steps": n_run}

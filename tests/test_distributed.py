@@ -257,3 +257,28 @@ def test_a_kill_at_a_random_step_resumes_on_another_number_of_processes(pretrain
 def _children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(x) for x in f.read().split()]
+
+
+@pytest.mark.slow
+def test_fsdp_finetuning_in_token_micro_batches_equals_one_process(tmp_path):
+    """A finetuning cell on 2 processes (FSDP2), its 8-pair batches cut into micro-batches of at most 128 padded
+    tokens, ends with the best model, validation curve and training losses of one process taking whole batches."""
+    from pipeline import finetune
+    from pipeline.task import execute
+
+    _, plan = small_plan(tmp_path)
+    for s in ("tokenizer", "init"):
+        assert execute(first(plan, s)) == "ok"
+    cell = next(t for t in plan.tasks if t.stage == "finetune" and t.spec["checkpoint"]["steps"] == 0
+                and t.spec["df"] == 64)
+    change = {"max_steps": 8, "eval_every": 4, "patience": 100}
+    finetune.run(with_spec(cell, tmp_path / "ref", finetune=change))
+    run = with_spec(cell, tmp_path / "fsdp", finetune={**change, "distributed": "fsdp", "micro_batch_tokens": 128})
+    r = torchrun(write_plan_file(run, tmp_path / "plan.json"))
+    assert r.returncode == 0, r.stderr[-4000:]
+    got, want = (json.loads((tmp_path / d / "finetune.json").read_text()) for d in ("fsdp", "ref"))
+    assert got["steps"] == want["steps"] == 8 and got["best_step"] == want["best_step"]
+    np.testing.assert_allclose([c["val_ce"] for c in got["curve"]], [c["val_ce"] for c in want["curve"]], rtol=1e-5)
+    np.testing.assert_allclose([c.get("train_loss", 0) for c in got["curve"]],
+                               [c.get("train_loss", 0) for c in want["curve"]], rtol=1e-5)
+    assert max_abs_diff(weights(tmp_path / "fsdp" / "best"), weights(tmp_path / "ref" / "best")) < 1e-4
