@@ -303,7 +303,8 @@ def run(task) -> None:
                                               time.time() - last_save > 60 * cfg.checkpoint_minutes)
                 if step in rung_steps:
                     rung = rung_steps[step]
-                    losses = upstream_losses(dmodel, rt, spec.tokens_dirs, eval_langs, cfg.eval_sequences,
+                    # Through the wrapper (FSDP2 gathers in its forward), not torch.compile's (no recompiles).
+                    losses = upstream_losses(getattr(dmodel, "_orig_mod", dmodel), rt, spec.tokens_dirs, eval_langs, cfg.eval_sequences,
                                              raw_len, vocab, sentinels, eos, cfg.noise_density,
                                              cfg.mean_noise_span_length, micro)
                     mixed = sum(w * losses[lang] for lang, w in mix.weights)
