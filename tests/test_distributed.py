@@ -355,3 +355,36 @@ def test_activation_checkpointing_changes_neither_the_numbers_nor_the_checkpoint
     fresh, fresh_opt = build(rt, "none", "adamw")
     load_training_checkpoint(ck, fresh, fresh_opt)
     np.testing.assert_allclose(train(fresh, fresh_opt, rt, range(2, 3)), train(plain, opt, rt, range(2, 3)), rtol=1e-6)
+
+
+def test_a_lora_cell_checkpoint_resumes_its_adapters_and_optimizer(tmp_path):
+    """LoRA: the checkpoint's Hugging Face weights are the merged model; its sharded state holds the adapters and
+    their optimizer, which a fresh LoRA model on the base weights resumes exactly."""
+    from pipeline.config import LoraConfig
+    from pipeline.finetune import bare
+    from pipeline.model import PRESETS, Seq2SeqLoss, build_model
+    from pipeline.training import make_optimizer
+
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=("q", "v"))
+
+    def cell():
+        import peft
+
+        base = build_model(PRESETS["t5_tiny"], 320, seed=0)
+        model = peft.get_peft_model(base, peft.LoraConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM, r=lora.r,
+                                                          lora_alpha=lora.alpha, lora_dropout=0.0,
+                                                          target_modules=list(lora.target_modules)))
+        loss = Seq2SeqLoss(model)
+        return model, loss, make_optimizer(loss.parameters(), "adamw", 1e-2)
+
+    rt = Runtime(device=torch.device("cpu"), dtype="fp32")
+    model, loss, opt = cell()
+    train(loss, opt, rt, range(2))
+    ck = save_training_checkpoint(rt, step_dir(tmp_path, 2), loss, opt, None, {"step": 2}, {"step": 2},
+                                  weights=bare(model))
+    merged = weights(ck)
+    assert not any("lora" in k for k in merged)
+    assert max_abs_diff(merged, {k: v for k, v in bare(model).state_dict().items() if k in merged}) == 0
+    model2, loss2, opt2 = cell()
+    load_training_checkpoint(ck, loss2, opt2)
+    np.testing.assert_allclose(train(loss2, opt2, rt, range(2, 4)), train(loss, opt, rt, range(2, 4)), rtol=1e-6)
