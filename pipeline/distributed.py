@@ -10,6 +10,7 @@ signal or whose clock says "save" never leaves the others waiting in a collectiv
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -19,7 +20,6 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +168,8 @@ def wrap_model(model: torch.nn.Module, rt: Runtime, mode: str, block_cls: type |
             checkpoint_wrapper,
         )
 
-        apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, block_cls),
-                                       checkpoint_wrapper_fn=partial(checkpoint_wrapper,
-                                                                     checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+        wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+        apply_activation_checkpointing(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda m: isinstance(m, block_cls))
     if mode == "none":
         return model
     if mode == "fsdp":
@@ -271,11 +270,12 @@ def load_sharded(directory: Path, model, opt: torch.optim.Optimizer) -> None:
     inner = unwrap(model)
     msd, osd = get_state_dict(inner, opt)
     state = {"model": msd, "optimizer": osd}
-    reader = _SafeReader(str(directory))
+    reader_cls, planner_cls = _safe_loading()
+    reader = reader_cls(str(directory))
     reader.read_metadata()  # refused here, in one line, rather than inside DCP's error report
     try:
         with _single_process_quiet():
-            dcp.load(state, storage_reader=reader, planner=_SafeLoadPlanner(),
+            dcp.load(state, storage_reader=reader, planner=planner_cls(),
                      no_dist=not torch.distributed.is_initialized())
     except dcp.api.CheckpointException as e:
         for exc, _ in e.failures.values():
@@ -317,7 +317,10 @@ class _Unpickler(pickle.Unpickler):
                                "refusing to load it (unpickling it could run code)")
 
 
-def _reader_cls():
+@functools.cache
+def _safe_loading() -> tuple[type, type]:
+    """DCP's file reader and load planner, reading its metadata and non-tensor entries without running code
+    (classes made on first use: importing DCP is slow, and evaluation never needs it)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
@@ -348,10 +351,3 @@ def _reader_cls():
 
     return SafeReader, SafeLoadPlanner
 
-
-def _SafeReader(path: str):  # noqa: N802 (a class made on first use: DCP imports are slow)
-    return _reader_cls()[0](path)
-
-
-def _SafeLoadPlanner():  # noqa: N802
-    return _reader_cls()[1]()
