@@ -315,9 +315,11 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_fsdp_finetuning_in_token_micro_batches_equals_one_process(tmp_path):
-    """A finetuning cell on 2 processes (FSDP2), its 8-pair batches cut into micro-batches of at most 128 padded
-    tokens, ends with the best model, validation curve and training losses of one process taking whole batches."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_finetuning_in_token_micro_batches_on_two_processes_equals_one_process(tmp_path, mode):
+    """A finetuning cell on 2 processes (DDP, FSDP2), its 8-pair batches cut into micro-batches of at most 128
+    padded tokens, ends with the best model, validation curve and training losses of one process taking whole
+    batches."""
     from pipeline import finetune
     from pipeline.task import execute
 
@@ -329,15 +331,15 @@ def test_fsdp_finetuning_in_token_micro_batches_equals_one_process(tmp_path):
     # Without dropout: its masks are drawn per process and per micro-batch, so no split could reproduce them.
     change = {"max_steps": 8, "eval_every": 4, "patience": 100, "dropout_rate": 0.0}
     finetune.run(with_spec(cell, tmp_path / "ref", finetune=change))
-    run = with_spec(cell, tmp_path / "fsdp", finetune={**change, "distributed": "fsdp", "micro_batch_tokens": 128})
+    run = with_spec(cell, tmp_path / mode, finetune={**change, "distributed": mode, "micro_batch_tokens": 128})
     r = torchrun(write_plan_file(run, tmp_path / "plan.json"))
     assert r.returncode == 0, r.stderr[-4000:]
-    got, want = (json.loads((tmp_path / d / "finetune.json").read_text()) for d in ("fsdp", "ref"))
+    got, want = (json.loads((tmp_path / d / "finetune.json").read_text()) for d in (mode, "ref"))
     assert got["steps"] == want["steps"] == 8 and got["best_step"] == want["best_step"]
     np.testing.assert_allclose([c["val_ce"] for c in got["curve"]], [c["val_ce"] for c in want["curve"]], rtol=1e-5)
     np.testing.assert_allclose([c.get("train_loss", 0) for c in got["curve"]],
                                [c.get("train_loss", 0) for c in want["curve"]], rtol=1e-5)
-    assert max_abs_diff(weights(tmp_path / "fsdp" / "best"), weights(tmp_path / "ref" / "best")) < 1e-4
+    assert max_abs_diff(weights(tmp_path / mode / "best"), weights(tmp_path / "ref" / "best")) < 1e-4
 
 
 def test_activation_checkpointing_changes_neither_the_numbers_nor_the_checkpoint(tmp_path):
