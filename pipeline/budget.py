@@ -129,7 +129,8 @@ def disk_estimate(summary: dict[str, Any], concurrent: int = 1) -> dict[str, int
     n_models = max(1, len(summary["models"]))
     for m in summary["models"].values():
         params = m["params"]["total"]
-        weights, state = WEIGHT_BYTES * params, (WEIGHT_BYTES + OPTIMIZER_BYTES) * params
+        # A resumable state: the Hugging Face weights, and the sharded model and optimizer state beside them.
+        weights, state = WEIGHT_BYTES * params, (2 * WEIGHT_BYTES + OPTIMIZER_BYTES) * params
         out["init"] += weights
         for r in m["runs"]:
             # every rung's weights; the newest checkpoints with their states may be time-based ones

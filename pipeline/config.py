@@ -106,6 +106,7 @@ class PretrainConfig:
     log_every: int
     eval_sequences: int
     distributed: str
+    activation_checkpointing: bool = False  # recompute each T5 block's activations in backward (less memory)
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> PretrainConfig:
@@ -137,6 +138,7 @@ class PretrainConfig:
             log_every=_num(d, "log_every", p, kind=int, lo=1),
             eval_sequences=_num(d, "eval_sequences", p, kind=int, lo=1),
             distributed=_choice(d, "distributed", p, ("auto", "none", "ddp", "fsdp")),
+            activation_checkpointing=_bool(d, "activation_checkpointing", p, False),
         )
 
 
@@ -171,6 +173,9 @@ class FinetuneConfig:
     warmup_steps: int = 0
     validation_split: str = "validation"  # model selection and early stopping: validation | validation_indomain
     seeds_df_max: int | None = None  # seeds after the first only at Df up to this (None: every seed at every Df)
+    distributed: str = "auto"  # auto | none | ddp | fsdp, as pretrain.distributed
+    activation_checkpointing: bool = False
+    micro_batch_tokens: int | None = None  # padded source + target tokens per micro-batch and process (None: whole batch)
 
     def step_cap(self, pairs: int) -> int:
         """The most optimiser steps a cell of `pairs` training pairs takes (early stopping may take fewer)."""
@@ -192,6 +197,10 @@ class FinetuneConfig:
         lrs = _list(d, "lrs", p)
         for lr in lrs:
             _req(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0, f"{p}.lrs", f"learning rates must be > 0, got {lr!r}")
+        mbt = _num(d, "micro_batch_tokens", p, kind=int, lo=1, default=None)
+        longest = _num(d, "max_source_length", p, kind=int, lo=4) + _num(d, "max_target_length", p, kind=int, lo=4)
+        _req(mbt is None or mbt >= longest, f"{p}.micro_batch_tokens",
+             f"must hold one pair at max_source_length + max_target_length ({longest} tokens), got {mbt}")
         return cls(
             df_ladder=_ladder(d, "df_ladder", p),
             seeds=tuple(seeds),
@@ -213,6 +222,9 @@ class FinetuneConfig:
             warmup_steps=_num(d, "warmup_steps", p, kind=int, lo=0, default=0),
             validation_split=_choice(d, "validation_split", p, VALIDATION_SPLITS, "validation"),
             seeds_df_max=_num(d, "seeds_df_max", p, kind=int, lo=1, default=None),
+            distributed=_choice(d, "distributed", p, ("auto", "none", "ddp", "fsdp"), "auto"),
+            activation_checkpointing=_bool(d, "activation_checkpointing", p, False),
+            micro_batch_tokens=mbt,
             lora=LoraConfig(
                 r=_num(lora_d, "r", f"{p}.lora", kind=int, lo=1),
                 alpha=_num(lora_d, "alpha", f"{p}.lora", lo=0, lo_open=True),

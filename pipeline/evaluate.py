@@ -21,10 +21,10 @@ import torch
 from pipeline import greedy
 from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import DataConfig, EvaluateConfig, TrackingConfig
+from pipeline.distributed import setup_runtime
 from pipeline.model import load_model
 from pipeline.seq2seq import encode_pairs, pad_batch, reference_ce
 from pipeline.tokenizer import load_tokenizer
-from pipeline.training import setup_runtime
 from pipeline.typed import Spec
 
 log = logging.getLogger(__name__)

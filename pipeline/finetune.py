@@ -24,6 +24,20 @@ from tqdm import tqdm
 
 from pipeline.artifacts import atomic_write_json, dir_hash
 from pipeline.config import DataConfig, FinetuneConfig, LoraConfig, TrackingConfig
+from pipeline.distributed import (
+    Runtime,
+    StopFlag,
+    agree,
+    barrier,
+    clip_grad_norm,
+    dp_mode,
+    from_main,
+    full_model_state,
+    is_sharded,
+    no_sync,
+    setup_runtime,
+    wrap_model,
+)
 from pipeline.model import ModelPreset, Seq2SeqLoss, load_model
 from pipeline.pretrain import checkpoint_for
 from pipeline.seq2seq import collate, encode_pairs, reference_ce
@@ -31,17 +45,16 @@ from pipeline.tokenizer import load_tokenizer
 from pipeline.tracking import make_tracker
 from pipeline.training import (
     Preempted,
-    StopFlag,
     capture_rng,
     latest_checkpoint,
-    load_state,
+    load_training_checkpoint,
     lr_lambda,
     make_optimizer,
     restore_rng,
     retain,
     save_checkpoint,
+    save_training_checkpoint,
     seed_all,
-    setup_runtime,
     step_dir,
 )
 from pipeline.typed import Spec, to_dict
@@ -125,7 +138,11 @@ def run(task) -> None:
     spec: FinetuneSpec = task.spec
     cfg = spec.finetune
     out = Path(task.dir)
-    rt = setup_runtime("auto", "none")
+    rt = setup_runtime("auto", cfg.distributed)
+    mode = dp_mode(cfg.distributed, rt)
+    if mode == "fsdp" and spec.method == "lora":
+        raise ValueError("finetune.distributed=fsdp shards full finetuning; a LoRA cell trains few parameters: "
+                         "use finetune.distributed=ddp")
     src_lang, tgt_lang = spec.src, spec.tgt
     source = get_source(spec.data, Path(spec.cache))
     ckpt = checkpoint_for(spec.checkpoint.parent_dir, spec.checkpoint.steps)
@@ -149,47 +166,53 @@ def run(task) -> None:
     batches: dict[int, list[np.ndarray]] = {}
     max_steps = cfg.step_cap(len(tr_src))
     state_root = out / "state"
-    resume = latest_checkpoint(state_root)
+    resume = from_main(rt, latest_checkpoint(state_root) if rt.is_main else None)  # one choice for every rank
     lora = spec.method == "lora"
     # Full finetuning resumes from the saved weights; LoRA from the base checkpoint plus its saved adapters.
     model = load_for_finetune(resume if resume and not lora else ckpt, spec.method, cfg.dropout_rate, cfg.lora)
     model.to(rt.device).train()
-    train_loss = Seq2SeqLoss(model)  # the same loss, its output layer and cross-entropy fused
-    opt = make_optimizer(model.parameters(), "adamw", spec.lr, (0.9, 0.999), cfg.weight_decay)
+    from transformers.models.t5.modeling_t5 import T5Block
+
+    if mode == "fsdp":  # sharded in place, the model its own root: validation calls its forward, which gathers
+        train_loss = wrap_model(model, rt, mode, T5Block, cfg.activation_checkpointing)
+    else:  # the same loss, its output layer and cross-entropy fused (DDP wraps it whole)
+        train_loss = wrap_model(Seq2SeqLoss(model), rt, mode, T5Block, cfg.activation_checkpointing)
+    opt = make_optimizer(train_loss.parameters(), "adamw", spec.lr, (0.9, 0.999), cfg.weight_decay)
     # Set from the step each time (no scheduler state): a resumed cell continues the same curve.
     lr_at = lr_lambda(cfg.schedule, cfg.warmup_steps, max_steps)
     st: dict[str, Any] = {"step": 0, "best_val": math.inf, "best_step": 0, "bad_evals": 0, "curve": []}
     if resume is not None:
-        state = load_state(resume)
-        if lora:
-            model.load_state_dict(state["trainable"], strict=False)
-        opt.load_state_dict(state["optimizer"])
+        state = load_training_checkpoint(resume, train_loss, opt)
         restore_rng(state["rng"])
         st = state["loop"]
         log.info("%s: resuming at step %d (best validation CE %.4f)", task.name, st["step"], st["best_val"])
     else:
         seed_all(spec.seed)
 
-    def save_state() -> None:
-        trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k} if lora else None
-        state = {"optimizer": opt.state_dict(), "rng": capture_rng(), "loop": dict(st), "trainable": trainable}
-        save_checkpoint(step_dir(state_root, st["step"]), bare(model), None, state, {"step": st["step"]})
-        retain(state_root)
+    def save_state() -> None:  # every rank, at the same step
+        state = {"rng": capture_rng(), "loop": dict(st)}
+        save_training_checkpoint(rt, step_dir(state_root, st["step"]), train_loss, opt, None, state,
+                                 {"step": st["step"]}, weights=bare(model) if lora and rt.is_main else None)
+        if rt.is_main:
+            retain(state_root)
+
+    def validation_ce() -> float:  # rank 0's number on every rank: the best-model and stopping decisions follow it
+        return from_main(rt, reference_ce(model, va_src, va_tgt, pad, B * 2, rt.device, rt.autocast)[0])
 
     tracker = make_tracker(out, spec.tracking, run_id=f"ft-{dir_hash(out)}", name=task.name,
                            config={"finetune": to_dict(cfg), "pair": spec.pair, "df": spec.df, "seed": spec.seed,
                                    "method": spec.method, "lr": spec.lr},
-                           resume_step=st["step"] if resume else None, group="finetune")
+                           resume_step=st["step"] if resume else None, group="finetune", enabled=rt.is_main)
     t0 = time.time()
-    bar = tqdm(total=max_steps, initial=st["step"], desc=task.name, unit="step", disable=not sys.stderr.isatty(),
-               leave=False)
+    bar = tqdm(total=max_steps, initial=st["step"], desc=task.name, unit="step",
+               disable=not (rt.is_main and sys.stderr.isatty()), leave=False)
     try:
         with StopFlag() as stop:
             if st["step"] == 0:  # validation CE of the starting point: a cell that never improves keeps it
-                ce, _ = reference_ce(model, va_src, va_tgt, pad, B * 2, rt.device, rt.autocast)
+                ce = validation_ce()
                 st.update(best_val=ce, best_step=0)
                 st["curve"].append({"step": 0, "val_ce": ce})
-                _save_best(out, model, tokenizer)
+                _save_best(rt, out, model, tokenizer)
             while st["step"] < max_steps and st["bad_evals"] < cfg.patience:
                 epoch, k = divmod(st["step"], steps_per_epoch)
                 if epoch not in batches:
@@ -198,35 +221,36 @@ def run(task) -> None:
                 sel = batches[epoch][k]
                 for g in opt.param_groups:
                     g["lr"] = spec.lr * lr_at(st["step"])
-                b = {key: v.to(rt.device) for key, v in collate([tr_src[i] for i in sel], [tr_tgt[i] for i in sel], pad).items()}
-                with rt.autocast():
-                    loss = train_loss(**b).loss
-                loss.backward()
+                loss = _accumulate(train_loss, rt, sel, tr_src, tr_tgt, pad, cfg.micro_batch_tokens)
                 if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    clip_grad_norm(train_loss, cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 st["step"] += 1
                 bar.update(1)
+                stop_signal, = agree(rt, stop.signal or 0)  # one rank's signal stops them all, at the same step
                 if st["step"] % cfg.eval_every == 0 or st["step"] == max_steps:
-                    ce, _ = reference_ce(model, va_src, va_tgt, pad, B * 2, rt.device, rt.autocast)
+                    ce = validation_ce()
                     st["curve"].append({"step": st["step"], "val_ce": ce, "train_loss": loss.item()})
                     tracker.log({"train_loss": loss.item(), "val_ce": ce, "epoch": epoch}, st["step"])
                     if ce < st["best_val"] - 1e-6:
                         st.update(best_val=ce, best_step=st["step"], bad_evals=0)
-                        _save_best(out, model, tokenizer)
+                        _save_best(rt, out, model, tokenizer)
                     else:
                         st["bad_evals"] += 1
                     save_state()
-                elif stop.requested:
+                elif stop_signal:
                     save_state()
-                if stop.requested:
-                    raise Preempted(f"{task.name}: stopped by signal at step {st['step']}; rerun to continue", stop.signal)
+                if stop_signal:
+                    raise Preempted(f"{task.name}: stopped by signal at step {st['step']}; rerun to continue",
+                                    int(stop_signal))
     finally:
         bar.close()
         tracker.close()
     stopped = ("early_stopping" if st["bad_evals"] >= cfg.patience
                else "max_steps" if st["step"] >= cfg.max_steps else "max_epochs")
+    if not rt.is_main:
+        return
     shutil.rmtree(state_root, ignore_errors=True)  # the best model is what stays
     atomic_write_json(out / "finetune.json", {
         "steps": st["step"], "best_step": st["best_step"], "best_val_ce": st["best_val"], "stopped": stopped,
@@ -238,5 +262,41 @@ def run(task) -> None:
              st["step"], stopped)
 
 
-def _save_best(out: Path, model, tokenizer) -> None:
-    save_checkpoint(out / "best", bare(model), tokenizer, None, {})
+def _accumulate(train_loss, rt: Runtime, sel: np.ndarray, src: list[list[int]], tgt: list[list[int]], pad: int,
+                micro_batch_tokens: int | None) -> torch.Tensor:
+    """Forward and backward of one step's batch `sel`, split over the processes (contiguous parts) and, within a
+    process, into micro-batches of at most `micro_batch_tokens` padded tokens (source + target), the gradient
+    synced on the last only. Each micro-batch's token-mean loss is weighted by its share of the step's target
+    tokens, so the gradient is the whole batch's token mean, as in one process. Every rank runs the same number
+    of micro-batches (FSDP2 gathers parameters in each forward): one without rows runs a zero-weighted pass.
+    Returns the step's loss (the global token mean)."""
+    parts = np.array_split(sel, rt.world)  # the first part is the largest
+    own = parts[rt.rank]
+    padded = max(len(src[i]) for i in sel) + max(len(tgt[i]) for i in sel)  # the longest a micro-batch pads to
+    rows = len(parts[0]) if micro_batch_tokens is None else max(1, micro_batch_tokens // padded)
+    n_micro = -(-len(parts[0]) // rows)
+    n_tokens = sum(len(tgt[i]) for i in sel)
+    device = next(train_loss.parameters()).device
+    total = torch.zeros((), device=device)
+    for i in range(n_micro):
+        mb, weight = own[i * rows:(i + 1) * rows], 1.0
+        if len(mb) == 0:
+            mb, weight = sel[:1], 0.0
+        b = {k: v.to(device) for k, v in collate([src[j] for j in mb], [tgt[j] for j in mb], pad).items()}
+        # DDP and FSDP2 average gradients over processes: the world factor makes that a sum of token shares.
+        w = weight * sum(len(tgt[j]) for j in mb) * rt.world / n_tokens
+        with no_sync(train_loss, i < n_micro - 1), rt.autocast():
+            loss = train_loss(**b).loss
+        (loss * w if w != 1.0 else loss).backward()
+        total += loss.detach() * (w / rt.world)
+    if rt.world > 1:
+        torch.distributed.all_reduce(total)  # the step's loss for the log: each rank's share summed
+    return total
+
+
+def _save_best(rt: Runtime, out: Path, model, tokenizer) -> None:
+    """The best model so far as a Hugging Face directory (gathered from the shards under FSDP2; every rank)."""
+    full = full_model_state(model) if is_sharded(model) else None
+    if rt.is_main:
+        save_checkpoint(out / "best", bare(model), tokenizer, None, {}, state_dict=full)
+    barrier(rt)

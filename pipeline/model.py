@@ -374,7 +374,7 @@ class Seq2SeqLoss(torch.nn.Module):
     """T5's teacher-forced training loss with the output layer and cross-entropy fused (`linear_cross_entropy`):
     the same value as `T5ForConditionalGeneration(input_ids, labels=...).loss`, returned the same way
     (`.loss`). The training loops call it, and DDP wraps it so its gradient hooks see the whole step.
-    The model stays reachable as `.module` (what `training.unwrap` peels)."""
+    The model stays reachable as `.module` (what `distributed.unwrap` peels)."""
 
     def __init__(self, model: T5ForConditionalGeneration):
         super().__init__()

@@ -23,6 +23,17 @@ from tqdm import tqdm
 
 from pipeline.artifacts import atomic_write_json, dir_hash
 from pipeline.config import PretrainConfig, TrackingConfig
+from pipeline.distributed import (
+    Runtime,
+    StopFlag,
+    agree,
+    clip_grad_norm,
+    dp_mode,
+    from_main,
+    no_sync,
+    setup_runtime,
+    wrap_model,
+)
 from pipeline.mixture import DataExhausted, MixtureSampler, mixture_counts
 from pipeline.model import (
     ModelPreset,
@@ -39,27 +50,19 @@ from pipeline.tokens import open_stream
 from pipeline.tracking import make_tracker
 from pipeline.training import (
     Preempted,
-    Runtime,
-    StopFlag,
-    barrier,
     capture_rng,
     checkpoint_meta,
-    full_state_for_save,
     latest_checkpoint,
-    load_optimizer_state,
-    load_state,
+    load_training_checkpoint,
     make_optimizer,
     make_schedule,
-    no_sync,
     peak_flops,
     restore_rng,
     retain,
     save_checkpoint,
+    save_training_checkpoint,
     seed_all,
-    setup_runtime,
     step_dir,
-    unwrap,
-    wrap_data_parallel,
 )
 from pipeline.typed import Spec, to_dict
 
@@ -105,7 +108,9 @@ def run_init(task) -> None:
 
 def upstream_losses(model, rt: Runtime, tokens_dirs: dict[str, str], langs: list[str], n_seq: int, raw_len: int,
                     vocab: int, sentinels: np.ndarray, eos: int, density: float, span: float, batch: int) -> dict[str, float]:
-    """Held-out span-corruption cross-entropy (token mean) per language, on fixed sequences and masks."""
+    """Held-out span-corruption cross-entropy (token mean) per language, on fixed sequences and masks. `model`
+    is the training loop's (wrapped) model, called as in training: under FSDP2 its forward gathers the
+    sharded parameters, so every rank runs this together."""
     out = {}
     model.eval()
     with torch.no_grad():
@@ -185,7 +190,7 @@ def run(task) -> None:
     eval_langs = sorted(spec.tokens_dirs)
     seed = spec.seed
 
-    resume = latest_checkpoint(ckroot)
+    resume = from_main(rt, latest_checkpoint(ckroot) if rt.is_main else None)  # one choice for every rank
     start = resume or init_path(spec.init_dir)
     model = load_model(start).to(rt.device)
     model.config.dropout_rate = 0.0  # no dropout in pretraining (T5 v1.1)
@@ -195,13 +200,13 @@ def run(task) -> None:
     model.train()
     from transformers.models.t5.modeling_t5 import T5Block
 
-    # The fused output-layer loss, except under FSDP, whose forward must be the model's own (it owns the
-    # sharded parameters). Wrap before building the optimizer: FSDP shards the parameters the optimizer holds.
-    fsdp = rt.world > 1 and _dp_mode(cfg) == "fsdp"
-    dmodel = wrap_data_parallel(model if fsdp else Seq2SeqLoss(model), rt, _dp_mode(cfg), T5Block)
+    # The fused output-layer loss is the root that DDP or FSDP2 wraps (FSDP2: its blocks sharded, the rest at
+    # the root). Wrap before building the optimizer: FSDP2 shards the parameters the optimizer holds.
+    mode = dp_mode(cfg.distributed, rt)
+    dmodel = wrap_model(Seq2SeqLoss(model), rt, mode, T5Block, cfg.activation_checkpointing)
     if rt.world > 1 and rt.is_main:
         log.info("pretrain %s: data-parallel over %d processes (%s, %s), %d of the %d rows of a step each", task.name,
-                 rt.world, _dp_mode(cfg), torch.distributed.get_backend(), per_rank, B)
+                 rt.world, mode, torch.distributed.get_backend(), per_rank, B)
     opt = make_optimizer(dmodel.parameters(), cfg.optimizer, cfg.lr, cfg.betas, cfg.weight_decay)
     sched = make_schedule(opt, cfg.schedule, cfg.warmup_steps)
     step, history = 0, {}
@@ -210,8 +215,7 @@ def run(task) -> None:
     running = torch.zeros((), device=rt.device)
     n_run = 0
     if resume is not None:
-        state = load_state(resume)
-        load_optimizer_state(dmodel, opt, state["optimizer"])
+        state = load_training_checkpoint(resume, dmodel, opt)
         sched.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
         step = state["step"]
@@ -231,17 +235,18 @@ def run(task) -> None:
                            config={"model": to_dict(spec.model), "mixture": spec.mixture, "pretrain": to_dict(cfg)},
                            resume_step=step if resume else None, group="pretrain", enabled=rt.is_main)
 
-    def checkpoint(rung: int | None) -> None:
-        (inner, full_sd), opt_sd = full_state_for_save(dmodel, opt)
-        state = {"step": step, "optimizer": opt_sd, "scheduler": sched.state_dict(),
+    def checkpoint(rung: int | None) -> None:  # every rank, at the same step
+        if rt.world > 1:  # the log window's partial loss, averaged over ranks: a resume on any number continues it
+            torch.distributed.all_reduce(running)
+            running.div_(rt.world)
+        state = {"step": step, "scheduler": sched.state_dict(),
                  "rng": capture_rng(), "rungs": history, "dp_tokens": step * tokens_per_step,
                  "running_loss": running.detach().cpu().clone(), "running_steps": n_run}
         meta = {"step": step, "dp_tokens": step * tokens_per_step, "dp_rung": rung, "mixture": spec.mixture,
                 "model": preset.name, "rung": rung is not None, "upstream": history.get(str(rung)) if rung else None}
+        save_training_checkpoint(rt, step_dir(ckroot, step), dmodel, opt, tokenizer, state, meta)
         if rt.is_main:
-            save_checkpoint(step_dir(ckroot, step), inner, tokenizer, state, meta, state_dict=full_sd)
             retain(ckroot, kept=_is_rung)  # time-based checkpoints go once two newer exist; rungs keep their weights
-        barrier(rt)
 
     last_save = time.time()
     t_run = time.perf_counter()
@@ -266,7 +271,7 @@ def run(task) -> None:
                     loss.backward()
                     running += loss.detach()
                 if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(dmodel.parameters(), cfg.grad_clip)
+                    clip_grad_norm(dmodel, cfg.grad_clip)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -293,9 +298,13 @@ def run(task) -> None:
                         bar.set_postfix_str(f"loss {loss_v:.3f}")
                     running.zero_()
                     n_run, t_run = 0, time.perf_counter()
+                # Save and stop only as all ranks agree: one rank's signal or clock stops or saves them all.
+                stop_signal, save_due = agree(rt, stop.signal or 0,
+                                              time.time() - last_save > 60 * cfg.checkpoint_minutes)
                 if step in rung_steps:
                     rung = rung_steps[step]
-                    losses = upstream_losses(unwrap(dmodel), rt, spec.tokens_dirs, eval_langs, cfg.eval_sequences,
+                    # Through the wrapper (FSDP2 gathers in its forward), not torch.compile's (no recompiles).
+                    losses = upstream_losses(getattr(dmodel, "_orig_mod", dmodel), rt, spec.tokens_dirs, eval_langs, cfg.eval_sequences,
                                              raw_len, vocab, sentinels, eos, cfg.noise_density,
                                              cfg.mean_noise_span_length, micro)
                     mixed = sum(w * losses[lang] for lang, w in mix.weights)
@@ -307,12 +316,12 @@ def run(task) -> None:
                     checkpoint(rung)
                     last_save = time.time()
                     t_run = time.perf_counter()  # throughput counts training steps, not evaluation
-                elif time.time() - last_save > 60 * cfg.checkpoint_minutes or stop.requested:
+                elif save_due or stop_signal:
                     checkpoint(None)
                     last_save = time.time()
-                if stop.requested:
+                if stop_signal:
                     raise Preempted(f"{task.name}: stopped by signal at step {step}; rerun the same command to continue",
-                                    stop.signal)
+                                    int(stop_signal))
     finally:
         bar.close()
         tracker.close()
@@ -330,10 +339,6 @@ def _is_rung(ckpt: Path) -> bool:
         return bool(checkpoint_meta(ckpt).get("rung"))
     except (OSError, ValueError):
         return True
-
-
-def _dp_mode(cfg: PretrainConfig) -> str:
-    return "fsdp" if cfg.distributed == "fsdp" else "ddp"
 
 
 def read_rungs(run_dir: str | Path) -> dict[int, dict[str, Any]]:

@@ -1,25 +1,23 @@
-"""What pretraining and finetuning share: precision, optimizer and schedule, checkpoints that survive
-being killed, RNG capture, the signals SLURM sends before a timeout, and data-parallel setup.
+"""What pretraining and finetuning share besides the runtime (`pipeline.distributed`): optimizer and
+schedule, checkpoints that survive being killed, RNG capture, retention.
 
 A checkpoint is a directory that `T5ForConditionalGeneration.from_pretrained(dir)` and
-`AutoTokenizer.from_pretrained(dir)` load, plus `training_state.pt` (optimizer, scheduler, RNG, step,
-data position) and, written last, `COMPLETE` (sizes and hashes of the files). A directory without a
-valid `COMPLETE` is never read as a checkpoint; a corrupted newest one is skipped for the previous one.
+`AutoTokenizer.from_pretrained(dir)` load, plus `training_state.pt` (scheduler, RNG, step, data position:
+plain data, read with `torch.load(weights_only=True)`), `sharded/` (model and optimizer state written by
+`torch.distributed.checkpoint`, one file per rank, loadable on any number of processes) and, written last,
+`COMPLETE` (sizes and hashes of every file). A directory without a valid `COMPLETE` is never read as a
+checkpoint; a corrupted newest one is skipped for the previous one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
+import pickle
 import random
 import shutil
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +25,22 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import atomic_dir, atomic_write_text, clean_temporaries, file_sha256
+from pipeline.distributed import (
+    Runtime,
+    UnsafeCheckpoint,
+    barrier,
+    from_main,
+    full_model_state,
+    load_sharded,
+    save_sharded,
+    unwrap,
+)
 
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 STATE = "training_state.pt"
+SHARDED = "sharded"  # torch.distributed.checkpoint's files: model and optimizer state, one file per rank
 # Dense peak FLOP/s by device name, for MFU (bf16 tensor cores; the paper-scale reference is the H100).
 GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
 
@@ -49,51 +58,6 @@ class Preempted(Exception):
 # ------------------------------------------------------------------------------------------- device
 
 
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    dtype: str  # "bf16" | "fp32"
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self):
-        if self.dtype == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-def setup_runtime(dtype: str = "auto", distributed: str = "auto") -> Runtime:
-    """Pick the device and precision; join the process group when launched by torchrun or srun."""
-    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
-    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")) or 0)
-    if distributed == "none":
-        world, rank, local_rank = 1, 0, 0
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(local_rank)
-        # TF32 for the fp32 parts (optimizer, norms): free speed on Ampere+ with no visible change in loss.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if world > 1 and not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
-        os.environ.setdefault("RANK", str(rank))
-        os.environ.setdefault("WORLD_SIZE", str(world))
-        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world)
-    if dtype == "auto":
-        # bf16 on CUDA, never fp16 (T5 overflows in fp16); fp32 on CPU, where bf16 autocast is slower
-        # on most processors and changes the numbers the tests compare.
-        dtype = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    return Runtime(device=device, dtype=dtype, rank=rank, world=world, local_rank=local_rank)
-
-
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -107,16 +71,49 @@ def peak_flops(device: torch.device) -> float | None:
 def make_optimizer(params, name: str, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0):
     params = [p for p in params if p.requires_grad]
     if name == "adafactor":
-        from transformers.optimization import Adafactor
-
         # Fixed learning rate (the schedule sets it), no parameter scaling: as nanoT5 and T5's finetuning.
-        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False,
-                         weight_decay=weight_decay)
+        return _adafactor_cls()(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False,
+                                weight_decay=weight_decay)
     # The fused update (one kernel over all parameters; CPU and CUDA since torch 2.4): on CPU, t5_tiny's
     # clipping + update take 3.4 ms a step with it against ~10 with foreach, the fallback elsewhere.
     fused = all(p.device.type in ("cpu", "cuda") for p in params) and _fused_adamw_supported()
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                              fused=fused or None, foreach=None if fused else True)
+
+
+def _adafactor_cls():
+    """transformers' Adafactor, able to step FSDP2's sharded (DTensor) parameters with the same numbers as on
+    whole ones. A DTensor has its full logical shape, so Adafactor factors as on one device (row and column
+    statistics of the whole matrix); but it creates its statistics as plain tensors, which cannot be mixed
+    with DTensor gradients. Here they are created as replicated DTensors before its first step; every later
+    operation is Adafactor's own, and DTensor reduces the row and column means across the shards."""
+    from transformers.optimization import Adafactor
+
+    class ShardedAdafactor(Adafactor):
+        @torch.no_grad()
+        def step(self, closure=None):
+            from torch.distributed.tensor import DTensor, Replicate
+
+            for group in self.param_groups:
+                for p in group["params"]:
+                    g = p.grad
+                    if g is None or not isinstance(g, DTensor) or self.state[p]:
+                        continue
+                    factored, first_moment = self._get_options(group, g.shape)
+                    zeros = torch.zeros_like(g, dtype=torch.float32)
+                    replicated = [Replicate()] * g.device_mesh.ndim
+                    st = self.state[p]
+                    st.update(step=0, RMS=0)
+                    if first_moment:
+                        st["exp_avg"] = zeros.clone()
+                    if factored:
+                        st["exp_avg_sq_row"] = zeros.mean(dim=-1).redistribute(g.device_mesh, replicated)
+                        st["exp_avg_sq_col"] = zeros.mean(dim=-2).redistribute(g.device_mesh, replicated)
+                    else:
+                        st["exp_avg_sq"] = zeros
+            return super().step(closure)
+
+    return ShardedAdafactor
 
 
 def _fused_adamw_supported() -> bool:
@@ -152,7 +149,11 @@ def make_schedule(opt, kind: str, warmup: int):
 
 
 def capture_rng() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain data (what `torch.load(weights_only=True)` reads back)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                    int(has_gauss), float(gauss)),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -160,7 +161,8 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -176,9 +178,11 @@ def seed_all(seed: int) -> None:
 
 
 def save_checkpoint(path: Path, model, tokenizer, state: dict[str, Any] | None, meta: dict[str, Any],
-                    state_dict: dict[str, Any] | None = None) -> Path:
-    """Atomically write a loadable checkpoint directory; COMPLETE (with file sizes and hashes) goes last.
-    `state_dict` is the gathered full state of a sharded (FSDP) model."""
+                    state_dict: dict[str, Any] | None = None,
+                    before_marker: Callable[[Path], None] | None = None) -> Path:
+    """Atomically write a loadable checkpoint directory; COMPLETE (with every file's size and hash) goes last.
+    `state_dict` is the gathered full state of a sharded model; `before_marker(tmp)` writes more into the
+    directory before it is sealed (the sharded training state)."""
     path = Path(path)
     clean_temporaries(path.parent)
     with atomic_dir(path) as tmp:
@@ -188,9 +192,35 @@ def save_checkpoint(path: Path, model, tokenizer, state: dict[str, Any] | None, 
         if state is not None:
             torch.save(state, tmp / STATE)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+        if before_marker is not None:
+            before_marker(tmp)
+        files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MARKER).write_text(json.dumps({"files": files}, indent=2) + "\n")
     return path
+
+
+def save_training_checkpoint(rt: Runtime, path: Path, model, opt: torch.optim.Optimizer, tokenizer,
+                             state: dict[str, Any], meta: dict[str, Any], weights=None) -> Path:
+    """A resumable checkpoint of a (possibly sharded) training run; every rank calls it, at the same step.
+    `weights`: the model to write as Hugging Face weights when it is not `model` itself (LoRA: the merged one).
+    Rank 0 writes the Hugging Face weights (gathered to it), the tokenizer, `state` (plain data) and meta;
+    every rank writes its shards of the model and optimizer state into the same temporary directory
+    (`torch.distributed.checkpoint`); rank 0 seals it with COMPLETE and renames it into place once all are
+    written. A process killed at any point leaves a temporary that the next run removes, never a checkpoint."""
+    full = full_model_state(model) if weights is None else None  # a collective under FSDP2: on every rank first
+
+    def sharded(tmp: Path) -> None:
+        from_main(rt, str(tmp))
+        save_sharded(tmp / SHARDED, model, opt)  # returns once every rank's shards and the metadata are written
+
+    if rt.is_main:
+        save_checkpoint(path, model if weights is None else weights, tokenizer, state, meta,
+                        state_dict=full if rt.world > 1 else None, before_marker=sharded)
+    else:
+        save_sharded(Path(from_main(rt, None)) / SHARDED, model, opt)
+    barrier(rt)  # no rank reads or prunes checkpoints before this one is in place
+    return Path(path)
 
 
 def verify_checkpoint(path: Path, deep: bool = False) -> str | None:
@@ -239,8 +269,28 @@ def step_dir(root: Path, step: int) -> Path:
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
-    """The training state saved beside a checkpoint's weights (what `latest_checkpoint` found resumable)."""
-    return torch.load(Path(ckpt) / STATE, map_location="cpu", weights_only=False)
+    """The training state saved beside a checkpoint's weights (what `latest_checkpoint` found resumable).
+    Plain data only: `torch.load(weights_only=True)` refuses anything whose unpickling could run code, so a
+    file planted in a shared artifacts directory cannot take over the job that resumes from it."""
+    try:
+        return torch.load(Path(ckpt) / STATE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsafeCheckpoint(f"{Path(ckpt) / STATE} holds more than tensors and plain data ({first}); refusing "
+                               "to load it, since unpickling it could run code. Delete that checkpoint to resume "
+                               "from the one before it.") from None
+
+
+def load_training_checkpoint(ckpt: Path, model, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Resume: the model's and optimizer's state from the checkpoint's shards, resharded to this run's
+    processes (any number, sharded or not), and its plain training state, which is returned. Every rank
+    calls it. A checkpoint from before the sharded format carries the optimizer in the state instead."""
+    state = load_state(ckpt)
+    if (Path(ckpt) / SHARDED).is_dir():
+        load_sharded(Path(ckpt) / SHARDED, model, opt)
+    else:
+        opt.load_state_dict(state["optimizer"])
+    return state
 
 
 def retain(root: Path, keep: int = 2, kept: Callable[[Path], bool] | None = None) -> None:
@@ -259,115 +309,7 @@ def prune_states(root: Path, keep: int = 2) -> None:
                   reverse=True)
     for p in done[keep:]:
         marker = json.loads((p / MARKER).read_text())
-        marker["files"].pop(STATE, None)
+        marker["files"] = {k: v for k, v in marker["files"].items() if k != STATE and not k.startswith(SHARDED + "/")}
         atomic_write_text(p / MARKER, json.dumps(marker, indent=2) + "\n")  # marker first: never lists a missing file
         (p / STATE).unlink()
-
-
-# ----------------------------------------------------------------------------------------- signals
-
-
-class StopFlag:
-    """SIGTERM and SIGUSR1 (what SLURM sends before a time limit) set a flag the loop checks each step."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGUSR1):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-        log.warning("received %s: checkpointing at the end of this step", signal.Signals(signum).name)
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-# ------------------------------------------------------------------------------------ distributed
-
-
-def unwrap(model):
-    """The bare model inside DDP/FSDP and torch.compile wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if inner is None:
-            return model
-        model = inner
-
-
-def wrap_data_parallel(model, rt: Runtime, mode: str, block_cls=None):
-    """DDP for models that fit on one device, FSDP (full sharding, bf16 compute) for the 770M/3B presets."""
-    if rt.world == 1 or mode == "none":
-        return model
-    if mode == "fsdp":
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-        mp = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if rt.dtype == "bf16" else None
-        return FSDP(model, auto_wrap_policy=ModuleWrapPolicy({block_cls}) if block_cls else None,
-                    sharding_strategy=ShardingStrategy.FULL_SHARD, mixed_precision=mp,
-                    device_id=rt.device if rt.device.type == "cuda" else None, use_orig_params=True)
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-
-
-@contextlib.contextmanager
-def no_sync(model, active: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
-    if active and hasattr(model, "no_sync"):
-        with model.no_sync():
-            yield
-    else:
-        yield
-
-
-def barrier(rt: Runtime) -> None:
-    if rt.world > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _is_fsdp(model) -> bool:
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(getattr(model, "_orig_mod", model), FSDP)
-
-
-def full_state_for_save(model, opt):
-    """((bare model, full state dict or None), optimizer state dict), gathered on rank 0 under FSDP."""
-    inner = unwrap(model)
-    if _is_fsdp(model):
-        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        m = getattr(model, "_orig_mod", model)
-        with FSDP.state_dict_type(m, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
-                                  FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True)):
-            return (inner, m.state_dict()), FSDP.optim_state_dict(m, opt)
-    return (inner, None), opt.state_dict()
-
-
-def load_optimizer_state(model, opt, state: dict[str, Any]) -> None:
-    """Load a full optimizer state (saved by full_state_for_save) into a plain, DDP or FSDP model's optimizer."""
-    if _is_fsdp(model):
-        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        m = getattr(model, "_orig_mod", model)
-        with FSDP.state_dict_type(m, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True),
-                                  FullOptimStateDictConfig(offload_to_cpu=True)):
-            state = FSDP.optim_state_dict_to_load(m, opt, state)
-    opt.load_state_dict(state)
+        shutil.rmtree(p / SHARDED, ignore_errors=True)

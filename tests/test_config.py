@@ -75,6 +75,10 @@ BAD = [
     (["evaluate.test_splits=[test,test]"], "evaluate.test_splits", "one or two different splits"),
     (["fit.bleu_law=chinchilla"], "fit.bleu_law", "allowed: bleu_log, power"),  # two inputs: not a curve law
     (["fit.good_rel_err=0"], "fit.good_rel_err", "> 0"),
+    # the distributed runtime's settings
+    (["finetune.micro_batch_tokens=100"], "finetune.micro_batch_tokens", "must hold one pair"),
+    (["finetune.distributed=deepspeed"], "finetune.distributed", "allowed: auto, none, ddp, fsdp"),
+    (["pretrain.activation_checkpointing=sometimes"], "pretrain.activation_checkpointing", "true or false"),
 ]
 
 

@@ -52,7 +52,8 @@ def run(task) -> None:
     if task.spec.get("fail"):
         explode_on_purpose()
     if task.spec.get("until_signal") and first:  # a training loop: checkpoint and stop on SIGTERM/SIGUSR1
-        from pipeline.training import Preempted, StopFlag
+        from pipeline.distributed import StopFlag
+        from pipeline.training import Preempted
 
         with StopFlag() as stop:
             (d / "in_loop").touch()

@@ -101,7 +101,7 @@ def test_seq2seq_loss_under_bf16_autocast_stays_close():
 
 
 def test_the_wrapper_exposes_the_model_as_module():
-    from pipeline.training import unwrap
+    from pipeline.distributed import unwrap
 
     model = build_model(TINY, 300, seed=0)
     wrapped = Seq2SeqLoss(model)
