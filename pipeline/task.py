@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline.artifacts import atomic_write_text, is_done, write_status
+from pipeline.artifacts import atomic_write_text, clean_temporaries, is_done, write_status
 from pipeline.logs import setup_logging
 from pipeline.plan import Task, load_plan
 from pipeline.stages import READ_STAGES, RUNNERS, SPECS
@@ -138,6 +138,10 @@ def _execute(task: Task, main: bool) -> str:
     if main:
         d.mkdir(parents=True, exist_ok=True)
         if task.stage not in READ_STAGES:
+            # a killed attempt's half-written files (`.<name>.*.tmp`): this process holds the task's lock, so
+            # no writer of this directory is alive
+            for p in clean_temporaries(d):
+                log.info("%s: removed %s, left by an interrupted attempt", task.id, p.name)
             import yaml
 
             atomic_write_text(d / "config.yaml", yaml.safe_dump(to_dict(task.spec), sort_keys=True))

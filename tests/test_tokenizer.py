@@ -150,3 +150,21 @@ def test_training_is_a_function_of_its_input(l10n_corpus):
                                         8_000)]
     dumps = {train_tokenizer(iter(lines), 1000, 100).backend_tokenizer.to_str() for _ in range(3)}
     assert len(dumps) == 1
+
+
+def test_a_rerun_removes_the_half_written_files_a_killed_attempt_left(stage, tmp_path):
+    """SIGKILL inside an atomic write leaves `.<name>.*.tmp` in the stage directory (found by the kill-anywhere
+    test in an evaluate directory); the next attempt, holding the task's lock, removes them before it writes."""
+    from pipeline.task import execute
+
+    d = Path(stage.dir)
+    for f in ("status.json",):  # an unfinished stage: the next run redoes it
+        (d / f).unlink()
+    left = [d / ".config.yaml.x1y2z3.tmp", d / ".stats.json.abcdef.tmp"]
+    for p in left:
+        p.write_text("half")
+    keep = d / "notes.tmp"  # not a temporary of ours: no leading dot
+    keep.write_text("mine")
+    assert execute(stage) == "ok"
+    assert not any(p.exists() for p in left) and keep.exists()
+    keep.unlink()
