@@ -105,6 +105,12 @@ def test_metrics_file_equals_sacrebleu_on_the_predictions_file(stage, tmp_path):
     assert m["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
     assert "tok:13a" in m["bleu_signature"] and "version:" in m["bleu_signature"]
     assert m["max_new_tokens"] == ev.spec.evaluate.max_new_tokens
+    assert m["len_ratio"] == pytest.approx(b.sys_len / b.ref_len)
+    from pipeline.evaluate import runaway
+
+    cfg = ev.spec.evaluate  # the runaway count: the long loops in the file, plus at most the outputs that hit the cap
+    loopers = sum(runaway(h, r, False, cfg.runaway_ratio, cfg.runaway_repeats) for h, r in zip(hyps, refs))
+    assert loopers <= m["runaway_n"] <= loopers + m["hit_cap"] and m["runaway"] == m["runaway_n"] / m["n_test"]
     assert m["ce"] > 0 and m["ce_tokens"] > m["n_test"]
 
 

@@ -170,12 +170,13 @@ def holdout_table(fits: list[dict[str, Any]]) -> Block:
 def cells_table(ok_rows: pd.DataFrame) -> Block:
     """Every evaluated cell with its metrics."""
     cols = ["task", "mixture", "model", "method", "dp", "df", "seed", "bleu", "chrf", "ce", "bp", "gen_len",
-            "upstream_loss_mixture", "finetune_steps"]
+            "len_ratio", "runaway", "upstream_loss_mixture", "finetune_steps"]
     counts = {"dp", "df", "seed", "finetune_steps"}
     rows = [[str(r[c]) if isinstance(r[c], str) else fmt_count(r[c]) if c in counts else fmt(num(r.get(c)))
              for c in cols] for _, r in ok_rows.sort_values(["task", "mixture", "model", "method", "df", "dp"]).iterrows()]
     table = Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed", "BLEU", "chrF", "CE", "BP",
-                                   "gen. length", "upstream loss", "finetune steps"], rows=rows)
+                                   "gen. length", "length ratio", "runaway share", "upstream loss", "finetune steps"],
+                  rows=rows)
     return collapsed(f"Every evaluated cell ({len(rows)} rows)", table, len(rows))
 
 
