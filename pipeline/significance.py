@@ -75,7 +75,7 @@ class Comparison:
 
     def sentence(self, a: str, b: str) -> str:
         """One reader's sentence: 'b beats a by 3.1 BLEU [1.2, 5.0], p = 0.002' or 'inside the noise'."""
-        iv = f"{self.delta:+.2f} BLEU [{self.delta_lo:+.2f}, {self.delta_hi:+.2f}], p = {p_text(self.p_value)}"
+        iv = f"{self.delta:+.2f} BLEU [{self.delta_lo:+.2f}, {self.delta_hi:+.2f}], {p_is(self.p_value)}"
         if not self.significant:
             return f"{b} against {a}: {iv}, inside the noise of the {self.noise}"
         return f"{b} {'beats' if self.delta > 0 else 'trails'} {a}: {iv}, beyond the noise of the {self.noise}"
@@ -93,6 +93,12 @@ def p_text(p: float, alpha: float = ALPHA) -> str:
         if (round(p, d) < alpha) == (p < alpha):
             return f"{p:.{d}f}"
     return repr(p)
+
+
+def p_is(p: float) -> str:
+    """'p = 0.002', 'p = 0.04995' or 'p < 0.001', as a sentence writes it (see p_text)."""
+    t = p_text(p)
+    return f"p {t}" if t.startswith("<") else f"p = {t}"
 
 
 def _seed() -> int | None:

@@ -16,6 +16,7 @@ from pipeline.significance import (
     NOISE_SEEDS,
     NOISE_TEST,
     compare_cells,
+    p_is,
     p_text,
     paired_bleu,
     planned,
@@ -203,7 +204,7 @@ def test_the_reports_sentences_quote_their_comparisons():
     assert int(c["dp_rung_b"]) == 2048 and sig_brief(c) in text
     assert sig_brief(c).endswith("beyond the noise of the seeds + test sentences")
     c2 = comparison(comp, "pretraining", "en-de", "t5_tiny", "full", 1000, mixture_b="en50_de50")
-    assert f"at Df = 1,000 (95% CI [{c2['delta_lo']:+.2f}, {c2['delta_hi']:+.2f}], p = {p_text(c2['p_value'])}" in text
+    assert f"at Df = 1,000 (95% CI [{c2['delta_lo']:+.2f}, {c2['delta_hi']:+.2f}], {p_is(c2['p_value'])}" in text
     m = comparison(comp, "mixture", "en-de", "t5_tiny", "full", 100, mixture_b="en100")
     assert f"en100 against en50_de50: {sig_text(m)}" in text
     assert "no significance test" in sig_text(None)
@@ -332,6 +333,6 @@ def test_seeds_and_sentences_reads_like_the_bootstrap_on_real_bleu():
 @pytest.mark.parametrize("p, text", [(0.04995, "0.04995"), (0.0496, "0.0496"), (0.05, "0.050"), (0.0504, "0.050"),
                                      (0.051, "0.051"), (0.002, "0.002"), (0.0004, "< 0.001"), (1.0, "1.000")])
 def test_p_values_print_so_the_rule_can_be_read_off_them(p, text):
-    assert p_text(p) == text
+    assert p_text(p) == text and p_is(p) == ("p " if p < 1e-3 else "p = ") + text
     shown = float(text.lstrip("< "))
     assert (shown < ALPHA) == (p < ALPHA)

@@ -26,7 +26,7 @@ from pipeline.report.fmt import (
 )
 from pipeline.report.tables import curve_fits
 from pipeline.results import is_ok
-from pipeline.significance import NOISE_SEEDS, NOISE_TEST, p_text
+from pipeline.significance import NOISE_SEEDS, NOISE_TEST, p_is
 
 BLEU_FLOOR = 1.0  # below this no cell translates: BLEU counts a few stray n-grams
 MONOTONE_RHO = 0.8  # |Spearman ρ| at least this: an upstream loss that ranks a curve's points
@@ -109,7 +109,7 @@ def length_flag(c: pd.Series | None, threshold: float | None) -> str:
 
 def _interval(c: pd.Series) -> str:
     """'[+1.20, +5.00], p = 0.002': a comparison's 95% interval and p-value (printed so p < 0.05 reads off it)."""
-    return f"[{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], p = {p_text(c['p_value'])}"
+    return f"[{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], {p_is(c['p_value'])}"
 
 
 def _method(c: pd.Series) -> str:
