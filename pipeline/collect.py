@@ -55,6 +55,10 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
         "device": m["device"], "checkpoint": f["checkpoint"], "git_sha": st.get("git_sha") or ft_st.get("git_sha"),
         "status": "ok", "reason": "",
     })
+    # decoding (metrics.json before the runaway count lacks these: the ratio is still sys_len / ref_len)
+    row.update({"len_ratio": m.get("len_ratio", m["sys_len"] / m["ref_len"] if m["ref_len"] else None),
+                "runaway": m.get("runaway"), "hit_cap": m.get("hit_cap", m.get("hit_max_new_tokens")),
+                "num_beams": m.get("num_beams")})
     other = m.get("other")
     if other:  # the second held-out split, scored beside the first
         row.update({"other_split": other["test_split"], "other_bleu": other["bleu"], "other_chrf": other["chrf"],

@@ -244,6 +244,19 @@ class EvaluateConfig:
     # The first split gives the table's bleu/chrf/ce, the fits and the significance tests; a second is scored
     # beside it (other_* columns): test (whole held-out packages), test_indomain (l10n only)
     test_splits: tuple[str, ...] = ("test",)
+    # The generation cap per sentence, as NMT toolkits set it (fairseq's max_len_a/b): a·(source tokens) + b new
+    # tokens, never more than max_new_tokens (the hard ceiling). max_len_a = 0 gives the fixed cap b.
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    length_penalty: float = 1.0  # beam search: hypotheses scored by log-probability / length**length_penalty
+    # A runaway output: it hit its cap, or it is longer than runaway_ratio × its reference (words) and repeats
+    # one n-gram (n <= 4 words) at least runaway_repeats times in a row (pipeline.evaluate.runaway)
+    runaway_ratio: float = 1.5
+    runaway_repeats: int = 3
+
+    def cap(self, source_len: int) -> int:
+        """New tokens allowed for a source of `source_len` tokens (as the model reads it, prefix and EOS included)."""
+        return max(1, min(self.max_new_tokens, int(self.max_len_a * source_len + self.max_len_b)))
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> EvaluateConfig:
@@ -260,6 +273,11 @@ class EvaluateConfig:
             num_beams=_num(d, "num_beams", p, kind=int, lo=1, hi=64),
             max_new_tokens=_num(d, "max_new_tokens", p, kind=int, lo=1),
             bleu_tokenize=_choice(d, "bleu_tokenize", p, ("13a", "intl", "char", "none", "zh", "ja-mecab", "ko-mecab", "flores101", "flores200")),
+            max_len_a=_num(d, "max_len_a", p, lo=0, default=1.5),
+            max_len_b=_num(d, "max_len_b", p, kind=int, lo=0, default=10),
+            length_penalty=_num(d, "length_penalty", p, lo=-5, hi=5, default=1.0),
+            runaway_ratio=_num(d, "runaway_ratio", p, lo=1, default=1.5),
+            runaway_repeats=_num(d, "runaway_repeats", p, kind=int, lo=2, default=3),
         )
 
 
@@ -280,6 +298,9 @@ class FitConfig:
     # a law "holds" on a curve when its mean held-out relative error is at most this (the misalignment
     # verdict and the report's sentences)
     good_rel_err: float = 0.1
+    # the report flags a BLEU comparison whose two sides' output/reference length ratios differ by more than this
+    # (a BLEU gap that may be a length accident rather than translation quality)
+    length_ratio_flag: float = 0.1
 
     def curve_laws(self) -> tuple[tuple[str, str, float], ...]:
         """(metric, law, Huber delta) of every per-curve fit: the one place the fit stage, the misalignment
@@ -301,6 +322,7 @@ class FitConfig:
             bleu_law=_choice(d, "bleu_law", p, _curve_laws(), "bleu_log"),
             ce_law=_choice(d, "ce_law", p, _curve_laws(), "power"),
             good_rel_err=_num(d, "good_rel_err", p, lo=0, lo_open=True, default=0.1),
+            length_ratio_flag=_num(d, "length_ratio_flag", p, lo=0, lo_open=True, default=0.1),
         )
 
 

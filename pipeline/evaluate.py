@@ -2,8 +2,15 @@
 cross-entropy of a finetuned cell on the held-out test set; predictions written beside the metrics.
 
 The test sample is the same for every cell (a fixed seed, independent of the cell). Generation runs in
-length-sorted batches with an explicit `max_new_tokens` (never the library's silent 20-token default);
--100 (the label padding) is replaced by pad before anything is decoded.
+length-sorted batches with an explicit cap per sentence (never the library's silent 20-token default): as NMT
+toolkits set it, `max_len_a`·(source tokens) + `max_len_b`, never above `max_new_tokens`; a sentence that reaches
+its cap stops there (greedy) or is made to end there (beam search, as fairseq does). -100 (the label padding) is
+replaced by pad before anything is decoded.
+
+Beside BLEU, two numbers say whether BLEU measures translation or decoding accidents: `len_ratio`, the output's
+length over the reference's (sacreBLEU's sys_len / ref_len, the ratio its brevity penalty reads), and `runaway`,
+the share of outputs that ran away (`runaway`: hit the cap, or longer than `runaway_ratio` × the reference with an
+n-gram loop).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +55,34 @@ def decode(tokenizer, ids) -> list[str]:
     return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-def generate_ids(model, sources: list[list[int]], pad_id: int, eos_id: int, batch_size: int, max_new_tokens: int,
-                 num_beams: int, device, autocast) -> list[list[int]]:
-    """Generated token ids per source, in the input order, without the decoder start and cut after EOS.
-    Batches are sorted by source length (longest first) so padding stays small. Greedy search on a T5
-    runs `pipeline.greedy` (the same tokens as `generate`, without its per-token overhead)."""
+def _force_eos_at_cap(caps: torch.Tensor, eos_id: int, num_beams: int):
+    """A logits processor for `generate`: a row that has generated its cap of tokens may only emit EOS (fairseq's
+    rule at max_len), so beam search ends its hypotheses there and scores them as ended. The EOS forced in is
+    cut by `generate_ids` (the row reads as one that hit its cap, as in greedy's loop)."""
+    from transformers import LogitsProcessor
+
+    per_beam = caps.repeat_interleave(num_beams)
+
+    class ForceEos(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            done = per_beam.to(scores.device) <= input_ids.shape[1] - 1  # tokens generated (less the start)
+            if done.any():
+                eos = scores[:, eos_id].clone()
+                scores = scores.masked_fill(done[:, None], float("-inf"))
+                scores[:, eos_id] = eos
+            return scores
+
+    return ForceEos()
+
+
+def generate_ids(model, sources: list[list[int]], pad_id: int, eos_id: int, batch_size: int,
+                 max_new_tokens: int | Sequence[int], num_beams: int, device, autocast,
+                 length_penalty: float = 1.0) -> list[list[int]]:
+    """Generated token ids per source, in the input order, without the decoder start, cut after EOS or at the
+    source's cap (`max_new_tokens`: one for all, or one per source). Batches are sorted by source length (longest
+    first) so padding stays small. Greedy search on a T5 runs `pipeline.greedy` (the same tokens as `generate`,
+    without its per-token overhead); beam search scores hypotheses by log-probability / length**length_penalty."""
+    caps = [max_new_tokens] * len(sources) if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
     order = np.argsort([len(s) for s in sources], kind="stable")[::-1]
     out: list[list[int]] = [[] for _ in sources]
     model.eval()
@@ -60,25 +91,50 @@ def generate_ids(model, sources: list[list[int]], pad_id: int, eos_id: int, batc
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             ids = pad_batch([sources[j] for j in idx], pad_id).to(device)
+            cap = [caps[j] for j in idx]
             with autocast():
                 if fast:
-                    rows = greedy.greedy_ids(model, ids, (ids != pad_id).long(), max_new_tokens, eos_id)
+                    rows = greedy.greedy_ids(model, ids, (ids != pad_id).long(), cap, eos_id)
                 else:
+                    from transformers import LogitsProcessorList
+
                     gen = model.generate(input_ids=ids, attention_mask=(ids != pad_id).long(),
-                                         max_new_tokens=max_new_tokens, min_new_tokens=0, num_beams=num_beams,
-                                         do_sample=False, early_stopping=num_beams > 1)
-                    rows = [r[: r.index(eos_id) + 1] if eos_id in r else r for r in gen[:, 1:].tolist()]
+                                         max_new_tokens=max(cap) + 1, min_new_tokens=0, num_beams=num_beams,
+                                         do_sample=False, early_stopping=num_beams > 1,
+                                         length_penalty=length_penalty, logits_processor=LogitsProcessorList(
+                                             [_force_eos_at_cap(torch.tensor(cap), eos_id, num_beams)]))
+                    rows = [r[: r.index(eos_id) + 1] if eos_id in r[:c] else r[:c]
+                            for r, c in zip(gen[:, 1:].tolist(), cap)]
             for j, row in zip(idx, rows):
                 out[j] = row
     return out
 
 
-def generate(model, tokenizer, sources: list[list[int]], batch_size: int, max_new_tokens: int, num_beams: int,
-             device, autocast) -> list[str]:
+def generate(model, tokenizer, sources: list[list[int]], batch_size: int, max_new_tokens: int | Sequence[int],
+             num_beams: int, device, autocast, length_penalty: float = 1.0) -> list[str]:
     """Decoded hypotheses in the input order (see generate_ids)."""
     ids = generate_ids(model, sources, tokenizer.pad_token_id, tokenizer.eos_token_id, batch_size, max_new_tokens,
-                       num_beams, device, autocast)
+                       num_beams, device, autocast, length_penalty)
     return decode(tokenizer, pad_batch(ids, tokenizer.pad_token_id)) if ids else []
+
+
+def loops(words: Sequence[str], repeats: int, longest: int = 4) -> bool:
+    """True when some n-gram (n <= `longest` words) occurs `repeats` times in a row ("der Liste der Liste der
+    Liste" for n = 2, repeats = 3)."""
+    for n in range(1, longest + 1):
+        for i in range(len(words) - n * repeats + 1):
+            unit = words[i:i + n]
+            if all(words[i + k * n:i + (k + 1) * n] == unit for k in range(1, repeats)):
+                return True
+    return False
+
+
+def runaway(hyp: str, ref: str, hit_cap: bool, ratio: float, repeats: int) -> bool:
+    """A runaway output: it reached its generation cap without EOS, or it is longer than `ratio` × its reference
+    (whitespace words) and loops (an n-gram of <= 4 words `repeats` times in a row). A long output without a loop
+    (a verbose but real translation) and a loop no longer than the reference ("sehr sehr sehr") are not."""
+    words = hyp.split()
+    return hit_cap or (len(words) > ratio * len(ref.split()) and loops(words, repeats))
 
 
 def score(hyps: list[str], refs: list[str], tokenize: str) -> dict[str, Any]:
@@ -145,16 +201,22 @@ def score_split(model, tokenizer, source, spec: EvaluateSpec, split: str,
     t0 = time.time()
     ce, n_tok = reference_ce(model, s_ids, t_ids, tokenizer.pad_token_id, cfg.batch_size, rt.device, rt.autocast)
     t_ce = time.time() - t0
+    caps = [cfg.cap(len(s)) for s in s_ids]
     gen = generate_ids(model, s_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.batch_size,
-                       cfg.max_new_tokens, cfg.num_beams, rt.device, rt.autocast)
+                       caps, cfg.num_beams, rt.device, rt.autocast, cfg.length_penalty)
     hyps = decode(tokenizer, pad_batch(gen, tokenizer.pad_token_id))
     t_gen = time.time() - t0 - t_ce
-    metrics = score(hyps, [r[tgt] for r in rows], cfg.bleu_tokenize)
+    refs = [r[tgt] for r in rows]
+    metrics = score(hyps, refs, cfg.bleu_tokenize)
     gen_len = [len(g) for g in gen]
+    hit = [tokenizer.eos_token_id not in g for g in gen]
+    ran = [runaway(h, r, c, cfg.runaway_ratio, cfg.runaway_repeats) for h, r, c in zip(hyps, refs, hit)]
     metrics.update({
         "ce": ce, "ce_tokens": n_tok, "n_test": len(rows), "gen_len_mean": float(np.mean(gen_len)) if gen_len else 0.0,
-        "hit_max_new_tokens": int(sum(tokenizer.eos_token_id not in g for g in gen)),
-        "num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens,
+        "len_ratio": metrics["sys_len"] / metrics["ref_len"] if metrics["ref_len"] else float("nan"),
+        "runaway": float(np.mean(ran)) if ran else 0.0, "runaway_n": int(sum(ran)), "hit_cap": int(sum(hit)),
+        "num_beams": cfg.num_beams, "length_penalty": cfg.length_penalty, "max_new_tokens": cfg.max_new_tokens,
+        "max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b,
         "seconds_ce": t_ce, "seconds_generate": t_gen, "sentences_per_s": len(rows) / max(t_gen, 1e-9),
         "device": str(rt.device),
     })

@@ -4,11 +4,14 @@ At the sizes a CPU sweep evaluates, a decoding step is a few small matmuls, and 
 of each step outside them (cache objects, mask building, logits processors, stopping criteria). This loop
 runs the same modules and the same operations in the same order (encoder once, decoder self-attention with a
 key/value cache, cross-attention keys/values computed once, argmax), so its tokens are the ones `generate`
-picks; it also drops a sentence from the batch once it has emitted EOS. Anything it does not reproduce
+picks; it also drops a sentence from the batch once it has emitted EOS or reached its own cap (`max_new_tokens`
+per row: the evaluation's cap grows with the source's length). Anything it does not reproduce
 (beam search, logits processors configured on the model) goes through `generate` instead: see `supported`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +40,10 @@ def supported(model) -> bool:
 
 
 @torch.no_grad()
-def greedy_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+def greedy_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int | Sequence[int],
                eos_id: int) -> list[list[int]]:
-    """Generated ids per row (without the decoder start token), each cut after its EOS."""
+    """Generated ids per row (without the decoder start token), each cut after its EOS or at its cap
+    (`max_new_tokens`: one for the batch, or one per row)."""
     cfg, dec = model.config, model.decoder
     enc = model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     n, heads, d_kv = input_ids.shape[0], cfg.num_heads, cfg.d_kv
@@ -63,8 +67,10 @@ def greedy_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max
     tok = torch.full((n, 1), cfg.decoder_start_token_id if start is None else start, dtype=torch.long,
                      device=input_ids.device)
     rows = list(range(n))  # the input row of each row still decoding
+    caps = [max_new_tokens] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
+    cap = torch.tensor(caps, device=input_ids.device)
     out: list[list[int]] = [[] for _ in range(n)]
-    for t in range(max_new_tokens):
+    for t in range(max(caps, default=0)):
         h = dec.embed_tokens(tok)
         pos_bias = rel.compute_bias(t + 1, t + 1, device=h.device, cache_position=torch.tensor([t], device=h.device))
         for i, block in enumerate(dec.block):
@@ -82,12 +88,12 @@ def greedy_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max
         nxt = model.lm_head(h)[:, -1, :].argmax(-1)
         for r, token in zip(rows, nxt.tolist()):
             out[r].append(token)
-        alive = nxt != eos_id
+        alive = (nxt != eos_id) & (cap > t + 1)
         if not alive.all():
             if not alive.any():
                 break
             rows = [r for r, a in zip(rows, alive.tolist()) if a]
-            nxt, pad_bias = nxt[alive], pad_bias[alive]
+            nxt, pad_bias, cap = nxt[alive], pad_bias[alive], cap[alive]
             past = [(k[alive], v[alive]) for k, v in past]
             cross = [(k[alive], v[alive]) for k, v in cross]
         tok = nxt[:, None]

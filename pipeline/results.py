@@ -25,6 +25,9 @@ COLUMNS = [
     "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
     "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
     "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
+    # decoding: does BLEU measure translation? output/reference length (sacreBLEU's sys_len / ref_len), the share
+    # of runaway outputs and the count that hit the generation cap (pipeline.evaluate), the beam size
+    "len_ratio", "runaway", "hit_cap", "num_beams",
 ]
 # Without these a table cannot be fitted; every other column a reader uses has a default below.
 REQUIRED = ["task", "mixture", "model", "dp", "df", "bleu", "ce", "status"]
@@ -32,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "method": "full", "seed": 0, "selected": True, "alignment": np.nan, "src": None, "tgt": None, "chrf": np.nan,
     "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan, "reason": "",
     "test_split": "test", "other_split": None, "other_bleu": np.nan, "other_chrf": np.nan, "other_ce": np.nan,
+    "len_ratio": np.nan, "runaway": np.nan,
 }
 
 

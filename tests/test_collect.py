@@ -108,6 +108,23 @@ def test_the_table_holds_the_stored_metrics(tmp_path):
         assert row["dp"] == c.dp_tokens and row["pretrain_steps"] == c.pretrain_steps
 
 
+def test_the_table_holds_the_decoding_numbers_and_reads_old_metrics(tmp_path):
+    """len_ratio, runaway, hit_cap and num_beams as evaluate stored them; a metrics.json from before them still
+    gives the length ratio (sys_len / ref_len) and leaves the runaway share blank."""
+    cells, dirs = make_cells(tmp_path / "a", 2)
+    for c in cells:
+        finish_finetune(c, dirs)
+        finish_evaluate(c, dirs)
+    new = Path(dirs[cells[0].evaluate_id]) / "metrics.json"
+    m = collect.read_json(new)
+    atomic_write_json(new, m | {"len_ratio": 1.25, "runaway": 0.5, "hit_cap": 1, "num_beams": 4})
+    collect.run(collect_task(cells, dirs, tmp_path / "r"))
+    t = read_table(tmp_path / "r")
+    assert (t.loc[0, "len_ratio"], t.loc[0, "runaway"], t.loc[0, "hit_cap"], t.loc[0, "num_beams"]) == (1.25, 0.5, 1, 4)
+    old = collect.read_json(Path(dirs[cells[1].evaluate_id]) / "metrics.json")
+    assert t.loc[1, "len_ratio"] == pytest.approx(old["sys_len"] / old["ref_len"]) and pd.isna(t.loc[1, "runaway"])
+
+
 def _evaluate_then_collect(i, cells, dirs, reports, barrier) -> None:
     barrier.wait()  # every process finishes its evaluate task at the same moment
     finish_evaluate(cells[i], dirs)

@@ -105,6 +105,12 @@ def test_metrics_file_equals_sacrebleu_on_the_predictions_file(stage, tmp_path):
     assert m["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
     assert "tok:13a" in m["bleu_signature"] and "version:" in m["bleu_signature"]
     assert m["max_new_tokens"] == ev.spec.evaluate.max_new_tokens
+    assert m["len_ratio"] == pytest.approx(b.sys_len / b.ref_len)
+    from pipeline.evaluate import runaway
+
+    cfg = ev.spec.evaluate  # the runaway count: the long loops in the file, plus at most the outputs that hit the cap
+    loopers = sum(runaway(h, r, False, cfg.runaway_ratio, cfg.runaway_repeats) for h, r in zip(hyps, refs))
+    assert loopers <= m["runaway_n"] <= loopers + m["hit_cap"] and m["runaway"] == m["runaway_n"] / m["n_test"]
     assert m["ce"] > 0 and m["ce_tokens"] > m["n_test"]
 
 
@@ -170,3 +176,39 @@ def test_predictions_file_is_readable_next_to_metrics(stage, tmp_path):
                                                                        "hypothesis": "ç"}
     assert "ç" in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8")  # not \\u-escaped
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_the_cap_grows_with_the_source_up_to_the_ceiling(stage):
+    """cap = max_len_a·(source tokens) + max_len_b, at most max_new_tokens; a model that never ends stops there."""
+    from dataclasses import replace
+
+    from pipeline.config import EvaluateConfig
+
+    cfg = EvaluateConfig.parse({"batch_size": 2, "num_beams": 1, "max_new_tokens": 30, "bleu_tokenize": "13a",
+                                "max_len_a": 1.5, "max_len_b": 4})
+    assert [cfg.cap(n) for n in (1, 6, 17, 18, 100)] == [5, 13, 29, 30, 30]
+    assert replace(cfg, max_len_a=0.0).cap(100) == 4  # a = 0: the fixed cap b
+    tok = stage["tok"]
+    _, src, _ = pairs(stage, n=6)
+    cfg = replace(cfg, max_len_a=0.5, max_len_b=2, max_new_tokens=200)
+    assert len({cfg.cap(len(s)) for s in src}) > 2
+    ids = generate_ids(never_eos(len(tok)), src, tok.pad_token_id, tok.eos_token_id, 4,
+                       [cfg.cap(len(s)) for s in src], 1, CPU, no_autocast)
+    assert [len(x) for x in ids] == [cfg.cap(len(s)) for s in src]
+
+
+@pytest.mark.parametrize("hyp, ref, hit, want", [
+    ("Anzahl der Liste der Liste der Liste", "die Fünf von Pik", False, True),  # 7 > 1.5·4 words, a 2-gram ×3
+    ("der Liste der Liste der Liste", "die Liste der Dateien in diesem Ordner", False, False),  # loop, not long
+    ("Die Datei konnte wegen eines Fehlers auf der Platte nicht geöffnet werden", "Datei nicht geöffnet", False,
+     False),  # long, no loop
+    ("Datei Datei", "Datei", False, False),  # two in a row is not a loop (repeats = 3)
+    ("ok ok ok ok", "ok", False, True),
+    ("Die Datei", "Die Datei wurde gespeichert", True, True),  # hit its cap: runaway whatever it reads
+])
+def test_runaway_outputs_are_long_loops_or_outputs_that_hit_their_cap(hyp, ref, hit, want):
+    from pipeline.evaluate import loops, runaway
+
+    assert runaway(hyp, ref, hit, 1.5, 3) is want
+    assert loops(list("abcbcbc"), 3) and not loops(list("abcbc"), 3)
+    assert loops(list("xyzwxyzwxyzw"), 3) and not loops(list("xyzwvxyzwvxyzwv"), 3)  # n <= 4

@@ -72,6 +72,7 @@ def synthetic_results(models=("t5_tiny",), methods=("full",), dfs=(1000, 4000), 
                             "ce": ce * j[1], "upstream_loss_mixture": up, "upstream_loss_tgt": up + 0.1,
                             "bleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
                             "git_sha": "0123abcd", "status": "ok", "reason": "", "finetune_steps": 100,
+                            "len_ratio": 0.9 + 0.05 * i, "runaway": 0.01 * i,
                         })
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 

@@ -100,3 +100,30 @@ def test_generate_ids_takes_the_fast_path_only_where_it_is_exact(monkeypatch):
     got = generate_ids(penalised, src, num_beams=1, **kw)
     assert not calls
     assert got == [reference(penalised, torch.tensor([s]), 12)[0] for s in src]  # generate applies the penalty
+
+
+def test_each_row_stops_at_its_own_cap_as_generate_does_with_that_cap():
+    """The evaluation's cap grows with the source: one batch holds rows with different caps, and each row's tokens
+    are what `generate` gives that row alone with its own cap (EOS before the cap still ends it)."""
+    m = MODELS["gated-untied"]
+    ids = batch([3, 17, 9, 12, 5, 20, 8, 14], seed=11)
+    caps = [1, 25, 4, 9, 25, 2, 13, 6]
+    got = greedy.greedy_ids(m, ids, (ids != PAD).long(), caps, EOS)
+    want = [reference(m, ids[i:i + 1], c)[0] for i, c in enumerate(caps)]
+    assert got == want
+    assert all(len(r) <= c for r, c in zip(got, caps)) and any(len(r) == c and EOS not in r for r, c in zip(got, caps))
+
+
+def test_generate_path_cuts_each_row_at_its_cap_like_the_fast_path(monkeypatch):
+    """The `generate` path (beam search, or a model greedy cannot reproduce) forces EOS at a row's cap and cuts
+    it: greedy through `generate` gives the fast loop's tokens, cap for cap; beam search never passes a cap."""
+    src = [r[r != PAD].tolist() for r in batch([4, 9, 13, 6, 2, 11], seed=3)]
+    caps = [2, 12, 5, 1, 9, 7]
+    m = MODELS["gated-fused"]
+    kw = dict(pad_id=PAD, eos_id=EOS, batch_size=3, device=torch.device("cpu"), autocast=contextlib.nullcontext)
+    fast = generate_ids(m, src, max_new_tokens=caps, num_beams=1, **kw)
+    monkeypatch.setattr(greedy, "supported", lambda model: False)
+    assert generate_ids(m, src, max_new_tokens=caps, num_beams=1, **kw) == fast
+    for lp in (0.0, 1.0, 2.0):
+        beams = generate_ids(m, src, max_new_tokens=caps, num_beams=3, length_penalty=lp, **kw)
+        assert all(len(r) <= c and (EOS not in r or r.index(EOS) == len(r) - 1) for r, c in zip(beams, caps))

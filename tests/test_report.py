@@ -273,6 +273,7 @@ class Checker:
         if r is None:
             return
         for col, src in (("BLEU", "bleu"), ("chrF", "chrf"), ("CE", "ce"), ("BP", "bp"), ("gen. length", "gen_len"),
+                         ("length ratio", "len_ratio"), ("runaway share", "runaway"),
                          ("upstream loss", "upstream_loss_mixture")):
             self.num(f"{where} [{col}]", row[col], r[src])
         self.count(f"{where} [finetune steps]", row["finetune steps"], r["finetune_steps"])

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
 
 from pipeline.config import FitConfig
-from pipeline.significance import compare_cells, paired_bleu, planned
+from pipeline.significance import (
+    ALPHA,
+    NOISE_SEEDS,
+    NOISE_TEST,
+    compare_cells,
+    p_is,
+    p_text,
+    paired_bleu,
+    planned,
+    seeds_and_sentences,
+    seeds_bleu,
+)
 
 FIT = FitConfig(holdout_largest=1, bootstrap=0, bleu_delta=0.1, ce_delta=1e-3)
 WORDS = ["the", "file", "could", "not", "be", "opened", "because", "a", "disk", "error", "stopped", "every", "write", "to", "it"]
@@ -138,17 +150,25 @@ def test_planned_comparisons_cover_baseline_rungs_and_mixtures():
     assert not any(t.loc[b, "status"] != "ok" for _, _, b in planned(t))
 
 
-def test_compare_cells_pools_seeds_and_reuses_unchanged_rows():
+def test_compare_cells_covers_seeds_and_reuses_unchanged_rows():
     t, refs = _table(), _refs(120, seed=9)
     comp = compare_cells(t, _predictions(t, refs), "13a")
+    assert set(comp["noise"]) == {NOISE_SEEDS}  # two seeds on both sides of every comparison
     row = comp[(comp["kind"] == "pretraining") & (comp["mixture_b"] == "en50_de50") & (comp["dp_rung_b"] == 2048)
                & (comp["df"] == 100)].iloc[0]
-    assert row["seeds"] == "0+1" and row["n"] == 240
+    assert row["seeds"] == "0+1" and row["n"] == 120
     pred = _predictions(t, refs)
     a = [i for i in t.index if t.loc[i, "mixture"] == "en50_de50" and t.loc[i, "dp_rung"] == 0 and t.loc[i, "df"] == 100]
     b = [i for i in t.index if t.loc[i, "mixture"] == "en50_de50" and t.loc[i, "dp_rung"] == 2048 and t.loc[i, "df"] == 100]
-    direct = paired_bleu(pred(a[0])[0] + pred(a[1])[0], pred(b[0])[0] + pred(b[1])[0], refs + refs)
+    direct = seeds_bleu([pred(a[0])[0], pred(a[1])[0]], [pred(b[0])[0], pred(b[1])[0]], refs)
     assert row["p_value"] == direct.p_value and row["delta"] == pytest.approx(direct.delta) and row["significant"]
+    assert row["delta"] == pytest.approx(np.mean([BLEU().corpus_score(pred(i)[0], [refs]).score for i in b])
+                                         - np.mean([BLEU().corpus_score(pred(i)[0], [refs]).score for i in a]))
+    one = compare_cells(t[t["seed"] == 0], pred, "13a")  # one seed a side: the test set's noise only
+    assert set(one["noise"]) == {NOISE_TEST} and one["t_df"].isna().all()
+    r1 = one[(one["kind"] == "pretraining") & (one["mixture_b"] == "en50_de50") & (one["dp_rung_b"] == 2048)
+             & (one["df"] == 100)].iloc[0]
+    assert r1["p_value"] == paired_bleu(pred(a[0])[0], pred(b[0])[0], refs).p_value
     same = comp[(comp["df"] == 1000) & (comp["kind"] == "rung")]
     assert len(same) == 2 and not same["significant"].any()  # identical quality: inside the noise
     # unchanged cells are read back, not recomputed; a changed cell is recomputed
@@ -163,6 +183,9 @@ def test_compare_cells_pools_seeds_and_reuses_unchanged_rows():
     t.loc[b[0], "config_hash"] = "changed"
     compare_cells(t, counting, "13a", cached=comp)
     assert b[0] in calls
+    calls.clear()  # a table from before the seeds test (no `noise` column) is recomputed, not read back
+    compare_cells(t, counting, "13a", cached=comp.drop(columns=["noise", "t_df"]))
+    assert calls
 
 
 def test_the_reports_sentences_quote_their_comparisons():
@@ -178,9 +201,10 @@ def test_the_reports_sentences_quote_their_comparisons():
     fits = pd.DataFrame(columns=["task", "mixture", "model", "method", "df", "metric", "law", "x", "ok", "reason"])
     text = "\n".join(verdicts("en-de", pts, fits, [], "t5_tiny", "full", FIT, comp))
     c = comparison(comp, "pretraining", "en-de", "t5_tiny", "full", 100, mixture_b="en50_de50")
-    assert int(c["dp_rung_b"]) == 2048 and sig_brief(c) in text and sig_brief(c).endswith("beyond the noise")
+    assert int(c["dp_rung_b"]) == 2048 and sig_brief(c) in text
+    assert sig_brief(c).endswith("beyond the noise of the seeds + test sentences")
     c2 = comparison(comp, "pretraining", "en-de", "t5_tiny", "full", 1000, mixture_b="en50_de50")
-    assert f"at Df = 1,000 (95% CI [{c2['delta_lo']:+.2f}, {c2['delta_hi']:+.2f}], p = {c2['p_value']:.3f}" in text
+    assert f"at Df = 1,000 (95% CI [{c2['delta_lo']:+.2f}, {c2['delta_hi']:+.2f}], {p_is(c2['p_value'])}" in text
     m = comparison(comp, "mixture", "en-de", "t5_tiny", "full", 100, mixture_b="en100")
     assert f"en100 against en50_de50: {sig_text(m)}" in text
     assert "no significance test" in sig_text(None)
@@ -193,7 +217,8 @@ def test_the_reports_sentences_quote_their_comparisons():
     worse = pts.copy()
     worse.loc[(worse["df"] == 100) & (worse["dp"] > 0), "bleu"] = -1.0  # below the baseline at every rung
     lowered = "\n".join(verdicts("en-de", worse, fits, [], "t5_tiny", "full", FIT, flipped))
-    assert "no longer matters" not in lowered and "pretraining lowers BLEU beyond the noise at Df = 100." in lowered
+    assert "no longer matters" not in lowered
+    assert "pretraining lowers BLEU beyond the noise of the seeds + test sentences at Df = 100." in lowered
     # a sweep still running: en100 has no pretrained cell yet, so no mixture is compared (it read "every mixture
     # has the same BLEU" from en50_de50 alone); with en100 at the smaller rung only, they meet at that rung
     alone = "\n".join(verdicts("en-de", pts[(pts["mixture"] != "en100") | (pts["dp"] == 0)], fits, [], "t5_tiny",
@@ -205,12 +230,109 @@ def test_the_reports_sentences_quote_their_comparisons():
     assert meet and f"en100 {fmt(at['en100'], 3)}" in meet[0] and f"en50_de50 {fmt(at['en50_de50'], 3)}" in meet[0]
 
 
+def test_every_reading_names_its_noise_and_flags_a_length_gap():
+    """sig_text / sig_brief say which noise the test covers (an old comparisons.csv: the test sentences), print p
+    so the rule reads off it, and warn where the two sides' length ratios differ by more than the threshold."""
+    from pipeline.report.tables import significance_section
+    from pipeline.report.verdicts import sig_brief, sig_text
+
+    base = {"kind": "pretraining", "task": "en-de", "df": 100, "mixture_a": "en50_de50", "dp_rung_a": 0,
+            "mixture_b": "en50_de50", "dp_rung_b": 2048, "bleu_a": 1.0, "bleu_b": 1.6, "delta": 0.6, "delta_lo": 0.1,
+            "delta_hi": 1.1, "p_value": 0.04995, "significant": True, "n": 2000, "resamples": 1000, "seeds": "0+1"}
+    seeds = pd.Series(base | {"noise": NOISE_SEEDS, "t_df": 1.7, "len_ratio_a": 0.98, "len_ratio_b": 1.42})
+    old = pd.Series(base)  # comparisons.csv from before: no noise, no length ratios
+    assert sig_text(seeds).endswith("beyond the noise of the seeds + test sentences") and "p = 0.04995" in sig_text(seeds)
+    assert "t-test over 2 seeds" in sig_text(seeds)
+    assert sig_brief(old).endswith("beyond the noise of the test sentences") and "paired bootstrap" in sig_text(old)
+    assert "⚠ output lengths differ (length ratio 0.98 → 1.42" in sig_text(seeds, 0.1)
+    assert "⚠" not in sig_text(seeds, 0.5) and "⚠" not in sig_brief(old, 0.1)
+    blocks = significance_section(pd.DataFrame([seeds.to_dict(), base | {"kind": "rung"}]), 0.1)
+    para, table = blocks[1].text, blocks[2].children[0]
+    assert "seeds + test sentences" in para and "test sentences only" in para and "1 comparison(s)" in para
+    assert table.rows[0][7] == "0.04995" and table.rows[0][9] == NOISE_SEEDS and table.rows[0][10].endswith("⚠")
+    assert table.rows[1][9] == NOISE_TEST and table.rows[1][10] == "—"
+
+
 def test_rung_steps_count_the_changes_beyond_the_noise_along_a_curve():
     from pipeline.report.verdicts import rung_steps
 
     t, refs = _table(seeds=(0,)), _refs(120, seed=9)
     comp = compare_cells(t, _predictions(t, refs), "13a")
     # Df 100: en50_de50 goes 0.6 -> 0.9 of the sentences right between its rungs (beyond the noise); Df 1000: flat
-    assert rung_steps(comp, "en-de", "t5_tiny", "full", 100, "en50_de50") == (1, 1)
-    assert rung_steps(comp, "en-de", "t5_tiny", "full", 1000, "en50_de50") == (0, 1)
+    assert rung_steps(comp, "en-de", "t5_tiny", "full", 100, "en50_de50") == (1, 1, NOISE_TEST)
+    assert rung_steps(comp, "en-de", "t5_tiny", "full", 1000, "en50_de50") == (0, 1, NOISE_TEST)
     assert rung_steps(None, "en-de", "t5_tiny", "full", 100, "en50_de50") is None
+
+
+# ------------------------------------------------------- seeds and test sentences together: calibration and power
+
+def _share(stats: np.ndarray) -> np.ndarray:
+    """A corpus score from summed (hits, words) statistics: the share of words right, in percent."""
+    return 100 * stats[..., 0] / stats[..., 1]
+
+
+def _system(rng, quality, words, seeds: int, seed_sd: float) -> list[np.ndarray]:
+    """Per-sentence (hits, words) of `seeds` finetuning runs: each run has its own offset (the seed effect) and
+    draws its own hits sentence by sentence (what another seed redraws)."""
+    out = []
+    for _ in range(seeds):
+        hits = rng.binomial(words, np.clip(quality + rng.normal(0, seed_sd), 0.01, 0.99))
+        out.append(np.stack([hits, words], 1).astype(float))
+    return out
+
+
+def _null_rates(seed_sd: float, seeds: int, trials: int = 300, shift: float = 0.0) -> tuple[float, float]:
+    """(rate called significant by seeds_and_sentences, by a bootstrap over the seeds' sentences pooled) over
+    `trials` pairs of systems drawn from one distribution (b better by `shift` where it is not 0)."""
+    rng = np.random.default_rng(1)
+    ours = pooled = 0
+    for trial in range(trials):
+        quality, words = rng.beta(2, 3, 200), rng.integers(3, 15, 200)
+        a, b = _system(rng, quality, words, seeds, seed_sd), _system(rng, quality + shift, words, seeds, seed_sd)
+        ours += seeds_and_sentences(a, b, _share, resamples=200, seed=trial).significant
+        pa, pb = np.concatenate(a), np.concatenate(b)
+        idx = rng.integers(0, len(pa), (200, len(pa)))
+        boot = _share(pb[idx].sum(1)) - _share(pa[idx].sum(1))
+        lo, hi = np.percentile(boot - boot.mean() + (_share(pb.sum(0)) - _share(pa.sum(0))), [2.5, 97.5])
+        pooled += not (lo <= 0 <= hi)
+    return ours / trials, pooled / trials
+
+
+@pytest.mark.parametrize("seed_sd", [0.0, 0.03])
+def test_seeds_and_sentences_is_calibrated_where_pooling_seeds_is_not(seed_sd):
+    """Systems with identical distributions: the test calls at most about ALPHA of them different, with or without
+    a seed effect (conservative without: 2 seeds cannot show that there is none); the bootstrap over pooled
+    sentences (the rule before) calls a third or more different once seeds differ."""
+    ours, pooled = _null_rates(seed_sd, seeds=2)
+    assert ours <= ALPHA + 0.03
+    if seed_sd:
+        assert ours >= 0.01 and pooled > 0.3
+
+
+def test_seeds_and_sentences_finds_a_real_difference():
+    ours, _ = _null_rates(0.01, seeds=3, trials=60, shift=0.08)
+    assert ours > 0.8
+
+
+def test_seeds_and_sentences_reads_like_the_bootstrap_on_real_bleu():
+    refs = _refs(200, seed=4)
+    weak = [_damage(refs, 0.2, s) for s in (1, 2)]
+    strong = [_damage(refs, 0.8, s) for s in (3, 4)]
+    c = seeds_bleu(weak, strong, refs)
+    want = np.mean([BLEU().corpus_score(h, [refs]).score for h in strong]) - np.mean(
+        [BLEU().corpus_score(h, [refs]).score for h in weak])
+    assert c.delta == pytest.approx(want) and c.significant and c.noise == NOISE_SEEDS and c.n == 200
+    assert c.delta_lo < c.delta < c.delta_hi and c.delta_lo > 0 and c.t_df >= 1
+    assert "beyond the noise of the seeds + test sentences" in c.sentence("weak", "strong")
+    same = seeds_bleu(weak, [list(h) for h in weak], refs)
+    assert same.delta == 0 and same.p_value == 1.0 and not same.significant
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        seeds_bleu(weak[:1], strong, refs)
+
+
+@pytest.mark.parametrize("p, text", [(0.04995, "0.04995"), (0.0496, "0.0496"), (0.05, "0.050"), (0.0504, "0.050"),
+                                     (0.051, "0.051"), (0.002, "0.002"), (0.0004, "< 0.001"), (1.0, "1.000")])
+def test_p_values_print_so_the_rule_can_be_read_off_them(p, text):
+    assert p_text(p) == text and p_is(p) == ("p " if p < 1e-3 else "p = ") + text
+    shown = float(text.lstrip("< "))
+    assert (shown < ALPHA) == (p < ALPHA)

@@ -117,7 +117,7 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
             if q.summary:
                 summary += [Block("p", f"**{title}** (details below)"), Block("list", items=q.summary)]
 
-    body += significance_section(comp)
+    body += significance_section(comp, spec.fit.length_ratio_flag)
     appendix = [Block("h2", "Appendix: the per-point tables"),
                 Block("h3", "Held-out extrapolation, per point"), holdout_table(fits),
                 Block("h3", "All evaluated cells"), cells_table(ok_rows)]

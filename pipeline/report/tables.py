@@ -15,6 +15,7 @@ from pipeline.fit import excluded
 from pipeline.report.document import Block, collapsed
 from pipeline.report.fmt import (
     DATA_NOTES,
+    finite,
     fmt,
     fmt_ci,
     fmt_count,
@@ -169,38 +170,56 @@ def holdout_table(fits: list[dict[str, Any]]) -> Block:
 def cells_table(ok_rows: pd.DataFrame) -> Block:
     """Every evaluated cell with its metrics."""
     cols = ["task", "mixture", "model", "method", "dp", "df", "seed", "bleu", "chrf", "ce", "bp", "gen_len",
-            "upstream_loss_mixture", "finetune_steps"]
+            "len_ratio", "runaway", "upstream_loss_mixture", "finetune_steps"]
     counts = {"dp", "df", "seed", "finetune_steps"}
     rows = [[str(r[c]) if isinstance(r[c], str) else fmt_count(r[c]) if c in counts else fmt(num(r.get(c)))
              for c in cols] for _, r in ok_rows.sort_values(["task", "mixture", "model", "method", "df", "dp"]).iterrows()]
     table = Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed", "BLEU", "chrF", "CE", "BP",
-                                   "gen. length", "upstream loss", "finetune steps"], rows=rows)
+                                   "gen. length", "length ratio", "runaway share", "upstream loss", "finetune steps"],
+                  rows=rows)
     return collapsed(f"Every evaluated cell ({len(rows)} rows)", table, len(rows))
 
 
-def significance_section(comp: pd.DataFrame | None) -> list[Block]:
+def significance_section(comp: pd.DataFrame | None, length_flag: float | None = None) -> list[Block]:
     """Every BLEU comparison collect tested (pipeline.significance): against Dp = 0, rung to rung, between
-    mixtures; how many are beyond the noise, then the table (collapsed)."""
-    from pipeline.significance import ALPHA
+    mixtures; how many are beyond the noise (and which noise each test covers), then the table (collapsed), where
+    a comparison whose output/reference length ratios differ by more than `length_flag` is marked."""
+    from pipeline.significance import ALPHA, NOISE_TEST, p_text
 
     out = [Block("h2", "Which BLEU differences are real")]
     if comp is None or comp.empty:
         return out + [Block("p", "No significance tests: collect found no stored predictions to compare (a results "
                                  "table copied without its evaluation directories).")]
     sig = comp["significant"].map(is_ok)
-    out.append(Block("p", f"sacreBLEU's paired bootstrap resampling ({int(comp['resamples'].iloc[0]):,} resamples of "
-                          f"the test sentences, seeds pooled): a difference is called significant when p < {ALPHA:g} and "
-                          f"its 95% interval excludes 0. "
+    noise = comp["noise"].fillna(NOISE_TEST) if "noise" in comp.columns else pd.Series(NOISE_TEST, index=comp.index)
+    ratio = [(num(r.get("len_ratio_a")), num(r.get("len_ratio_b"))) for _, r in comp.iterrows()]
+    flagged = [length_flag is not None and finite(a) and finite(b) and abs(b - a) > length_flag for a, b in ratio]
+    methods = []
+    if (noise == NOISE_TEST).any():
+        methods.append(f"with one seed a side, sacreBLEU's paired bootstrap resampling ({int(comp['resamples'].iloc[0]):,} "
+                       "resamples of the test sentences), which covers the noise of the test sentences only")
+    if (noise != NOISE_TEST).any():
+        methods.append("with two or more seeds a side, a Welch t-test on the seed-averaged BLEU whose variance adds the "
+                       "seeds' spread to a paired bootstrap over the test sentences (pipeline.significance), which "
+                       "covers the noise of the seeds + test sentences")
+    out.append(Block("p", "Tests: " + "; ".join(methods) + f". A difference is called significant when p < {ALPHA:g} "
+                          "and its 95% interval excludes 0. "
                           + "; ".join(f"{k}: {int(sig[comp['kind'] == k].sum())} of {int((comp['kind'] == k).sum())} "
-                                      "beyond the noise" for k in dict.fromkeys(comp["kind"])) + "."))
+                                      f"beyond the noise of the {' / '.join(dict.fromkeys(noise[comp['kind'] == k]))}"
+                                      for k in dict.fromkeys(comp["kind"])) + "."
+                          + (f" ⚠ {sum(flagged)} comparison(s) pair outputs whose length ratios (output/reference) "
+                             f"differ by more than {length_flag:g}: their BLEU gap may be length, not translation."
+                             if any(flagged) else "")))
     rows = []
-    for _, r in comp.iterrows():
+    for (_, r), nz, (la, lb), fl in zip(comp.iterrows(), noise, ratio, flagged):
         rows.append([str(r["kind"]), str(r["task"]), fmt_df(r["df"]),
                      f"{r['mixture_a']} Dp {fmt_tokens(r['dp_rung_a']) if r['dp_rung_a'] else '0'}",
                      f"{r['mixture_b']} Dp {fmt_tokens(r['dp_rung_b']) if r['dp_rung_b'] else '0'}",
                      f"{fmt(r['bleu_a'], 3)} → {fmt(r['bleu_b'], 3)}",
-                     f"{r['delta']:+.2f} [{r['delta_lo']:+.2f}, {r['delta_hi']:+.2f}]", f"{r['p_value']:.3f}",
-                     "yes" if is_ok(r["significant"]) else "no"])
+                     f"{r['delta']:+.2f} [{r['delta_lo']:+.2f}, {r['delta_hi']:+.2f}]", p_text(r["p_value"]),
+                     "yes" if is_ok(r["significant"]) else "no", nz,
+                     (f"{la:.2f} → {lb:.2f}" if finite(la) and finite(lb) else "—") + (" ⚠" if fl else "")])
     out.append(Block("details", "All comparisons", children=[Block("table", header=[
-        "kind", "task", "Df", "a", "b", "BLEU a → b", "Δ [95% CI]", "p", "significant"], rows=rows)]))
+        "kind", "task", "Df", "a", "b", "BLEU a → b", "Δ [95% CI]", "p", "significant", "noise",
+        "length ratio a → b"], rows=rows)]))
     return out

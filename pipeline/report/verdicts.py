@@ -26,6 +26,7 @@ from pipeline.report.fmt import (
 )
 from pipeline.report.tables import curve_fits
 from pipeline.results import is_ok
+from pipeline.significance import NOISE_SEEDS, NOISE_TEST, p_is
 
 BLEU_FLOOR = 1.0  # below this no cell translates: BLEU counts a few stray n-grams
 MONOTONE_RHO = 0.8  # |Spearman ρ| at least this: an upstream loss that ranks a curve's points
@@ -72,34 +73,69 @@ def comparison(comp: pd.DataFrame | None, kind: str, task: str, model: str, meth
 
 
 def rung_steps(comp: pd.DataFrame | None, task: str, model: str, method: str, df: Any,
-               mixture: str) -> tuple[int, int] | None:
-    """(rung-to-rung BLEU changes beyond the noise, all of them) along one curve; None without comparisons."""
+               mixture: str) -> tuple[int, int, str] | None:
+    """(rung-to-rung BLEU changes beyond the noise, all of them, the noise their tests cover) along one curve;
+    None without comparisons."""
     if comp is None or comp.empty:
         return None
     c = comp[(comp["kind"] == "rung") & (comp["task"] == task) & (comp["model"] == model)
              & (comp["method"] == method) & (comp["df"].astype(str) == str(df)) & (comp["mixture_a"] == mixture)]
-    return (int(c["significant"].map(is_ok).sum()), len(c)) if len(c) else None
+    return (int(c["significant"].map(is_ok).sum()), len(c), noises([r for _, r in c.iterrows()])) if len(c) else None
+
+
+def noise_of(c: pd.Series) -> str:
+    """The noise a comparison's test covers: 'test sentences' or 'seeds + test sentences' (comparisons.csv from
+    before the seeds test has no column: its bootstrap covered the test sentences)."""
+    v = c.get("noise")
+    return v if isinstance(v, str) and v else NOISE_TEST
+
+
+def noises(cs: list[pd.Series]) -> str:
+    """The noises a group of comparisons covers, each named once ('test sentences' or 'seeds + test sentences')."""
+    return " / ".join(dict.fromkeys(noise_of(c) for c in cs)) or NOISE_TEST
+
+
+def length_flag(c: pd.Series | None, threshold: float | None) -> str:
+    """'; output lengths differ (length ratio 0.98 → 1.42): part of the gap may be length, not translation' where
+    the two sides' output/reference length ratios differ by more than `threshold` (fit.length_ratio_flag)."""
+    if c is None or threshold is None or not (finite(c.get("len_ratio_a")) and finite(c.get("len_ratio_b"))):
+        return ""
+    a, b = float(c["len_ratio_a"]), float(c["len_ratio_b"])
+    if abs(b - a) <= threshold:
+        return ""
+    return (f"; ⚠ output lengths differ (length ratio {a:.2f} → {b:.2f}, more than {threshold:g} apart): part of "
+            "the BLEU gap may be length, not translation")
 
 
 def _interval(c: pd.Series) -> str:
-    """'[+1.20, +5.00], p = 0.002': a comparison's 95% interval and sacreBLEU's p-value."""
-    return f"[{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], p = {float(c['p_value']):.3f}"
+    """'[+1.20, +5.00], p = 0.002': a comparison's 95% interval and p-value (printed so p < 0.05 reads off it)."""
+    return f"[{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], {p_is(c['p_value'])}"
 
 
-def sig_text(c: pd.Series | None) -> str:
-    """'+3.10 BLEU [+1.20, +5.00], p = 0.002' with its reading; a note when no test could be made."""
+def _method(c: pd.Series) -> str:
+    if noise_of(c) == NOISE_SEEDS:
+        seeds = len(str(c.get("seeds", "")).split("+"))
+        return f"t-test over {seeds} seeds a side with a bootstrap over {int(c['n']):,} sentences"
+    return f"paired bootstrap over {int(c['n']):,} sentences"
+
+
+def sig_text(c: pd.Series | None, flag: float | None = None) -> str:
+    """'+3.10 BLEU [+1.20, +5.00], p = 0.002, paired bootstrap over 2,000 sentences: beyond the noise of the test
+    sentences', with a length warning (length_flag); a note when no test could be made."""
     if c is None:
         return "no significance test (the cells' predictions were not collected)"
-    iv = f"{float(c['delta']):+.2f} BLEU {_interval(c)}, paired bootstrap over {int(c['n']):,} sentences"
-    return iv + (": beyond the noise" if is_ok(c["significant"]) else ": inside the noise of the test set")
+    iv = f"{float(c['delta']):+.2f} BLEU {_interval(c)}, {_method(c)}"
+    return (iv + (": beyond" if is_ok(c["significant"]) else ": inside") + f" the noise of the {noise_of(c)}"
+            + length_flag(c, flag))
 
 
-def sig_brief(c: pd.Series | None) -> str:
+def sig_brief(c: pd.Series | None, flag: float | None = None) -> str:
     """sig_text without the difference itself, for a sentence that has just stated it: '95% CI [+1.20, +5.00],
-    p = 0.002: beyond the noise'."""
+    p = 0.002: beyond the noise of the test sentences'."""
     if c is None:
         return "no significance test"
-    return f"95% CI {_interval(c)}: " + ("beyond the noise" if is_ok(c["significant"]) else "inside the noise")
+    return (f"95% CI {_interval(c)}: " + ("beyond" if is_ok(c["significant"]) else "inside")
+            + f" the noise of the {noise_of(c)}" + length_flag(c, flag))
 
 
 def _more_pretraining(recs: list[dict[str, Any]], dp: float, bleu_now: float) -> str:
@@ -177,11 +213,11 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
         elif not r.get("bleu_monotone"):
             steps = rung_steps(comp, task, model, method, r["df"], r["mixture"])
             if steps is not None and not steps[0]:  # no rung-to-rung change is beyond the noise
-                s = ("CE keeps falling with Dp while BLEU's ups and downs are all inside the noise of the test set, "
+                s = (f"CE keeps falling with Dp while BLEU's ups and downs are all inside the noise of the {steps[2]}, "
                      "for {where}: BLEU does not move there.")
             else:
                 s = ("CE keeps falling with Dp while BLEU does not rise with it"
-                     + (" (rung-to-rung changes beyond the noise)" if steps is not None else "")
+                     + (f" (rung-to-rung changes beyond the noise of the {steps[2]})" if steps is not None else "")
                      + ", for {where}: CE is a misleading proxy there.")
         elif not r.get("bleu_fit_ok"):
             s = f"CE keeps falling with Dp while BLEU follows no {law_name(fit_cfg.bleu_law, 'bleu')} (see above), for {{where}}."
@@ -198,14 +234,15 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
         if r.get("flag") or not finite(rho) or floored(r["mixture"], r["df"]) or nothing_translates:
             continue
         steps = rung_steps(comp, task, model, method, r["df"], r["mixture"])
-        noise = "" if steps is None else f"; {steps[0]} of {steps[1]} rung-to-rung BLEU changes beyond the noise"
+        noise = ("" if steps is None else
+                 f"; {steps[0]} of {steps[1]} rung-to-rung BLEU changes beyond the noise of the {steps[2]}")
         where = f"{curve_name(r['mixture'], r['df'])} (ρ = {rho:+.2f}{noise})"
         if rho <= -MONOTONE_RHO:
             s = ("BLEU and CE move together across Dp for {where}: the rungs with the lower CE have the higher BLEU, "
                  "so CE tells BLEU's story there.")
         elif steps is not None and not steps[0]:
             s = ("BLEU and CE do not rank the Dp rungs alike for {where}, but BLEU's changes from rung to rung are "
-                 "inside the noise there: nothing for CE to miss.")
+                 f"inside the noise of the {steps[2]} there: nothing for CE to miss.")
         else:
             s = (f"BLEU and CE do not move together across Dp for {{where}} (Spearman ρ of BLEU against CE above "
                  f"−{MONOTONE_RHO:g}): CE does not rank the rungs as BLEU does, so it is no proxy for BLEU there.")
@@ -224,7 +261,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                 continue
             tests = {d: comparison(comp, "pretraining", task, model, method, d, mixture_b=mix) for d in gains}
             head = f"**{mix}**: from no pretraining to the largest Dp, BLEU changes by " + ", ".join(
-                f"{v:+.2f} at Df = {fmt(int(d))} ({sig_brief(tests[d])}"
+                f"{v:+.2f} at Df = {fmt(int(d))} ({sig_brief(tests[d], fit_cfg.length_ratio_flag)}"
                 + ("; no cell translates at this Df" if floored(mix, d) else "") + ")" for d, v in gains.items())
             read = [d for d in gains if not floored(mix, d)]
             if len(read) < 2:
@@ -236,8 +273,8 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
             c_lo, c_hi = tests[read[0]], tests[read[-1]]
             sig = [c for c in (c_lo, c_hi) if c is not None]
             if sig and not any(is_ok(c["significant"]) for c in sig):
-                out.append(f"{head}: pretraining makes no difference to BLEU beyond the noise at Df = "
-                           f"{fmt(int(read[0]))} or {fmt(int(read[-1]))}.")
+                out.append(f"{head}: pretraining makes no difference to BLEU beyond the noise of the {noises(sig)} "
+                           f"at Df = {fmt(int(read[0]))} or {fmt(int(read[-1]))}.")
             elif not sig and max(abs(lo), abs(hi)) < 0.5:
                 out.append(f"{head}: pretraining makes no visible difference to BLEU at any Df here.")
             else:
@@ -246,7 +283,8 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                     c_lo is not None and c_hi is not None and is_ok(c_lo["significant"]) and not is_ok(c_hi["significant"])))
                 hurts = [d for d in read if gains[d] < 0 and tests[d] is not None and is_ok(tests[d]["significant"])]
                 out.append(head + (": at the largest Df pretraining no longer matters much." if fades else
-                                   f": pretraining lowers BLEU beyond the noise at Df = "
+                                   f": pretraining lowers BLEU beyond the noise of the "
+                                   f"{noises([tests[d] for d in hurts])} at Df = "
                                    f"{and_list([fmt(int(d)) for d in hurts])}." if hurts else "."))
     # The cross-entropy side of the same question (the signal that remains when BLEU is at its floor).
     for mix, gm in g.groupby("mixture", sort=False):
@@ -272,7 +310,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                            f"({fmt(best['bleu'].iloc[0], 3)}).")
                 continue
             desc = ", ".join(f"{r['mixture']} {fmt(r['bleu'], 3)} (A = {fmt(r['alignment'], 3)})" for _, r in best.iterrows())
-            tests = [f"{c['mixture_b']} against {c['mixture_a']}: {sig_text(c)}" for c in (
+            tests = [f"{c['mixture_b']} against {c['mixture_a']}: {sig_text(c, fit_cfg.length_ratio_flag)}" for c in (
                 comparison(comp, "mixture", task, model, method, d, mixture_b=m) for m in best["mixture"]) if c is not None]
             none = (f" Neither cell translates (BLEU below {BLEU_FLOOR:g}): the ranking is of stray n-grams, not of "
                     "translation." if (best["bleu"] < BLEU_FLOOR).all() else "")
