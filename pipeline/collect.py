@@ -55,6 +55,7 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
         "device": m["device"], "checkpoint": f["checkpoint"], "git_sha": st.get("git_sha") or ft_st.get("git_sha"),
         "status": "ok", "reason": "",
     })
+    row.update({"dtype": m.get("dtype") or f.get("dtype"), "pretrain_dtype": f.get("pretrain_dtype")})
     other = m.get("other")
     if other:  # the second held-out split, scored beside the first
         row.update({"other_split": other["test_split"], "other_bleu": other["bleu"], "other_chrf": other["chrf"],

@@ -171,6 +171,7 @@ class FinetuneConfig:
     warmup_steps: int = 0
     validation_split: str = "validation"  # model selection and early stopping: validation | validation_indomain
     seeds_df_max: int | None = None  # seeds after the first only at Df up to this (None: every seed at every Df)
+    dtype: str = "auto"  # the cells' precision, training and evaluation: auto | fp32 | bf16 (pipeline/precision.py)
 
     def step_cap(self, pairs: int) -> int:
         """The most optimiser steps a cell of `pairs` training pairs takes (early stopping may take fewer)."""
@@ -213,6 +214,7 @@ class FinetuneConfig:
             warmup_steps=_num(d, "warmup_steps", p, kind=int, lo=0, default=0),
             validation_split=_choice(d, "validation_split", p, VALIDATION_SPLITS, "validation"),
             seeds_df_max=_num(d, "seeds_df_max", p, kind=int, lo=1, default=None),
+            dtype=_choice(d, "dtype", p, ("auto", "fp32", "bf16"), "auto"),
             lora=LoraConfig(
                 r=_num(lora_d, "r", f"{p}.lora", kind=int, lo=1),
                 alpha=_num(lora_d, "alpha", f"{p}.lora", lo=0, lo_open=True),

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from pipeline.artifacts import atomic_write_json, dir_hash
 from pipeline.config import DataConfig, FinetuneConfig, LoraConfig, TrackingConfig
 from pipeline.model import ModelPreset, Seq2SeqLoss, load_model
+from pipeline.precision import ProbeShape
 from pipeline.pretrain import checkpoint_for
 from pipeline.seq2seq import collate, encode_pairs, reference_ce
 from pipeline.tokenizer import load_tokenizer
@@ -33,6 +34,8 @@ from pipeline.training import (
     Preempted,
     StopFlag,
     capture_rng,
+    checkpoint_meta,
+    keep_dtype,
     latest_checkpoint,
     load_state,
     lr_lambda,
@@ -117,6 +120,7 @@ class FinetuneSpec(Spec):
     cache: str
     tokenizer_dir: str
     tracking: TrackingConfig
+    dtype: str = "auto"  # the sweep's precision for the cells (plan.sweep_precision); evaluation follows the cell's
 
 
 def run(task) -> None:
@@ -125,11 +129,12 @@ def run(task) -> None:
     spec: FinetuneSpec = task.spec
     cfg = spec.finetune
     out = Path(task.dir)
-    rt = setup_runtime("auto", "none")
     src_lang, tgt_lang = spec.src, spec.tgt
     source = get_source(spec.data, Path(spec.cache))
     ckpt = checkpoint_for(spec.checkpoint.parent_dir, spec.checkpoint.steps)
     tokenizer = load_tokenizer(ckpt)
+    rt = setup_runtime(cfg.dtype if spec.dtype == "auto" else spec.dtype, "none",
+                       ProbeShape(spec.model.d_model, spec.model.d_ff, len(tokenizer)))
     pad = tokenizer.pad_token_id
 
     pool = source.parallel(spec.pair, "train")
@@ -166,9 +171,11 @@ def run(task) -> None:
         opt.load_state_dict(state["optimizer"])
         restore_rng(state["rng"])
         st = state["loop"]
+        rt = keep_dtype(rt, st.get("dtype"), task.name)
         log.info("%s: resuming at step %d (best validation CE %.4f)", task.name, st["step"], st["best_val"])
     else:
         seed_all(spec.seed)
+    st["dtype"] = rt.dtype
 
     def save_state() -> None:
         trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k} if lora else None
@@ -233,9 +240,18 @@ def run(task) -> None:
         "df_examples": len(tr_src), "df_tokens": df_tokens, "epochs": st["step"] / steps_per_epoch,
         "validation_pairs": len(va_src), "seconds": time.time() - t0, "curve": st["curve"], "method": spec.method,
         "lr": spec.lr, "checkpoint": str(ckpt), "dp_rung": spec.checkpoint.dp_rung,
-        "pretrain_steps": spec.checkpoint.steps, "device": str(rt.device)})
+        "pretrain_steps": spec.checkpoint.steps, "device": str(rt.device),
+        "dtype": rt.dtype, "precision": rt.precision.get("rule"), "pretrain_dtype": _trained_in(ckpt)})
     log.info("%s: best validation CE %.4f at step %d of %d (%s)", task.name, st["best_val"], st["best_step"],
              st["step"], stopped)
+
+
+def _trained_in(ckpt: Path) -> str | None:
+    """The precision the starting checkpoint was pretrained in (None: the init checkpoint, or an older run)."""
+    try:
+        return checkpoint_meta(ckpt).get("dtype")
+    except (OSError, ValueError):
+        return None
 
 
 def _save_best(out: Path, model, tokenizer) -> None:

@@ -24,6 +24,7 @@ COLUMNS = [
     "other_split", "other_bleu", "other_chrf", "other_ce",
     "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
     "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
+    "dtype", "pretrain_dtype",  # the precision the cell was finetuned and evaluated in; its checkpoint's pretraining
     "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
 ]
 # Without these a table cannot be fitted; every other column a reader uses has a default below.
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "method": "full", "seed": 0, "selected": True, "alignment": np.nan, "src": None, "tgt": None, "chrf": np.nan,
     "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan, "reason": "",
     "test_split": "test", "other_split": None, "other_bleu": np.nan, "other_chrf": np.nan, "other_ce": np.nan,
+    "dtype": None, "pretrain_dtype": None,
 }
 
 
