@@ -1,8 +1,9 @@
 """Which precision a run trains and evaluates in: `fp32`, or bf16 autocast (master weights and optimizer state
 stay fp32). `auto` is bf16 on a CUDA GPU that supports it; on a CPU it is decided by measuring, because bf16
 autocast is 2-4x faster where the processor has bf16 instructions (avx512_bf16, amx_bf16) and slower where it
-has not: a probe of well under a second times one layer of the model's own shapes, forward and backward,
-in fp32 and under bf16 autocast, and takes bf16 when it is at least BF16_MIN_SPEEDUP times faster.
+has not: a probe of well under a second times a step of the model's own shapes (its layers' projections and
+feed-forward blocks, its output layer; forward and backward) in fp32 and under bf16 autocast, and takes bf16
+when it is at least BF16_MIN_SPEEDUP times faster.
 """
 
 from __future__ import annotations
@@ -21,17 +22,21 @@ DTYPES = ("auto", "fp32", "bf16")
 # bf16 changes the numbers a little (docs/benchmarks.md: the quality check); it is taken only where it
 # clearly pays. Probe ratios on processors with bf16 instructions are 2-4x, without them below 1.
 BF16_MIN_SPEEDUP = 1.3
-PROBE_SECONDS = 0.15  # timing budget per precision, after one warm-up pass each
-PROBE_TOKENS = 256  # rows of the probe's activations: large enough for the matmuls to run at speed
+PROBE_SECONDS = 0.4  # the probe's CPU time, warm-up included (at least one warm-up and one timed step of each)
+# Rows of the probe's activations: a third of a desk finetuning batch (64 x ~24 tokens). With fewer, the per-step
+# costs that do not grow with the batch (casting the weights to bf16) hide the matmuls' gain.
+PROBE_TOKENS = 512
 
 
 @dataclass(frozen=True)
 class ProbeShape:
-    """The model's shapes the probe runs: one feed-forward block and the output layer."""
+    """The model's shapes the probe runs: `layers` blocks of the attention projections (q, k, v, o) and a gated
+    feed-forward, pre-norm and residual, then the output layer and a log-softmax, as a T5 step has them."""
 
     d_model: int = 128
     d_ff: int = 512
     vocab: int = 4000
+    layers: int = 2  # the op mix of a layer repeats: two keep the probe short and the output layer's share modest
     tokens: int = PROBE_TOKENS
 
 
@@ -50,50 +55,55 @@ def cpu_bf16_flags() -> list[str]:
 def _probe_step(shape: ProbeShape, bf16: bool) -> callable:
     g = torch.Generator().manual_seed(0)
     d, ff, v, n = shape.d_model, shape.d_ff, shape.vocab, shape.tokens
+
+    def weight(rows: int, cols: int) -> torch.Tensor:
+        return (torch.randn(rows, cols, generator=g) * cols**-0.5).requires_grad_()
+
     x = torch.randn(n, d, generator=g)
-    w1 = (torch.randn(ff, d, generator=g) * d**-0.5).requires_grad_()
-    w2 = (torch.randn(d, ff, generator=g) * ff**-0.5).requires_grad_()
-    wo = (torch.randn(v, d, generator=g) * d**-0.5).requires_grad_()
-    norm = torch.ones(d, requires_grad=True)
+    blocks = [[weight(d, d) for _ in range(4)] + [weight(ff, d), weight(ff, d), weight(d, ff)]
+              for _ in range(shape.layers)]
+    wo = weight(v, d)
+    params = [p for b in blocks for p in b] + [wo]
+    F = torch.nn.functional
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            h = torch.nn.functional.gelu(x @ w1.t(), approximate="tanh") @ w2.t()
-            h = torch.nn.functional.rms_norm((x + h).float(), (d,), norm)
-            loss = (h @ wo.t()).float().logsumexp(-1).mean()
+            h = x
+            for q, k, val, o, wi0, wi1, wff in blocks:
+                a = F.rms_norm(h, (d,))
+                h = h + ((a @ q.t()) + (a @ k.t()) + (a @ val.t())) @ o.t()
+                a = F.rms_norm(h, (d,))
+                h = h + (F.gelu(a @ wi0.t(), approximate="tanh") * (a @ wi1.t())) @ wff.t()
+            loss = (F.rms_norm(h, (d,)) @ wo.t()).float().logsumexp(-1).mean()
         loss.backward()
-        for p in (w1, w2, wo, norm):
+        for p in params:
             p.grad = None
 
     return step
 
 
-def _seconds_per_step(step, budget: float) -> float:
-    best, t_end = float("inf"), time.perf_counter() + budget
-    while True:
-        t0 = time.perf_counter()
-        step()
-        t1 = time.perf_counter()
-        best = min(best, t1 - t0)  # the minimum: other processes on the machine only ever add time
-        if t1 >= t_end:
-            return best
-
-
 @functools.lru_cache(maxsize=8)
 def probe_cpu(shape: ProbeShape = ProbeShape()) -> dict[str, Any]:
     """Seconds of one probe step (forward + backward of a feed-forward block and the output layer at the model's
-    shapes) in fp32 and under bf16 autocast, alternating, and their ratio. Cached per process and shape."""
-    t_start = time.perf_counter()
+    shapes) in fp32 and under bf16 autocast, and their ratio: one warm-up step each, then single steps of each in
+    turn until the probe has used PROBE_SECONDS of CPU time (on an idle machine as much wall time; on a shared
+    one the same number of steps); the least CPU time of each counts (what other processes do to the caches only
+    ever adds time). Cached per process and shape."""
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     steps = {"fp32": _probe_step(shape, False), "bf16": _probe_step(shape, True)}
-    times: dict[str, float] = {"fp32": float("inf"), "bf16": float("inf")}
     for step in steps.values():
         step()  # warm-up: oneDNN picks and caches its kernels
-    for _ in range(2):  # alternating halves, so a burst of load elsewhere hits both sides
+    times: dict[str, float] = {"fp32": float("inf"), "bf16": float("inf")}
+    while True:
         for name, step in steps.items():
-            times[name] = min(times[name], _seconds_per_step(step, PROBE_SECONDS / 2))
+            t0 = time.process_time()  # CPU time: on a shared machine the wall clock also counts the others' turns
+            step()
+            times[name] = min(times[name], time.process_time() - t0)
+        if time.process_time() - cpu_start >= PROBE_SECONDS:
+            break
     return {"fp32_s": times["fp32"], "bf16_s": times["bf16"], "speedup": times["fp32"] / times["bf16"],
-            "probe_seconds": time.perf_counter() - t_start, "shape": dict(vars(shape)), "threads": torch.get_num_threads(),
-            "cpu_flags": cpu_bf16_flags()}
+            "probe_seconds": time.process_time() - cpu_start, "probe_wall_seconds": time.perf_counter() - t_start,
+            "shape": dict(vars(shape)), "threads": torch.get_num_threads(), "cpu_flags": cpu_bf16_flags()}
 
 
 def resolve_dtype(requested: str, device: torch.device | str, shape: ProbeShape | None = None) -> tuple[str, dict[str, Any]]:
@@ -126,7 +136,8 @@ def describe(info: dict[str, Any]) -> str:
     line = f"precision {info['dtype']} ({info['requested']}: {info['rule']})"
     if "fp32_s" in info:
         s = info["shape"]
-        line += (f"; probe at d_model {s['d_model']}, d_ff {s['d_ff']}, vocab {s['vocab']}, {s['tokens']} tokens, "
+        line += (f"; probe at d_model {s['d_model']}, d_ff {s['d_ff']}, vocab {s['vocab']}, {s['layers']} layers, "
+                 f"{s['tokens']} tokens, "
                  f"{info['threads']} thread(s): fp32 {info['fp32_s'] * 1e3:.2f} ms, bf16 {info['bf16_s'] * 1e3:.2f} ms "
-                 f"a step, {info['probe_seconds']:.2f} s in all; cpu flags: {', '.join(info['cpu_flags']) or 'none'}")
+                 f"CPU time a step, {info['probe_seconds']:.2f} s CPU time in all ({info['probe_wall_seconds']:.2f} s wall); cpu flags: {', '.join(info['cpu_flags']) or 'none'}")
     return line
