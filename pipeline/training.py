@@ -92,7 +92,15 @@ def setup_runtime(dtype: str = "auto", distributed: str = "auto", shape=None) ->
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world))
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world)
+    requested = dtype
     dtype, info = resolve_dtype(dtype, device, shape)
+    if requested == "auto" and device.type == "cpu" and world > 1 and torch.distributed.is_initialized():
+        # Each rank probed on its own: rank 0's choice is everyone's, so no two ranks train in different dtypes.
+        choice = torch.tensor([dtype == "bf16"], dtype=torch.int32)
+        torch.distributed.broadcast(choice, 0)
+        if (dtype == "bf16") != bool(choice.item()):
+            dtype = "bf16" if choice.item() else "fp32"
+            info = {**info, "dtype": dtype, "rule": f"rank 0's choice ({info['rule']} here)"}
     if rank == 0:
         log.info("%s", describe(info))
     return Runtime(device=device, dtype=dtype, rank=rank, world=world, local_rank=local_rank, precision=info)
