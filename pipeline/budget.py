@@ -12,15 +12,20 @@ from typing import Any
 from pipeline.config import Config, ConfigError
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s (SXM), the MFU reference of the paper-scale estimate
-ASSUMED_MFU = {"cuda": 0.40, "cpu": 0.25}  # what our loop reaches (docs/benchmarks.md); stated in the printout
+# What our loop reaches of the measured matmul peak (docs/benchmarks.md); stated in the printout. On a CPU in bf16
+# the matmuls gain 4.3x but a step 2.3x (docs/benchmarks.md, "bf16 on the CPU"): the rest of the step is
+# element-wise work and the fp32 softmax, so the same loop reaches about half the fraction of the bf16 peak.
+ASSUMED_MFU = {"cuda": 0.40, "cpu": 0.25, "cpu-bf16": 0.13}
 
 
-def measured_peak(device: str | None = None) -> tuple[str, float]:
-    """The matmul peak of this machine in FLOP/s (fp32 on CPU, bf16 on CUDA), measured in a fraction of a second."""
+def measured_peak(device: str | None = None, dtype: str | None = None) -> tuple[str, float, str]:
+    """The matmul peak of this machine in FLOP/s in `dtype` ("fp32" | "bf16"; default bf16 on CUDA, fp32 on a
+    CPU: what the sweep will run in), measured in a fraction of a second; with the device and the dtype."""
     import torch
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    name = dtype if dtype in ("fp32", "bf16") else "bf16" if dev == "cuda" else "fp32"
+    dtype = torch.bfloat16 if name == "bf16" else torch.float32
     n = 4096 if dev == "cuda" else 1024
     a = torch.randn(n, n, device=dev, dtype=dtype)
     b = torch.randn(n, n, device=dev, dtype=dtype)
@@ -34,7 +39,7 @@ def measured_peak(device: str | None = None) -> tuple[str, float]:
         reps += 1
     if dev == "cuda":
         torch.cuda.synchronize()
-    return dev, 2 * n**3 * reps / (time.perf_counter() - t0)
+    return dev, 2 * n**3 * reps / (time.perf_counter() - t0), name
 
 
 # Bytes a parameter takes on disk: fp32 weights (safetensors), AdamW's two fp32 moments (Adafactor keeps less).
@@ -251,10 +256,14 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
                     else "(early stopping cuts it)")
                  + (f", evaluation about {ev:.3g} ({s['test_sentences']:,} test sentences a cell)" if ev else "")
                  + f", total <= {total:.3g}")
+    prec = s.get("precision")
+    if prec:
+        lines.append(f"  precision: pretraining {prec['pretrain']}, cells {prec['finetune']} ({prec['rule']})")
     if peak:
-        dev, flops = peak
-        mfu = ASSUMED_MFU["cuda" if dev == "cuda" else "cpu"]
-        lines.append(f"  on this {dev} (measured matmul peak {flops / 1e12:.2f} TFLOP/s, at {mfu:.0%} of it): "
+        dev, flops, *dt = peak
+        dt = dt[0] if dt else "bf16" if dev == "cuda" else "fp32"
+        mfu = ASSUMED_MFU["cuda" if dev == "cuda" else "cpu-bf16" if dt == "bf16" else "cpu"]
+        lines.append(f"  on this {dev} (measured {dt} matmul peak {flops / 1e12:.2f} TFLOP/s, at {mfu:.0%} of it): "
                      f"about {human_seconds(total / (flops * mfu))} of sequential training")
     gpu_h = total / (H100_BF16_PEAK * ASSUMED_MFU["cuda"]) / 3600
     lines.append(f"  on H100s (bf16, {ASSUMED_MFU['cuda']:.0%} MFU): about {gpu_h:,.1f} GPU-hours")

@@ -59,6 +59,7 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
     row.update({"len_ratio": m.get("len_ratio", m["sys_len"] / m["ref_len"] if m["ref_len"] else None),
                 "runaway": m.get("runaway"), "hit_cap": m.get("hit_cap", m.get("hit_max_new_tokens")),
                 "num_beams": m.get("num_beams")})
+    row.update({"dtype": m.get("dtype") or f.get("dtype"), "pretrain_dtype": f.get("pretrain_dtype")})
     other = m.get("other")
     if other:  # the second held-out split, scored beside the first
         row.update({"other_split": other["test_split"], "other_bleu": other["bleu"], "other_chrf": other["chrf"],

@@ -176,6 +176,7 @@ class FinetuneConfig:
     distributed: str = "auto"  # auto | none | ddp | fsdp, as pretrain.distributed
     activation_checkpointing: bool = False
     micro_batch_tokens: int | None = None  # padded source + target tokens per micro-batch and process (None: whole batch)
+    dtype: str = "auto"  # the cells' precision, training and evaluation: auto | fp32 | bf16 (pipeline/precision.py)
 
     def step_cap(self, pairs: int) -> int:
         """The most optimiser steps a cell of `pairs` training pairs takes (early stopping may take fewer)."""
@@ -225,6 +226,7 @@ class FinetuneConfig:
             distributed=_choice(d, "distributed", p, ("auto", "none", "ddp", "fsdp"), "auto"),
             activation_checkpointing=_bool(d, "activation_checkpointing", p, False),
             micro_batch_tokens=mbt,
+            dtype=_choice(d, "dtype", p, ("auto", "fp32", "bf16"), "auto"),
             lora=LoraConfig(
                 r=_num(lora_d, "r", f"{p}.lora", kind=int, lo=1),
                 alpha=_num(lora_d, "alpha", f"{p}.lora", lo=0, lo_open=True),

@@ -10,6 +10,7 @@ signal or whose clock says "save" never leaves the others waiting in a collectiv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
@@ -19,11 +20,13 @@ import signal
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from pipeline.precision import describe, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class Runtime:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    precision: dict[str, Any] = field(default_factory=dict, compare=False)  # how the dtype was chosen
 
     @property
     def is_main(self) -> bool:
@@ -49,8 +53,10 @@ class Runtime:
         return contextlib.nullcontext()
 
 
-def setup_runtime(dtype: str = "auto", distributed: str = "auto") -> Runtime:
-    """Pick the device and precision; join the process group when launched by torchrun or srun."""
+def setup_runtime(dtype: str = "auto", distributed: str = "auto", shape=None) -> Runtime:
+    """Pick the device and precision (`pipeline.precision.resolve_dtype`; `shape`, a `ProbeShape`, the model's
+    shapes for the CPU probe of `auto`); join the process group when launched by torchrun or srun."""
+
     world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
     local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")) or 0)
@@ -69,11 +75,28 @@ def setup_runtime(dtype: str = "auto", distributed: str = "auto") -> Runtime:
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world))
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world)
-    if dtype == "auto":
-        # bf16 on CUDA, never fp16 (T5 overflows in fp16); fp32 on CPU, where bf16 autocast is slower
-        # on most processors and changes the numbers the tests compare.
-        dtype = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    return Runtime(device=device, dtype=dtype, rank=rank, world=world, local_rank=local_rank)
+    requested = dtype
+    dtype, info = resolve_dtype(dtype, device, shape)
+    if requested == "auto" and device.type == "cpu" and world > 1 and torch.distributed.is_initialized():
+        # Each rank probed on its own: rank 0's choice is everyone's, so no two ranks train in different dtypes.
+        choice = torch.tensor([dtype == "bf16"], dtype=torch.int32)
+        torch.distributed.broadcast(choice, 0)
+        if (dtype == "bf16") != bool(choice.item()):
+            dtype = "bf16" if choice.item() else "fp32"
+            info = {**info, "dtype": dtype, "rule": f"rank 0's choice ({info['rule']} here)"}
+    if rank == 0:
+        log.info("%s", describe(info))
+    return Runtime(device=device, dtype=dtype, rank=rank, world=world, local_rank=local_rank, precision=info)
+
+
+def keep_dtype(rt: Runtime, saved: str | None, what: str) -> Runtime:
+    """A resumed run continues in the precision it was saved in (`saved`, from its checkpoint), so no run mixes
+    fp32 and bf16 steps, whatever this process would choose now."""
+    if not saved or saved == rt.dtype:
+        return rt
+    log.warning("%s: resuming in %s, the precision it was started in (this process chose %s)", what, saved, rt.dtype)
+    return dataclasses.replace(rt, dtype=saved, precision={**rt.precision, "dtype": saved,
+                                                           "rule": f"resumed in {saved}, the run's precision"})
 
 
 def barrier(rt: Runtime) -> None:

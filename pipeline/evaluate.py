@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline import greedy
-from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json
 from pipeline.config import DataConfig, EvaluateConfig, TrackingConfig
 from pipeline.distributed import setup_runtime
 from pipeline.model import load_model
@@ -170,7 +170,9 @@ def run(task) -> None:
     spec: EvaluateSpec = task.spec
     cfg = spec.evaluate
     out = Path(task.dir)
-    rt = setup_runtime("auto", "none")
+    # The cell is evaluated in the precision it was trained in (pipeline.plan.sweep_precision decided it).
+    trained = read_json(Path(spec.finetune_dir) / "finetune.json") if (Path(spec.finetune_dir) / "finetune.json").exists() else {}
+    rt = setup_runtime(trained.get("dtype", "auto"), "none")
     best = Path(spec.finetune_dir) / "best"
     tokenizer = load_tokenizer(best)
     model = load_model(best).to(rt.device).eval()
@@ -218,7 +220,7 @@ def score_split(model, tokenizer, source, spec: EvaluateSpec, split: str,
         "num_beams": cfg.num_beams, "length_penalty": cfg.length_penalty, "max_new_tokens": cfg.max_new_tokens,
         "max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b,
         "seconds_ce": t_ce, "seconds_generate": t_gen, "sentences_per_s": len(rows) / max(t_gen, 1e-9),
-        "device": str(rt.device),
+        "device": str(rt.device), "dtype": rt.dtype,
     })
     return metrics, rows, hyps
 

@@ -34,11 +34,13 @@ from pipeline.distributed import (
     from_main,
     full_model_state,
     is_sharded,
+    keep_dtype,
     no_sync,
     setup_runtime,
     wrap_model,
 )
 from pipeline.model import ModelPreset, Seq2SeqLoss, load_model
+from pipeline.precision import ProbeShape
 from pipeline.pretrain import checkpoint_for
 from pipeline.seq2seq import collate, encode_pairs, reference_ce
 from pipeline.tokenizer import load_tokenizer
@@ -46,6 +48,7 @@ from pipeline.tracking import make_tracker
 from pipeline.training import (
     Preempted,
     capture_rng,
+    checkpoint_meta,
     latest_checkpoint,
     load_training_checkpoint,
     lr_lambda,
@@ -130,6 +133,7 @@ class FinetuneSpec(Spec):
     cache: str
     tokenizer_dir: str
     tracking: TrackingConfig
+    dtype: str = "auto"  # the sweep's precision for the cells (plan.sweep_precision); evaluation follows the cell's
 
 
 def run(task) -> None:
@@ -138,15 +142,16 @@ def run(task) -> None:
     spec: FinetuneSpec = task.spec
     cfg = spec.finetune
     out = Path(task.dir)
-    rt = setup_runtime("auto", cfg.distributed)
-    mode = dp_mode(cfg.distributed, rt)
-    if mode == "fsdp" and spec.method == "lora":
-        raise ValueError("finetune.distributed=fsdp shards full finetuning; a LoRA cell trains few parameters: "
-                         "use finetune.distributed=ddp")
     src_lang, tgt_lang = spec.src, spec.tgt
     source = get_source(spec.data, Path(spec.cache))
     ckpt = checkpoint_for(spec.checkpoint.parent_dir, spec.checkpoint.steps)
     tokenizer = load_tokenizer(ckpt)
+    rt = setup_runtime(cfg.dtype if spec.dtype == "auto" else spec.dtype, cfg.distributed,
+                       ProbeShape(spec.model.d_model, spec.model.d_ff, len(tokenizer)))
+    mode = dp_mode(cfg.distributed, rt)
+    if mode == "fsdp" and spec.method == "lora":
+        raise ValueError("finetune.distributed=fsdp shards full finetuning; a LoRA cell trains few parameters: "
+                         "use finetune.distributed=ddp")
     pad = tokenizer.pad_token_id
 
     pool = source.parallel(spec.pair, "train")
@@ -185,9 +190,11 @@ def run(task) -> None:
         state = load_training_checkpoint(resume, train_loss, opt)
         restore_rng(state["rng"])
         st = state["loop"]
+        rt = keep_dtype(rt, st.get("dtype"), task.name)
         log.info("%s: resuming at step %d (best validation CE %.4f)", task.name, st["step"], st["best_val"])
     else:
         seed_all(spec.seed)
+    st["dtype"] = rt.dtype
 
     def save_state() -> None:  # every rank, at the same step
         state = {"rng": capture_rng(), "loop": dict(st)}
@@ -257,7 +264,8 @@ def run(task) -> None:
         "df_examples": len(tr_src), "df_tokens": df_tokens, "epochs": st["step"] / steps_per_epoch,
         "validation_pairs": len(va_src), "seconds": time.time() - t0, "curve": st["curve"], "method": spec.method,
         "lr": spec.lr, "checkpoint": str(ckpt), "dp_rung": spec.checkpoint.dp_rung,
-        "pretrain_steps": spec.checkpoint.steps, "device": str(rt.device)})
+        "pretrain_steps": spec.checkpoint.steps, "device": str(rt.device),
+        "dtype": rt.dtype, "precision": rt.precision.get("rule"), "pretrain_dtype": _trained_in(ckpt)})
     log.info("%s: best validation CE %.4f at step %d of %d (%s)", task.name, st["best_val"], st["best_step"],
              st["step"], stopped)
 
@@ -300,3 +308,11 @@ def _save_best(rt: Runtime, out: Path, model, tokenizer) -> None:
     if rt.is_main:
         save_checkpoint(out / "best", bare(model), tokenizer, None, {}, state_dict=full)
     barrier(rt)
+
+
+def _trained_in(ckpt: Path) -> str | None:
+    """The precision the starting checkpoint was pretrained in (None: the init checkpoint, or an older run)."""
+    try:
+        return checkpoint_meta(ckpt).get("dtype")
+    except (OSError, ValueError):
+        return None

@@ -277,15 +277,41 @@ class _RMSNorm(torch.nn.Module):
         self.weight, self.eps = norm.weight, norm.variance_epsilon
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps)
+        y = torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps)
+        if torch.is_autocast_enabled(x.device.type):
+            # Every reader of a norm is a linear layer that autocast feeds in its dtype (q, k and v; wi_0 and wi_1;
+            # the output layer; each decoder layer's cross-attention k and v read the encoder's): one cast here
+            # instead of one per reader, the same values. The norm itself stays fp32, as the residual stream.
+            y = y.to(torch.get_autocast_dtype(x.device.type))
+        return y
+
+
+class _FeedForward(torch.nn.Module):
+    """T5DenseActDense / T5DenseGatedActDense (the same children, so the same state-dict keys) without their cast
+    of the hidden layer to `wo`'s weight dtype: under autocast it turned the bf16 hidden layer, the widest
+    activation, into fp32 and `wo` turned it back, two copies each way a layer for the same values."""
+
+    def __init__(self, ff: torch.nn.Module):
+        super().__init__()
+        self.gated = hasattr(ff, "wi_0")
+        if self.gated:
+            self.wi_0, self.wi_1 = ff.wi_0, ff.wi_1
+        else:
+            self.wi = ff.wi
+        self.wo, self.dropout, self.act = ff.wo, ff.dropout, ff.act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
+        return self.wo(self.dropout(h))
 
 
 def use_fused_kernels(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
     """Swap transformers' composite gelu_new (six element-wise kernels each way) for torch's tanh GELU and
     T5LayerNorm for torch's rms_norm: the same functions, ~20-30% less time per step for small presets on a
-    CPU. Only with fp32 weights (transformers' norm casts to half weights, which this would not)."""
+    CPU; and the feed-forward blocks for `_FeedForward` (no fp32 round trip of the hidden layer under bf16
+    autocast). Only with fp32 weights (transformers' norm casts to half weights, which this would not)."""
     from transformers.activations import NewGELUActivation
-    from transformers.models.t5.modeling_t5 import T5LayerNorm
+    from transformers.models.t5.modeling_t5 import T5DenseActDense, T5DenseGatedActDense, T5LayerNorm
 
     if any(p.dtype != torch.float32 for p in model.parameters()):
         return model
@@ -295,6 +321,10 @@ def use_fused_kernels(model: T5ForConditionalGeneration) -> T5ForConditionalGene
                 setattr(module, name, torch.nn.GELU(approximate="tanh"))
             elif isinstance(child, T5LayerNorm):
                 setattr(module, name, _RMSNorm(child))
+    for module in list(model.modules()):  # after the GELUs above: _FeedForward keeps the children it is given
+        for name, child in list(module.named_children()):
+            if type(child) in (T5DenseActDense, T5DenseGatedActDense):
+                setattr(module, name, _FeedForward(child))
     return model
 
 

@@ -114,7 +114,53 @@ def _finetune_identity(cfg: Config) -> dict[str, Any]:
     for k in ("df_ladder", "seeds", "methods", "lrs", "seeds_df_max", "distributed", "activation_checkpointing",
               "micro_batch_tokens"):
         d.pop(k)
+    if d["dtype"] == "auto":  # what auto chose is not the cell's identity (it depends on the processor)
+        d.pop("dtype")
     return d
+
+
+def precision_record(cfg: Config) -> Path:
+    """Where a sweep's `auto` precision is recorded once decided (delete it to probe again)."""
+    return cfg.paths.artifacts / "plans" / f"precision-{cfg.sweep.name}-{cfg.scale}.json"
+
+
+def sweep_precision(cfg: Config, presets) -> dict[str, Any]:
+    """The precision of the sweep's pretraining and of its cells, decided once for the whole sweep.
+
+    Forced values (`fp32`, `bf16`) are taken as they are. `auto` is one decision for every task: with the local
+    executor the planner measures it here (pipeline.precision's probe at the sweep's largest model) and
+    `record_precision` writes it beside the plans, so a relaunch, a resume or a longer ladder keeps the first
+    decision instead of probing again; elsewhere (SLURM) it is left to each task on its node (bf16 on GPUs
+    that support it). The stage hashes hold what was asked (`auto`), never what a processor chose, and every
+    cell records the dtype it ran in (results.csv `dtype`), so a study that mixed them says so."""
+    asked = {"pretrain": cfg.pretrain.dtype, "finetune": cfg.finetune.dtype}
+    out: dict[str, Any] = dict(asked, asked=dict(asked), rule="forced", probe=None, recorded=False)
+    if "auto" not in asked.values():
+        return out
+    if cfg.executor.kind != "local":
+        return out | {"rule": "auto: decided by each task on its node (bf16 on a GPU that supports it)"}
+    rec = precision_record(cfg)
+    if rec.exists():
+        d = read_json(rec)
+        return out | {k: d["dtype"] if v == "auto" else v for k, v in asked.items()} | {
+            "rule": f"auto: {d['dtype']}, as first decided for this sweep ({rec.name}: {d['rule']})",
+            "probe": d.get("probe"), "recorded": True}
+    import torch
+
+    from pipeline.precision import ProbeShape, resolve_dtype
+
+    big = max(presets, key=lambda p: (p.d_model * p.d_ff, p.d_model))
+    dtype, info = resolve_dtype("auto", "cuda" if torch.cuda.is_available() else "cpu",
+                                ProbeShape(big.d_model, big.d_ff, cfg.tokenizer.vocab_size))
+    return out | {k: dtype if v == "auto" else v for k, v in asked.items()} | {
+        "rule": f"auto: {info['rule']}", "probe": info, "decided": dtype}
+
+
+def record_precision(cfg: Config, plan: Plan) -> None:
+    """Write the sweep's freshly decided `auto` precision (see sweep_precision) before its tasks run."""
+    p = plan.summary.get("precision") or {}
+    if p.get("decided") and not p.get("recorded"):
+        atomic_write_json(precision_record(cfg), {"dtype": p["decided"], "rule": p["rule"], "probe": p["probe"]})
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -205,6 +251,7 @@ def build_plan(cfg: Config, source: Any) -> Plan:
     presets = [load_preset(m.as_dict()) for m in cfg.models]
 
     vocab = cfg.tokenizer.vocab_size
+    precision = sweep_precision(cfg, presets)
     inits, pretrains = {}, {}
     pt_id = _pretrain_identity(cfg)
     for preset in presets:
@@ -220,7 +267,7 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                 dp_ladder=ladders[m.weights], seed=cfg.seed, tokenizer_dir=tok_dir, init_dir=inits[preset.name].dir,
                 tracking=cfg.tracking,
                 tokens_dirs={lang: tokens[lang].dir for lang in sorted(set(m.languages) | set(val_langs))},
-                raw_length=raw_len, targets_length=targets_len))
+                raw_length=raw_len, targets_length=targets_len, dtype=precision["pretrain"]))
 
     ft_id = _finetune_identity(cfg)
     cells: list[Cell] = []
@@ -244,7 +291,7 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                                             "method": method, "lr": lr, "data": data_id},
                                     finetune=cfg.finetune, pair=t.pair, src=t.src, tgt=t.tgt, checkpoint=rung, df=df,
                                     seed=seed, method=method, lr=lr, model=preset, data=cfg.data, cache=cache,
-                                    tokenizer_dir=tok_dir, tracking=cfg.tracking))
+                                    tokenizer_dir=tok_dir, tracking=cfg.tracking, dtype=precision["finetune"]))
                                 ev = add("evaluate", cell_name.replace("ft-", "ev-", 1), [ft], EvaluateSpec(
                                     config={"evaluate": to_dict(cfg.evaluate), "pair": t.pair, "data": data_id},
                                     evaluate=cfg.evaluate, pair=t.pair, src=t.src, tgt=t.tgt, finetune_dir=ft.dir,
@@ -269,6 +316,7 @@ def build_plan(cfg: Config, source: Any) -> Plan:
     stored = {lang: stored_tokens(source, lang, tokens[lang], needed[lang]) for lang in langs}
     summary = _summary(cfg, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells)
     summary["data_problems"] = [str(e) for e in problems]
+    summary["precision"] = precision
     summary["tokens_stored"] = stored
     return Plan(sweep=cfg.sweep.name, tasks=ordered, cells=cells, summary=summary)
 

@@ -30,6 +30,7 @@ from pipeline.distributed import (
     clip_grad_norm,
     dp_mode,
     from_main,
+    keep_dtype,
     no_sync,
     setup_runtime,
     wrap_model,
@@ -43,6 +44,7 @@ from pipeline.model import (
     flops_per_token,
     load_model,
 )
+from pipeline.precision import ProbeShape
 from pipeline.span_corruption import corrupt_batch
 from pipeline.study import Mixture
 from pipeline.tokenizer import load_tokenizer, sentinel_ids
@@ -151,6 +153,7 @@ class PretrainSpec(Spec):
     tokens_dirs: dict[str, str]  # language -> tokens directory (the mixture's and the tasks' target languages)
     raw_length: int  # raw text tokens per example before span corruption
     targets_length: int
+    dtype: str = "auto"  # the sweep's precision (plan.sweep_precision); not identity: auto's choice is the processor's
 
     @property
     def tokens_per_step(self) -> int:
@@ -166,10 +169,11 @@ def run(task) -> None:
     cfg = spec.pretrain
     out = Path(task.dir)
     ckroot = out / "checkpoints"
-    rt = setup_runtime(cfg.dtype, cfg.distributed)
     tokenizer = load_tokenizer(spec.tokenizer_dir)
     vocab = len(tokenizer)
     preset = spec.model
+    rt = setup_runtime(cfg.dtype if spec.dtype == "auto" else spec.dtype, cfg.distributed,
+                       ProbeShape(preset.d_model, preset.d_ff, vocab))
     sentinels = sentinel_ids(tokenizer)
     eos = tokenizer.eos_token_id
     raw_len, targets_len = spec.raw_length, spec.targets_length
@@ -191,6 +195,7 @@ def run(task) -> None:
     seed = spec.seed
 
     resume = from_main(rt, latest_checkpoint(ckroot) if rt.is_main else None)  # one choice for every rank
+    rt = keep_dtype(rt, resume and checkpoint_meta(resume).get("dtype"), task.name)
     start = resume or init_path(spec.init_dir)
     model = load_model(start).to(rt.device)
     model.config.dropout_rate = 0.0  # no dropout in pretraining (T5 v1.1)
@@ -243,7 +248,8 @@ def run(task) -> None:
                  "rng": capture_rng(), "rungs": history, "dp_tokens": step * tokens_per_step,
                  "running_loss": running.detach().cpu().clone(), "running_steps": n_run}
         meta = {"step": step, "dp_tokens": step * tokens_per_step, "dp_rung": rung, "mixture": spec.mixture,
-                "model": preset.name, "rung": rung is not None, "upstream": history.get(str(rung)) if rung else None}
+                "model": preset.name, "rung": rung is not None, "upstream": history.get(str(rung)) if rung else None,
+                "dtype": rt.dtype}
         save_training_checkpoint(rt, step_dir(ckroot, step), dmodel, opt, tokenizer, state, meta)
         if rt.is_main:
             retain(ckroot, kept=_is_rung)  # time-based checkpoints go once two newer exist; rungs keep their weights

@@ -24,6 +24,7 @@ COLUMNS = [
     "other_split", "other_bleu", "other_chrf", "other_ce",
     "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
     "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
+    "dtype", "pretrain_dtype",  # the precision the cell was finetuned and evaluated in; its checkpoint's pretraining
     "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
     # decoding: does BLEU measure translation? output/reference length (sacreBLEU's sys_len / ref_len), the share
     # of runaway outputs and the count that hit the generation cap (pipeline.evaluate), the beam size
@@ -36,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan, "reason": "",
     "test_split": "test", "other_split": None, "other_bleu": np.nan, "other_chrf": np.nan, "other_ce": np.nan,
     "len_ratio": np.nan, "runaway": np.nan,
+    "dtype": None, "pretrain_dtype": None,
 }
 
 

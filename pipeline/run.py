@@ -18,7 +18,7 @@ from pipeline.budget import (
 )
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.executors import check_executor
-from pipeline.plan import Plan, build_plan, build_read_plan, task_state, write_plan
+from pipeline.plan import Plan, build_plan, build_read_plan, record_precision, task_state, write_plan
 from pipeline.progress import time_left
 from pipeline.stages import READ_STAGES, STORED
 
@@ -54,8 +54,12 @@ def check_device(cfg: Config) -> None:
     if torch.cuda.is_available():
         return
     if cfg.pretrain.dtype == "bf16":
-        log.warning("pretrain.dtype=bf16 without CUDA: pretraining runs bf16 autocast on the CPU (slower than fp32 on "
-                    "most processors, and its numbers differ from fp32); pretrain.dtype=auto uses fp32 here")
+        from pipeline.precision import cpu_bf16_flags
+
+        flags = cpu_bf16_flags()
+        log.warning("pretrain.dtype=bf16 without CUDA: pretraining runs bf16 autocast on the CPU (faster than fp32 only "
+                    "with bf16 instructions; this processor has %s), its numbers a little off fp32's; "
+                    "pretrain.dtype=auto decides by a probe", ", ".join(flags) or "none")
     if cfg.pretrain.distributed in ("ddp", "fsdp"):
         log.warning("pretrain.distributed=%s without CUDA: one process trains on the CPU (launch several with "
                     "torchrun to use gloo)", cfg.pretrain.distributed)
@@ -129,11 +133,13 @@ def run(cfg_any: Any) -> int:
     if cfg.stage == "plan":
         states = Counter(task_state(t) for t in plan.tasks)
         workers = int(cfg.executor.opts().get("workers", 1)) if cfg.executor.kind == "local" else 1
-        print(format_plan(plan, dict(states), measured_peak(), disk_check(cfg, plan), failed_tasks(plan),
+        dtype = (plan.summary.get("precision") or {}).get("pretrain")  # the sweep's precision: its peak
+        print(format_plan(plan, dict(states), measured_peak(dtype=dtype), disk_check(cfg, plan), failed_tasks(plan),
                           time_left(plan, workers)))
         path = write_plan(plan, cfg.paths.artifacts)
         print(f"\nplan written to {path}")
         return 0
     from pipeline.executors import get_executor
 
+    record_precision(cfg, plan)  # the sweep's auto precision, decided once: a relaunch keeps it
     return get_executor(cfg).run(plan, plan.select(cfg.stage))

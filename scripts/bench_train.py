@@ -1,18 +1,20 @@
-"""Pretraining throughput: our loop (pipeline.pretrain.run) vs transformers.Seq2SeqTrainer, in one run.
+"""Pretraining throughput in fp32 and in bf16 autocast: our loop (pipeline.pretrain.run) and transformers.Seq2SeqTrainer.
 
-    DS_CACHE=... python scripts/bench_train.py [--steps 60] [--repeats 2] [scale=cpu ...Hydra overrides]
+    DS_CACHE=... python scripts/bench_train.py [--steps 60] [--repeats 3] [--compile] [--no-trainer] [scale=desk ...]
 
 Both sides train the same model (the scale's preset, built from the same init checkpoint), on the same packed
 span-corruption batches (the mixture sampler's rows, corrupted by pipeline.span_corruption: in our loop's
 step, in the Trainer's data collator), with the same optimizer (AdamW, the config's lr, betas, clipping,
-constant schedule with warmup), in fp32 on the CPU, in bf16 autocast on a GPU (both sides). Ours is timed on the whole `pretrain.run` call (model
-loading, the rung's held-out evaluation and its checkpoint included); the Trainer's on `trainer.train()`
-(no saving, no logging backends). Each side runs `--repeats` times, alternating, and its fastest run counts.
+constant schedule with warmup), at the same precision: each of fp32 and bf16 autocast (`bf16=True` for the
+Trainer; our loop's dtype forced). Our loop's tokens/s is its own, logged every 10 steps from the second window on
+(model loading, the rung's evaluation and its checkpoint left out); the Trainer's is `trainer.train()`'s wall
+time. The sides and precisions run in turn, `--repeats` times, alternating, so load elsewhere hits all of them;
+the median counts. `--compile` adds our loop with `pretrain.compile=true` in bf16 (the A/B of torch.compile).
 
-Prints tokens/s (encoder + decoder tokens) of each side, model FLOPs per token (encoder-decoder formula,
-pipeline.model.flops_per_token), the peak (on a CPU measured here with a large torch.mm; on a GPU the card's
-dense bf16 peak, pipeline.training.peak_flops) and the fraction of it each side reaches (MFU); the last line
-is `ratio: X` (ours / Trainer tokens/s).
+Prints tokens/s (encoder + decoder tokens) of each, model FLOPs per token (pipeline.model.flops_per_token), the
+matmul peak in each precision and the fraction of it reached (MFU), what `dtype: auto` chooses on this machine
+(pipeline.precision's probe), and last `bf16/fp32 step ratio: X` (our loop's bf16 tokens/s over its fp32 ones);
+on a processor where `auto` keeps fp32 the line says so and why.
 """
 
 from __future__ import annotations
@@ -39,14 +41,14 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 CUDA = torch.cuda.is_available()
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """The FLOP/s MFU is taken against: the GPU's dense bf16 peak, or on a CPU a large fp32 torch.mm with
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
+    """The FLOP/s MFU is taken against: the GPU's dense bf16 peak, or on a CPU a large torch.mm in `dtype` with
     every intra-op thread, best of `reps`."""
     if CUDA:
         from pipeline.training import peak_flops
 
         return peak_flops(torch.device("cuda")) or float("nan")
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
@@ -72,20 +74,29 @@ def build_plan(overrides: list[str], build: bool = True):
     return plan
 
 
-def run_ours(task, steps: int, out: Path) -> float:
+def run_ours(task, steps: int, out: Path, dtype: str, compile: bool = False) -> float:
+    """Our loop's tokens/s (encoder + decoder tokens) over its logged windows after the first (warm-up)."""
     from pipeline.pretrain import run
     from pipeline.task import typed
 
     spec = task.spec
     tokens_per_step = spec["pretrain"]["batch_size"] * spec["raw_length"]
-    t = dataclasses.replace(task, dir=str(out), spec={**spec, "dp_ladder": [steps * tokens_per_step],
-                                                      "pretrain": {**spec["pretrain"], "eval_sequences": 8}})
-    t0 = time.perf_counter()
+    t = dataclasses.replace(task, dir=str(out), spec={
+        **spec, "dp_ladder": [steps * tokens_per_step], "dtype": dtype,
+        "pretrain": {**spec["pretrain"], "eval_sequences": 8, "log_every": LOG_EVERY, "dtype": dtype,
+                     "compile": compile}})
     run(typed(t))  # the spec as pipeline.task gives it
-    return time.perf_counter() - t0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]
+    if not rates:
+        raise SystemExit(f"--steps {steps} leaves no window after the first {LOG_EVERY} steps: take more")
+    return float(np.mean(rates))
 
 
-def run_trainer(task, steps: int, out: Path) -> float:
+LOG_EVERY = 10
+
+
+def run_trainer(task, steps: int, out: Path, dtype: str) -> float:
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5ForConditionalGeneration
 
     from pipeline.mixture import MixtureSampler, mixture_counts
@@ -125,22 +136,26 @@ def run_trainer(task, steps: int, out: Path) -> float:
         adam_beta1=cfg["betas"][0], adam_beta2=cfg["betas"][1], weight_decay=cfg["weight_decay"],
         max_grad_norm=cfg["grad_clip"], lr_scheduler_type="constant_with_warmup", warmup_steps=cfg["warmup_steps"],
         optim="adamw_torch_fused", logging_steps=cfg["log_every"], save_strategy="no", report_to=[], use_cpu=not CUDA,
-        bf16=CUDA,  # autocast, as our loop's dtype=auto on a GPU
+        bf16=dtype == "bf16",  # autocast, as our loop's
         disable_tqdm=True, dataloader_num_workers=0, seed=seed, remove_unused_columns=False)
     trainer = Sequential(model=model, args=args, train_dataset=Rows(), data_collator=collator)
     t0 = time.perf_counter()
     trainer.train()
-    return time.perf_counter() - t0
+    I, T = cfg["inputs_length"], spec["targets_length"]  # noqa: E741
+    return steps * B * (I + T) / (time.perf_counter() - t0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also our loop with torch.compile, in bf16")
+    ap.add_argument("--no-trainer", action="store_true", help="our loop only")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (default: the cpu scale)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from pipeline.model import flops_per_token, load_preset
+    from pipeline.precision import ProbeShape, describe, resolve_dtype
 
     plan = build_plan(a.overrides)
     task = next(t for t in plan.tasks if t.stage == "pretrain")
@@ -150,29 +165,45 @@ def main() -> None:
     vocab = len(load_tokenizer(spec["tokenizer_dir"]))
     preset = load_preset(spec["model"])
     I, T = cfg["inputs_length"], spec["targets_length"]  # noqa: E741
-    tokens = a.steps * cfg["batch_size"] * (I + T)
     fpt = flops_per_token(preset, vocab, I, T)["per_token"]
+    auto, info = resolve_dtype("auto", "cuda" if CUDA else "cpu", ProbeShape(preset.d_model, preset.d_ff, vocab))
 
-    peak = matmul_peak()
-    times: dict[str, list[float]] = {"ours": [], "trainer": []}
+    sides = [("ours", d) for d in ("fp32", "bf16")] + ([] if a.no_trainer else [("trainer", d) for d in ("fp32", "bf16")])
+    sides += [("ours+compile", "bf16")] if a.compile else []
+    peaks = {d: matmul_peak(dt) for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    tps: dict[tuple[str, str], list[float]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.repeats):
-            times["ours"].append(run_ours(task, a.steps, Path(tmp) / f"ours{r}"))
-            times["trainer"].append(run_trainer(task, a.steps, Path(tmp) / f"hf{r}"))
-    peak = max(peak, matmul_peak())  # before and after: the machine may be shared
-    tps = {k: tokens / min(v) for k, v in times.items()}
+        for r in range(a.repeats):  # alternating: every side once per round
+            for side, d in sides:
+                out = Path(tmp) / f"{side}-{d}-{r}"
+                tps[(side, d)].append(run_trainer(task, a.steps, out, d) if side == "trainer"
+                                      else run_ours(task, a.steps, out, d, compile=side == "ours+compile"))
+    peaks = {d: max(p, matmul_peak(torch.float32 if d == "fp32" else torch.bfloat16)) for d, p in peaks.items()}
+    med = {s: float(np.median(v)) for s, v in tps.items()}
 
     print(f"date: {datetime.date.today()}  machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, "
-          + (f"{torch.cuda.get_device_name()}, bf16 autocast" if CUDA else f"{torch.get_num_threads()} threads, fp32"))
+          + (torch.cuda.get_device_name() if CUDA else f"{torch.get_num_threads()} threads")
+          + f", load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"model: {preset.name} (vocab {vocab}), batch {cfg['batch_size']} x ({I} inputs + {T} targets), "
-          f"{a.steps} steps x {a.repeats} repeats (best counts)")
+          f"{a.steps} steps x {a.repeats} alternating repeats (median counts)")
     print(f"model FLOPs per token: {fpt:,.0f} (training, encoder-decoder formula incl. attention)")
-    print(f"peak: {peak / 1e9:,.1f} GFLOP/s " + ("(the GPU's dense bf16)" if CUDA else "(torch.mm 2048^2 fp32)"))
-    for k, name in (("ours", "ours (pipeline.pretrain.run)"), ("trainer", "transformers.Seq2SeqTrainer")):
-        print(f"{name}: {tps[k]:,.0f} tokens/s  ({tps[k] * fpt / peak:.1%} of the matmul peak)  "
-              f"runs: {json.dumps([round(x, 2) for x in times[k]])} s")
-    print(f"ratio: {tps['ours'] / tps['trainer']:.2f}")
+    print("peak: " + ", ".join(f"{d} {p / 1e9:,.1f} GFLOP/s" for d, p in peaks.items())
+          + (" (the GPU's dense bf16)" if CUDA else " (torch.mm 2048^2)"))
+    names = {"ours": "ours (pipeline.pretrain.run)", "trainer": "transformers.Seq2SeqTrainer",
+             "ours+compile": "ours + torch.compile"}
+    for (side, d), v in med.items():
+        print(f"{names[side]} {d}: {v:,.0f} tokens/s  ({v * fpt / peaks[d]:.1%} of the {d} matmul peak)  "
+              f"runs: {json.dumps([round(x) for x in tps[(side, d)]])} tokens/s")
+    if not a.no_trainer:
+        for d in ("fp32", "bf16"):
+            print(f"ours/Trainer {d}: {med[('ours', d)] / med[('trainer', d)]:.2f}")
+    if a.compile:
+        print(f"torch.compile/eager bf16: {med[('ours+compile', 'bf16')] / med[('ours', 'bf16')]:.2f}")
+    print(f"dtype auto here: {describe(info)}")
+    ratio = med[("ours", "bf16")] / med[("ours", "fp32")]
+    print(f"bf16/fp32 step ratio: {ratio:.2f}"
+          + ("" if auto == "bf16" else f" (dtype: auto keeps fp32 on this processor: {info['rule']})"))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,19 @@ TEST_SPLIT_NOTES = {
 }
 
 
+def precision_note(ok: pd.DataFrame) -> str:
+    """The precision the evaluated cells were finetuned and evaluated in (and their checkpoints pretrained in);
+    a study that mixed fp32 and bf16 says so, with the counts."""
+    def counts(col: str) -> str:
+        c = ok[col].dropna().astype(str).value_counts() if col in ok else pd.Series(dtype=int)
+        return ", ".join(f"{k} ({v} cells)" for k, v in c.sort_index().items()) if len(c) > 1 else \
+            (str(c.index[0]) if len(c) else "not recorded")
+    text = f"Precision: cells finetuned and evaluated in {counts('dtype')}; pretrained in {counts('pretrain_dtype')}."
+    mixed = [col for col in ("dtype", "pretrain_dtype") if col in ok and ok[col].dropna().nunique() > 1]
+    return text + (" **The study mixes precisions**: bf16 and fp32 cells differ a little (docs/benchmarks.md), "
+                   "compare within one precision." if mixed else "")
+
+
 def header(results: pd.DataFrame, spec: ReadSpec, results_name: str) -> Block:
     scale = spec.scale
     models = sorted(results["model"].dropna().unique())
@@ -100,6 +113,7 @@ def header(results: pd.DataFrame, spec: ReadSpec, results_name: str) -> Block:
         test_note,
         f"Models: {model_desc}. Finetuning: {', '.join(sorted(results['method'].dropna().unique()))}. "
         f"Cells: {int((results['status'] == 'ok').sum())} of {len(results)} evaluated.",
+        precision_note(ok),
         f"sacreBLEU signature: {'; '.join(sigs) or 'n/a'}.",
         f"Git SHA of the cells: {', '.join(shas) or 'none recorded'}; of the code that wrote this report: "
         f"{git_sha()}. Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{results_name}`.",
