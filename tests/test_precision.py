@@ -52,7 +52,7 @@ def test_forced_dtypes_are_taken_without_a_probe(monkeypatch):
 def test_setup_runtime_logs_the_choice_and_a_resumed_run_keeps_its_dtype(caplog):
     from pipeline.distributed import keep_dtype, setup_runtime
 
-    with caplog.at_level(logging.INFO, logger="pipeline.training"):
+    with caplog.at_level(logging.INFO, logger="pipeline.distributed"):
         rt = setup_runtime("bf16", "none")
     assert rt.dtype == "bf16" and rt.precision["rule"] == "forced"
     assert any("precision bf16 (bf16: forced)" in r.getMessage() for r in caplog.records)
