@@ -106,6 +106,7 @@ class PretrainConfig:
     log_every: int
     eval_sequences: int
     distributed: str
+    activation_checkpointing: bool = False  # recompute each T5 block in backward: activations of one block, not all
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> PretrainConfig:
@@ -137,6 +138,7 @@ class PretrainConfig:
             log_every=_num(d, "log_every", p, kind=int, lo=1),
             eval_sequences=_num(d, "eval_sequences", p, kind=int, lo=1),
             distributed=_choice(d, "distributed", p, ("auto", "none", "ddp", "fsdp")),
+            activation_checkpointing=_bool(d, "activation_checkpointing", p, False),
         )
 
 
@@ -171,6 +173,9 @@ class FinetuneConfig:
     warmup_steps: int = 0
     validation_split: str = "validation"  # model selection and early stopping: validation | validation_indomain
     seeds_df_max: int | None = None  # seeds after the first only at Df up to this (None: every seed at every Df)
+    distributed: str = "auto"  # auto | none | ddp | fsdp, as pretrain.distributed
+    activation_checkpointing: bool = False
+    micro_batch_tokens: int | None = None  # padded source + target tokens per micro-batch and process (None: all)
 
     def step_cap(self, pairs: int) -> int:
         """The most optimiser steps a cell of `pairs` training pairs takes (early stopping may take fewer)."""
@@ -213,6 +218,9 @@ class FinetuneConfig:
             warmup_steps=_num(d, "warmup_steps", p, kind=int, lo=0, default=0),
             validation_split=_choice(d, "validation_split", p, VALIDATION_SPLITS, "validation"),
             seeds_df_max=_num(d, "seeds_df_max", p, kind=int, lo=1, default=None),
+            distributed=_choice(d, "distributed", p, ("auto", "none", "ddp", "fsdp"), "auto"),
+            activation_checkpointing=_bool(d, "activation_checkpointing", p, False),
+            micro_batch_tokens=_num(d, "micro_batch_tokens", p, kind=int, lo=8, default=None),
             lora=LoraConfig(
                 r=_num(lora_d, "r", f"{p}.lora", kind=int, lo=1),
                 alpha=_num(lora_d, "alpha", f"{p}.lora", lo=0, lo_open=True),
@@ -332,8 +340,9 @@ class ExecutorConfig:
     def parse(cls, d: Any) -> ExecutorConfig:
         _req(isinstance(d, Mapping), "executor", f"must be one of {', '.join(EXECUTORS)}")
         kind = _choice(d, "kind", "executor", EXECUTORS)
+        _num(d, "gpu_mem_gb", "executor", lo=0, lo_open=True, default=80)
         if kind == "local":
-            _known(d, "executor", {"kind", "workers", "threads_per_worker"})
+            _known(d, "executor", {"kind", "workers", "threads_per_worker", "gpu_mem_gb"})
             _num(d, "workers", "executor", kind=int, lo=1, hi=256)
             _num(d, "threads_per_worker", "executor", kind=int, lo=1, default=None)
         return cls(kind=kind, options=_freeze({k: v for k, v in d.items() if k != "kind"}))

@@ -96,7 +96,8 @@ def _pretrain_identity(cfg: Config) -> dict[str, Any]:
     """What defines a pretraining run: not its length (the schedule does not depend on it, so a longer
     ladder resumes the same run), not how it is split over processes or logged."""
     d = to_dict(cfg.pretrain)
-    for k in ("dp_ladder", "micro_batch_size", "distributed", "log_every", "checkpoint_minutes", "compile"):
+    for k in ("dp_ladder", "micro_batch_size", "distributed", "log_every", "checkpoint_minutes", "compile",
+              "activation_checkpointing"):
         d.pop(k)
     return d
 
@@ -110,7 +111,8 @@ def seeds_at(cfg: Config, df: int) -> tuple[int, ...]:
 
 def _finetune_identity(cfg: Config) -> dict[str, Any]:
     d = to_dict(cfg.finetune)
-    for k in ("df_ladder", "seeds", "methods", "lrs", "seeds_df_max"):
+    for k in ("df_ladder", "seeds", "methods", "lrs", "seeds_df_max",
+              "distributed", "activation_checkpointing", "micro_batch_tokens"):  # how it runs, not what it computes
         d.pop(k)
     return d
 

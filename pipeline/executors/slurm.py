@@ -40,7 +40,7 @@ log = logging.getLogger("pipeline")
 
 ROOT = Path(__file__).resolve().parents[2]  # the project, put on PYTHONPATH in every job
 OPTIONS = {"kind", "folder", "partition", "account", "qos", "constraint", "setup", "max_array_parallelism",
-           "signal_delay_s", "resources", "wait", "python"}
+           "signal_delay_s", "resources", "wait", "python", "gpu_mem_gb"}
 RESOURCES = {"nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min", "tasks_per_node", "gres"}
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
           "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -208,8 +208,12 @@ class SlurmExecutor:
         return out
 
     def run(self, plan: Plan, tasks: list[Task]) -> int:
-        write_plan(plan, self.cfg.paths.artifacts)
         levels = self.levels(tasks)
+        if levels:
+            from pipeline.checks import check_stages
+
+            check_stages(self.cfg, [stage for stage, _ in levels])  # a job that would fail: refused before sbatch
+        write_plan(plan, self.cfg.paths.artifacts)
         if not levels:
             print(f"sweep {plan.sweep}: all {len(tasks)} selected tasks are finished; nothing to submit")
             return 0
