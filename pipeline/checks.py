@@ -202,6 +202,8 @@ def _measure_one(cfg: Config, stage: str, preset, vocab: int, w: int, gpu: bool)
                              src_len=cfg.finetune.max_source_length, new_tokens=e.max_new_tokens)
 
 
+MEMORY_KEY = {"pretrain": "pretrain.micro_batch_size", "finetune": "finetune.micro_batch_tokens",
+              "evaluate": "evaluate.batch_size"}
 MEMORY_FIX = {
     "pretrain": "pretrain.micro_batch_size, pretrain.activation_checkpointing or pretrain.distributed=fsdp "
                 "over more GPUs (executor.resources.pretrain.gpus_per_node)",
@@ -225,11 +227,11 @@ def stage_checks(cfg: Config, stages: list[str] | tuple[str, ...], memory: bool 
             mem = measure(cfg, stage, r)
             if r.gpus:
                 local = _local_gpu() if cfg.executor.kind == "local" else None
-                gpu_bytes = local[0] if local else int(limit * 1e9)
+                gpu_bytes = local[0] if local else int(limit * GiB)
                 note = f"on {local[1]}" if local else ""
                 if mem.total > gpu_bytes:
                     problems.append(ConfigError(
-                        MEMORY_FIX[stage].split(",")[0],
+                        MEMORY_KEY[stage],
                         f"the {stage} stage needs about {mem.total / GiB:.1f} GiB per GPU but one GPU has "
                         f"{gpu_bytes / GiB:.1f} GiB (executor.gpu_mem_gb); change {MEMORY_FIX[stage]}"))
             else:
