@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, cli, compose
+from test_slurm_executor import FAKE_SBATCH, toy_plan
 
 from pipeline.checks import format_table, stage_checks
 from pipeline.config import ConfigError, load_config
 from pipeline.executors.slurm import SlurmExecutor
 from pipeline.model import count_params, load_preset
-from test_slurm_executor import FAKE_SBATCH, toy_plan
 
 TRAIN_EVAL = ("pretrain", "finetune", "evaluate")
 
