@@ -19,6 +19,7 @@ GPU the batch checks apply and the memory ones do not (the table says so).
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +33,18 @@ MIN_WORK_SHARE = 0.5  # a job must compute for at least this share of its time l
 
 @dataclass(frozen=True)
 class Resources:
-    """What one task of a stage runs on: processes (ranks), GPUs in all, and its time limit (None: local)."""
+    """What one task of a stage runs on, as its executor gives it (`SlurmOptions.task_resources`, or
+    `local_resources` on this machine): processes (ranks) and GPUs in all, and for SLURM the per-node numbers,
+    the time limit and the requeue signal's lead."""
 
     processes: int
     gpus: int
+    where: str = "executor"  # the config path of these resources, for messages
     time_min: int | None = None
-    where: str = ""  # the config path of these resources, for messages
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    gres: str | None = None  # a GRES other than whole GPUs (e.g. shard:1): processes may share a GPU
+    signal_delay_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,14 +84,9 @@ def _local_gpu() -> tuple[int, str] | None:
     return p.total_memory, p.name
 
 
-def resources(cfg: Config, stage: str) -> Resources:
-    if cfg.executor.kind == "slurm":
-        from pipeline.executors.slurm import SlurmOptions
-
-        r = SlurmOptions.of(cfg).resources[stage]
-        gpus = r.gpus_per_node * r.nodes
-        return Resources(r.ntasks_per_node * r.nodes, gpus, r.time_min, f"executor.resources.{stage}")
-    return Resources(1, 1 if _local_gpu() else 0, None, "executor")
+def local_resources() -> Resources:
+    """The local executor: one process, on this machine's GPU if it has one."""
+    return Resources(1, 1 if _local_gpu() else 0)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -93,7 +95,7 @@ def resources(cfg: Config, stage: str) -> Resources:
 def _batch_problems(cfg: Config, stage: str, r: Resources) -> list[ConfigError]:
     out = []
     w = r.processes
-    where = f"{r.where}.gpus_per_node" if r.where.startswith("executor.resources") else r.where
+    where = f"{r.where}.gpus_per_node" if r.time_min is not None else r.where
     if stage == "pretrain":
         p = cfg.pretrain
         if w > 1 and p.distributed == "none":
@@ -129,22 +131,18 @@ def _batch_problems(cfg: Config, stage: str, r: Resources) -> list[ConfigError]:
 
 
 def _slurm_problems(cfg: Config, stage: str, r: Resources) -> list[ConfigError]:
-    from pipeline.executors.slurm import SlurmOptions
-
-    opts = SlurmOptions.of(cfg)
-    res = opts.resources[stage]
     out = []
-    if res.gpus_per_node and not res.gres and res.ntasks_per_node > res.gpus_per_node:
+    if r.gpus_per_node and not r.gres and r.tasks_per_node > r.gpus_per_node:
         out.append(ConfigError(f"{r.where}.tasks_per_node",
-                               f"{res.ntasks_per_node} processes per node on {res.gpus_per_node} GPUs: each process "
+                               f"{r.tasks_per_node} processes per node on {r.gpus_per_node} GPUs: each process "
                                f"drives its own GPU (cuda:LOCAL_RANK); set tasks_per_node <= gpus_per_node"))
-    if r.time_min is not None and opts.signal_delay_s > MIN_WORK_SHARE * r.time_min * 60:
+    delay = r.signal_delay_s or 0
+    if r.time_min is not None and delay > MIN_WORK_SHARE * r.time_min * 60:
         out.append(ConfigError(
             f"executor.signal_delay_s / {r.where}.time_min",
-            f"the requeue signal comes {opts.signal_delay_s} s before a {r.time_min}-minute limit: less than "
+            f"the requeue signal comes {delay} s before a {r.time_min}-minute limit: less than "
             f"{MIN_WORK_SHARE:.0%} of each job would compute; lower signal_delay_s or raise time_min"))
-    if stage == "pretrain" and r.time_min is not None and not opts.signal_delay_s \
-            and cfg.pretrain.checkpoint_minutes >= r.time_min:
+    if stage == "pretrain" and r.time_min is not None and not delay and cfg.pretrain.checkpoint_minutes >= r.time_min:
         out.append(ConfigError(
             f"pretrain.checkpoint_minutes / {r.where}.time_min",
             f"without a requeue signal (signal_delay_s 0) and a checkpoint every {cfg.pretrain.checkpoint_minutes:g} "
@@ -213,20 +211,22 @@ MEMORY_FIX = {
 }
 
 
-def stage_checks(cfg: Config, stages: list[str] | tuple[str, ...], memory: bool = True) -> list[StageCheck]:
-    """One StageCheck per stage in `stages` (DAG order), problems and (with `memory`) memory per GPU included."""
+def stage_checks(cfg: Config, stages: list[str] | tuple[str, ...], memory: bool = True,
+                 resources: Mapping[str, Resources] | None = None) -> list[StageCheck]:
+    """One StageCheck per stage in `stages` (DAG order), problems and (with `memory`) memory per GPU included.
+    `resources`: per stage, as the executor gives them (pipeline.executors.task_resources); default: local."""
     limit = gpu_mem_gb(cfg)
     out = []
     for stage in stages:
-        r = resources(cfg, stage)
+        r = resources[stage] if resources is not None else local_resources()
         problems = _batch_problems(cfg, stage, r)
-        if cfg.executor.kind == "slurm":
+        if r.time_min is not None:  # a batch scheduler's job
             problems += _slurm_problems(cfg, stage, r)
         mem, gpu_bytes, note = None, None, ""
         if stage in MEASURED and memory:
             mem = measure(cfg, stage, r)
             if r.gpus:
-                local = _local_gpu() if cfg.executor.kind == "local" else None
+                local = _local_gpu() if r.time_min is None else None  # this machine runs it: its own GPU
                 gpu_bytes = local[0] if local else int(limit * GiB)
                 note = f"on {local[1]}" if local else ""
                 if mem.total > gpu_bytes:
@@ -247,8 +247,9 @@ def refuse(checks: list[StageCheck]) -> None:
             raise c.problems[0]
 
 
-def check_stages(cfg: Config, stages: list[str] | tuple[str, ...]) -> list[StageCheck]:
-    checks = stage_checks(cfg, stages)
+def check_stages(cfg: Config, stages: list[str] | tuple[str, ...],
+                 resources: Mapping[str, Resources] | None = None) -> list[StageCheck]:
+    checks = stage_checks(cfg, stages, resources=resources)
     refuse(checks)
     return checks
 

@@ -18,7 +18,7 @@ from pipeline.budget import (
 )
 from pipeline.checks import StageCheck, format_table, refuse, stage_checks, summary
 from pipeline.config import Config, ConfigError, load_config
-from pipeline.executors import check_executor
+from pipeline.executors import check_executor, task_resources
 from pipeline.plan import Plan, build_plan, build_read_plan, task_state, write_plan
 from pipeline.progress import time_left
 from pipeline.stages import LEVELS, READ_STAGES, STORED
@@ -80,7 +80,7 @@ def disk_check(cfg: Config, plan: Plan) -> dict[str, Any]:
 def resource_checks(cfg: Config, plan: Plan, memory: bool = True) -> list[StageCheck]:
     """pipeline.checks on the stages this run would execute (stage=plan: every stage of the plan)."""
     selected = {t.stage for t in plan.select(cfg.stage)}
-    return stage_checks(cfg, [s for s in LEVELS if s in selected], memory=memory)
+    return stage_checks(cfg, [s for s in LEVELS if s in selected], memory=memory, resources=task_resources(cfg))
 
 
 def prepare(cfg_any: Any) -> tuple[Config, Plan]:

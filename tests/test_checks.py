@@ -13,12 +13,19 @@ import pytest
 from conftest import ROOT, cli, compose
 from test_slurm_executor import FAKE_SBATCH, toy_plan
 
-from pipeline.checks import format_table, stage_checks
+from pipeline.checks import format_table
+from pipeline.checks import stage_checks as _stage_checks
 from pipeline.config import ConfigError, load_config
+from pipeline.executors import task_resources
 from pipeline.executors.slurm import SlurmExecutor
 from pipeline.model import count_params, load_preset
 
 TRAIN_EVAL = ("pretrain", "finetune", "evaluate")
+
+
+def stage_checks(cfg, stages, memory: bool = True):
+    """The checks as `python -m pipeline` runs them: on the resources the configured executor gives each task."""
+    return _stage_checks(cfg, stages, memory, task_resources(cfg))
 
 
 def config(tmp_path: Path, *overrides: str):

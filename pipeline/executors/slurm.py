@@ -114,6 +114,15 @@ class SlurmOptions:
                    max_array_parallelism=num(opts, "max_array_parallelism", "executor", kind=int, lo=1, default=64),
                    signal_delay_s=num(opts, "signal_delay_s", "executor", kind=int, lo=0, default=120))
 
+    def task_resources(self) -> dict[str, Any]:
+        """Per stage, what one task runs on (pipeline.checks.Resources): the checks read these."""
+        from pipeline.checks import Resources as TaskResources
+
+        return {s: TaskResources(processes=r.ntasks_per_node * r.nodes, gpus=r.gpus_per_node * r.nodes,
+                                 where=f"executor.resources.{s}", time_min=r.time_min,
+                                 tasks_per_node=r.ntasks_per_node, gpus_per_node=r.gpus_per_node, gres=r.gres,
+                                 signal_delay_s=self.signal_delay_s) for s, r in self.resources.items()}
+
 
 def check(cfg: Config) -> None:
     """Refuse a bad executor config, or a machine without sbatch, before anything is planned or written."""
@@ -212,7 +221,8 @@ class SlurmExecutor:
         if levels:
             from pipeline.checks import check_stages
 
-            check_stages(self.cfg, [stage for stage, _ in levels])  # a job that would fail: refused before sbatch
+            # a job that would fail: refused before sbatch (memory measured once per process, cached)
+            check_stages(self.cfg, [stage for stage, _ in levels], self.opts.task_resources())
         write_plan(plan, self.cfg.paths.artifacts)
         if not levels:
             print(f"sweep {plan.sweep}: all {len(tasks)} selected tasks are finished; nothing to submit")
