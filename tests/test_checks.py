@@ -114,6 +114,7 @@ def test_local_cpu_applies_batch_checks_but_not_gpu_memory(tmp_path, monkeypatch
 # -------------------------------------------------------------------------------------- memory per GPU
 
 
+@pytest.mark.slow  # ~20 s of T5-3B measurements on 2 cores
 def test_paper_scale_fits_and_its_evaluation_at_batch_128_would_not(tmp_path):
     """scale=paper as shipped: every training and evaluation stage fits one 80 GB GPU, T5-3B finetuning sharded
     over 4 GPUs with fsdp; the evaluation batch of 128 x 4 beams it replaced does not fit, and is refused."""
@@ -153,7 +154,9 @@ REAL_STEP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("preset, checkpointing", [("t5_small", 0), ("t5_small", 1), ("t5_mini", 0)])
+@pytest.mark.parametrize("preset, checkpointing", [
+    pytest.param("t5_small", 0, marks=pytest.mark.slow), pytest.param("t5_small", 1, marks=pytest.mark.slow),
+    ("t5_mini", 0)])
 def test_estimate_bounds_the_memory_of_a_real_step(preset, checkpointing):
     """A real forward + backward on the CPU: its peak resident memory above the model (glibc told to return
     every freed block over 64 KB, so the resident size follows the live tensors) against the estimate of its
