@@ -25,23 +25,23 @@ PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export DS_CACHE=${DS_CACHE:-$PWD/.cache} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$DS_CACHE"
 
-# Preflight (scripts/gpu_preflight.py): imports, exact versions (gpu-requirements.txt), CUDA, bf16; one line.
-# The GPU machine has torch and most of the stack but no registry: what it lacks or holds at another version is
-# installed from the carried wheels, resolved with their dependencies against the image, then `pip check`ed.
-if ! "$PY" scripts/gpu_preflight.py "${PREFLIGHT[@]}" > /dev/null 2>&1; then
-  if [ -d .whl ]; then
-    "$PY" -m pip install --quiet --no-index --find-links .whl -r gpu-requirements.txt > "$OUT/pip.txt" 2>&1 \
-      || { echo "gpu_check preflight FAILED: pip install from .whl/: $(tail -n 1 "$OUT/pip.txt")"; exit 2; }
-    "$PY" -m pip check > "$OUT/pip-check.txt" 2>&1 \
-      || { echo "gpu_check preflight FAILED: pip check: $(head -n 1 "$OUT/pip-check.txt")"; exit 2; }
-  fi
-fi
-"$PY" scripts/gpu_preflight.py "${PREFLIGHT[@]}" | tee "$OUT/preflight.txt"
-[ "${PIPESTATUS[0]}" -eq 0 ] || exit 2
 if [ ! -f "$DS_CACHE/l10n/manifest.json" ]; then
   [ -f .cache/l10n-en-de.tar.xz ] || { echo "gpu_check: no corpus at $DS_CACHE/l10n and no .cache/l10n-en-de.tar.xz"; exit 2; }
   tar -xJf .cache/l10n-en-de.tar.xz -C "$DS_CACHE"
 fi
+# Preflight (scripts/gpu_preflight.py): imports, exact versions (gpu-requirements.txt), CUDA, bf16; one line.
+# The GPU machine has torch and most of the stack but no registry: what it lacks or holds at another version is
+# installed from the carried wheels, resolved with their dependencies against the image, then `pip check`ed.
+if ! "$PY" scripts/gpu_preflight.py "${PREFLIGHT[@]}" > "$OUT/preflight.txt" 2>&1; then
+  [ -d .whl ] || { tail -n 1 "$OUT/preflight.txt"; exit 2; }
+  "$PY" -m pip install --quiet --no-index --find-links .whl -r gpu-requirements.txt > "$OUT/pip.txt" 2>&1 \
+    || { echo "gpu_check preflight FAILED: pip install from .whl/: $(tail -n 1 "$OUT/pip.txt")"; exit 2; }
+  "$PY" -m pip check > "$OUT/pip-check.txt" 2>&1 \
+    || { echo "gpu_check preflight FAILED: pip check: $(head -n 1 "$OUT/pip-check.txt")"; exit 2; }
+  "$PY" scripts/gpu_preflight.py "${PREFLIGHT[@]}" > "$OUT/preflight.txt" 2>&1 \
+    || { tail -n 1 "$OUT/preflight.txt"; exit 2; }
+fi
+cat "$OUT/preflight.txt"
 "$PY" - <<'EOF' | tee "$OUT/device.txt"
 import platform, torch
 print(f"torch {torch.__version__}, python {platform.python_version()}, "
