@@ -67,14 +67,18 @@ test-slurm: install corpus
 report: install
 	$(PY) -m pipeline +sweep=$(SWEEP) stage=report $(if $(RESULTS),paths.results=$(abspath $(RESULTS))) $(ARGS)
 
-# What scripts/gpu_check.sh needs on a GPU machine that reaches no registry (docs/benchmarks.md): the wheels it
-# lacks, for its Python 3.12, and the en-de slice of the corpus. Carry both: [".whl", ".cache/l10n-en-de.tar.xz"].
-GPU_WHEELS := hydra-core omegaconf datasets dill multiprocess rapidfuzz
+# What scripts/gpu_check.sh needs on a GPU machine that reaches no registry (docs/cluster.md): the wheels of
+# gpu-requirements.txt for its Python 3.12 (exact pins of everything carried and of its whole dependency closure,
+# made by scripts/pin_gpu_requirements.py from this environment; --no-deps only stops pip from adding the image's
+# own numpy/pandas/pyarrow, every dependency is pinned in the file), and the en-de slice of the corpus.
+# Carry both: [".whl", ".cache/l10n-en-de.tar.xz"]; there pip resolves them with their dependencies and checks.
 gpu-bundle: corpus
 	rm -rf .whl && mkdir -p .whl
+	grep -v '^antlr4-python3-runtime' gpu-requirements.txt > .whl/binary.txt
 	$(PIP) download --quiet --no-deps --python-version 3.12 --only-binary=:all: --platform manylinux2014_x86_64 \
-		--platform manylinux_2_17_x86_64 -d .whl $(GPU_WHEELS)
-	$(PIP) wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
+		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl -r .whl/binary.txt
+	$(PIP) wheel --quiet --no-deps -w .whl $$(grep '^antlr4-python3-runtime==' gpu-requirements.txt)
+	rm .whl/binary.txt
 	tar -cJf $(DS_CACHE)/l10n-en-de.tar.xz -C $(DS_CACHE) l10n/pairs/en-de l10n/mono/en.jsonl l10n/mono/de.jsonl \
 		l10n/manifest.json
 	@du -sh .whl $(DS_CACHE)/l10n-en-de.tar.xz

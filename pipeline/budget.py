@@ -16,6 +16,29 @@ H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s (SXM), the MFU reference of the pap
 # the matmuls gain 4.3x but a step 2.3x (docs/benchmarks.md, "bf16 on the CPU"): the rest of the step is
 # element-wise work and the fp32 softmax, so the same loop reaches about half the fraction of the bf16 peak.
 ASSUMED_MFU = {"cuda": 0.40, "cpu": 0.25, "cpu-bf16": 0.13}
+BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+MFU_TABLE = "| device | model |"  # docs/benchmarks.md's "Measured MFU" table, rows from scripts/bench_step.py
+
+
+def measured_mfu(path: Path = BENCHMARKS) -> float | None:
+    """The best H100 MFU recorded in docs/benchmarks.md's "Measured MFU" table (scripts/bench_step.py's rows),
+    or None while it has none: the plan's GPU-hours then say that they rest on ASSUMED_MFU."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    best = None
+    for i, line in enumerate(lines):
+        if not line.startswith(MFU_TABLE):
+            continue
+        for row in lines[i + 2:]:
+            cells = [c.strip() for c in row.strip().strip("|").split("|")]
+            if not row.startswith("|") or len(cells) != 7:
+                break
+            with contextlib.suppress(ValueError):
+                if "H100" in cells[0] and cells[6].endswith("%"):
+                    best = max(best or 0.0, float(cells[6].rstrip("%")) / 100)
+    return best
 
 
 def measured_peak(device: str | None = None, dtype: str | None = None) -> tuple[str, float, str]:
@@ -265,8 +288,11 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
         mfu = ASSUMED_MFU["cuda" if dev == "cuda" else "cpu-bf16" if dt == "bf16" else "cpu"]
         lines.append(f"  on this {dev} (measured {dt} matmul peak {flops / 1e12:.2f} TFLOP/s, at {mfu:.0%} of it): "
                      f"about {human_seconds(total / (flops * mfu))} of sequential training")
-    gpu_h = total / (H100_BF16_PEAK * ASSUMED_MFU["cuda"]) / 3600
-    lines.append(f"  on H100s (bf16, {ASSUMED_MFU['cuda']:.0%} MFU): about {gpu_h:,.1f} GPU-hours")
+    mfu = measured_mfu()
+    gpu_h = total / (H100_BF16_PEAK * (mfu or ASSUMED_MFU["cuda"])) / 3600
+    basis = (f"{mfu:.1%} MFU measured (docs/benchmarks.md)" if mfu else
+             f"assumed MFU {ASSUMED_MFU['cuda']:.0%}: none measured yet, scripts/bench_step.py")
+    lines.append(f"  on H100s (bf16, {basis}): about {gpu_h:,.1f} GPU-hours")
     est = (disk or {}).get("estimate") or disk_estimate(s)
     lines.append(f"disk: about {human_bytes(est['total'])} (pretraining checkpoints {human_bytes(est['pretrain'])}, "
                  f"finetuned models {human_bytes(est['finetune'])} + {human_bytes(est['finetune_running'])} while "

@@ -368,8 +368,9 @@ class ExecutorConfig:
     def parse(cls, d: Any) -> ExecutorConfig:
         _req(isinstance(d, Mapping), "executor", f"must be one of {', '.join(EXECUTORS)}")
         kind = _choice(d, "kind", "executor", EXECUTORS)
+        _num(d, "gpu_mem_gb", "executor", lo=0, lo_open=True, default=80)
         if kind == "local":
-            _known(d, "executor", {"kind", "workers", "threads_per_worker"})
+            _known(d, "executor", {"kind", "workers", "threads_per_worker", "gpu_mem_gb"})
             _num(d, "workers", "executor", kind=int, lo=1, hi=256)
             _num(d, "threads_per_worker", "executor", kind=int, lo=1, default=None)
         return cls(kind=kind, options=_freeze({k: v for k, v in d.items() if k != "kind"}))

@@ -16,11 +16,12 @@ from pipeline.budget import (
     free_bytes,
     measured_peak,
 )
+from pipeline.checks import StageCheck, format_table, refuse, stage_checks, summary
 from pipeline.config import Config, ConfigError, load_config
-from pipeline.executors import check_executor
+from pipeline.executors import check_executor, task_resources
 from pipeline.plan import Plan, build_plan, build_read_plan, record_precision, task_state, write_plan
 from pipeline.progress import time_left
-from pipeline.stages import READ_STAGES, STORED
+from pipeline.stages import LEVELS, READ_STAGES, STORED
 
 log = logging.getLogger("pipeline")
 
@@ -80,6 +81,12 @@ def disk_check(cfg: Config, plan: Plan) -> dict[str, Any]:
             "shortfall": disk_shortfall(cfg.paths.artifacts, est["total"], have)}
 
 
+def resource_checks(cfg: Config, plan: Plan, memory: bool = True) -> list[StageCheck]:
+    """pipeline.checks on the stages this run would execute (stage=plan: every stage of the plan)."""
+    selected = {t.stage for t in plan.select(cfg.stage)}
+    return stage_checks(cfg, [s for s in LEVELS if s in selected], memory=memory, resources=task_resources(cfg))
+
+
 def prepare(cfg_any: Any) -> tuple[Config, Plan]:
     """Everything that can refuse a run, before any compute or write (ConfigError -> one line, exit 2).
 
@@ -107,6 +114,9 @@ def prepare(cfg_any: Any) -> tuple[Config, Plan]:
         source.validate(langs, [t.pair for t in cfg.sweep.tasks])
     plan = build_plan(cfg, source)
     if cfg.stage not in ("plan", *READ_STAGES):
+        # each job's resources against its config; memory only where a GPU is checked (the SLURM executor
+        # checks again before its first sbatch, from the measurements cached here)
+        refuse(resource_checks(cfg, plan, memory=cfg.executor.kind == "slurm" or _has_gpu()))
         disk = disk_check(cfg, plan)
         if disk["shortfall"]:
             raise ConfigError("paths.artifacts", disk["shortfall"])
@@ -128,14 +138,24 @@ def failed_tasks(plan: Plan) -> list[tuple[str, str, str]]:
     return out
 
 
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run(cfg_any: Any) -> int:
     cfg, plan = prepare(cfg_any)
     if cfg.stage == "plan":
         states = Counter(task_state(t) for t in plan.tasks)
         workers = int(cfg.executor.opts().get("workers", 1)) if cfg.executor.kind == "local" else 1
         dtype = (plan.summary.get("precision") or {}).get("pretrain")  # the sweep's precision: its peak
+        checks = resource_checks(cfg, plan)
         print(format_plan(plan, dict(states), measured_peak(dtype=dtype), disk_check(cfg, plan), failed_tasks(plan),
                           time_left(plan, workers)))
+        print("\n" + format_table(checks, cfg), flush=True)
+        refuse(checks)  # a job that would fail: one line naming the settings, exit 2, no plan written
+        plan.summary["resources"] = summary(checks)
         path = write_plan(plan, cfg.paths.artifacts)
         print(f"\nplan written to {path}")
         return 0

@@ -33,8 +33,9 @@ echo "$n;cluster"
 
 
 def config(tmp_path: Path, *overrides: str):
+    # micro-batch 2: the smoke batch of 16 divides over the 8 GPUs the executor gives pretraining (pipeline.checks)
     return load_config(compose(["+sweep=en_de", "scale=smoke", "executor=slurm", f"paths.artifacts={tmp_path / 'art'}",
-                                f"paths.reports={tmp_path / 'rep'}", *overrides]))
+                                f"paths.reports={tmp_path / 'rep'}", "pretrain.micro_batch_size=2", *overrides]))
 
 
 @pytest.fixture

@@ -13,6 +13,18 @@ def check_executor(cfg: Config) -> None:
         check(cfg)
 
 
+def task_resources(cfg: Config) -> dict:
+    """Per stage, what one task runs on under the chosen executor (pipeline.checks.Resources)."""
+    from pipeline.checks import local_resources
+    from pipeline.stages import LEVELS
+
+    if cfg.executor.kind == "slurm":
+        from pipeline.executors.slurm import SlurmOptions
+
+        return SlurmOptions.of(cfg).task_resources()
+    return {s: local_resources() for s in LEVELS}
+
+
 def get_executor(cfg: Config):
     opts = cfg.executor.opts()
     if cfg.executor.kind == "slurm":

@@ -40,7 +40,7 @@ log = logging.getLogger("pipeline")
 
 ROOT = Path(__file__).resolve().parents[2]  # the project, put on PYTHONPATH in every job
 OPTIONS = {"kind", "folder", "partition", "account", "qos", "constraint", "setup", "max_array_parallelism",
-           "signal_delay_s", "resources", "wait", "python"}
+           "signal_delay_s", "resources", "wait", "python", "gpu_mem_gb"}
 RESOURCES = {"nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min", "tasks_per_node", "gres"}
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
           "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -113,6 +113,15 @@ class SlurmOptions:
                    setup=tuple(setup), wait=opts.get("wait", False),
                    max_array_parallelism=num(opts, "max_array_parallelism", "executor", kind=int, lo=1, default=64),
                    signal_delay_s=num(opts, "signal_delay_s", "executor", kind=int, lo=0, default=120))
+
+    def task_resources(self) -> dict[str, Any]:
+        """Per stage, what one task runs on (pipeline.checks.Resources): the checks read these."""
+        from pipeline.checks import Resources as TaskResources
+
+        return {s: TaskResources(processes=r.ntasks_per_node * r.nodes, gpus=r.gpus_per_node * r.nodes,
+                                 where=f"executor.resources.{s}", time_min=r.time_min,
+                                 tasks_per_node=r.ntasks_per_node, gpus_per_node=r.gpus_per_node, gres=r.gres,
+                                 signal_delay_s=self.signal_delay_s) for s, r in self.resources.items()}
 
 
 def check(cfg: Config) -> None:
@@ -208,8 +217,13 @@ class SlurmExecutor:
         return out
 
     def run(self, plan: Plan, tasks: list[Task]) -> int:
-        write_plan(plan, self.cfg.paths.artifacts)
         levels = self.levels(tasks)
+        if levels:
+            from pipeline.checks import check_stages
+
+            # a job that would fail: refused before sbatch (memory measured once per process, cached)
+            check_stages(self.cfg, [stage for stage, _ in levels], self.opts.task_resources())
+        write_plan(plan, self.cfg.paths.artifacts)
         if not levels:
             print(f"sweep {plan.sweep}: all {len(tasks)} selected tasks are finished; nothing to submit")
             return 0
