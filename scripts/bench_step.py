@@ -7,7 +7,7 @@ The step is pretraining's: `distributed.setup_runtime` (bf16 on a GPU) and `dist
 our fused loss (`model.Seq2SeqLoss`), AdamW from `training.make_optimizer`, the runtime's global gradient clipping, on random span-corruption-shaped batches (inputs_length and T5's
 targets length for it). `--warmup` steps (compilation included) are not timed, then `--steps` are. Prints per
 variant tokens/s (encoder + decoder tokens) and MFU (model FLOPs, pipeline.model.flops_per_token, over the
-card's dense bf16 peak; on a CPU over a measured fp32 matmul peak), and the line to paste into
+card's dense bf16 peak; on a CPU over a matmul peak measured in the step's dtype), and the line to paste into
 docs/benchmarks.md's "Measured MFU" table, which the planner's GPU-hours then use (pipeline.budget.measured_mfu).
 """
 
@@ -72,7 +72,7 @@ def bench(model_name: str, micro: int, inputs: int, steps: int, warmup: int, com
     else:
         from pipeline.budget import measured_peak
 
-        peak, device = measured_peak("cpu")[1], "cpu"
+        peak, device = measured_peak("cpu", rt.dtype)[1], "cpu"
     ex_s = micro * steps / secs
     return {"model": model_name, "micro_batch": micro, "inputs_length": inputs, "targets_length": targets,
             "dtype": rt.dtype, "compile": compile_, "device": device, "steps": steps, "warmup_s": round(warm_s, 1),
