@@ -118,12 +118,7 @@ def _batch_problems(cfg: Config, stage: str, r: Resources) -> list[ConfigError]:
         elif f.batch_size % w:
             out.append(ConfigError(f"finetune.batch_size / {where}",
                                    f"finetune.batch_size {f.batch_size} must be a multiple of the {w} processes"))
-        row = f.max_source_length + f.max_target_length
-        mbt = getattr(f, "micro_batch_tokens", None)
-        if mbt is not None and mbt < row:
-            out.append(ConfigError("finetune.micro_batch_tokens",
-                                   f"{mbt} tokens cannot hold one pair at max_source_length + max_target_length "
-                                   f"({row}); raise it or lower the lengths"))
+        # a micro-batch too small for one pair is refused by the config itself (FinetuneConfig.parse)
     elif w > 1:
         out.append(ConfigError(f"{r.where}.tasks_per_node",
                                f"the {stage} stage runs in one process, not {w}: set tasks_per_node: 1 and nodes: 1"))

@@ -84,13 +84,19 @@ def test_slurm_executor_refuses_before_the_first_sbatch(tmp_path, fake_sbatch):
      "executor.resources.evaluate.tasks_per_node"),
     (["pretrain.distributed=none"], "pretrain.distributed / executor.resources.pretrain"),
     (["executor.resources.finetune.gpus_per_node=3"], "finetune.batch_size / executor.resources.finetune.gpus_per_node"),
-    (["finetune.micro_batch_tokens=32"], "finetune.micro_batch_tokens"),
 ])
 def test_each_resource_check_names_its_settings(tmp_path, overrides, key):
     cfg = config(tmp_path, "scale=smoke", "executor=slurm", "pretrain.micro_batch_size=2", *overrides)
     problems = [str(e) for c in stage_checks(cfg, ["tokenizer", *TRAIN_EVAL, "collect"], memory=False)
                 for e in c.problems]
     assert len(problems) == 1 and problems[0].startswith(key + ":"), problems
+
+
+def test_a_micro_batch_too_small_for_one_pair_is_refused_by_the_config(tmp_path):
+    from pipeline.validate import ConfigError
+
+    with pytest.raises(ConfigError, match="finetune.micro_batch_tokens: must hold one pair"):
+        config(tmp_path, "scale=smoke", "finetune.micro_batch_tokens=32")
 
 
 def test_bad_gpu_memory_setting_is_refused(tmp_path):
