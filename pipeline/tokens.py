@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
-import json
 import logging
 import os
 import sys
