@@ -92,7 +92,8 @@ def reference(root: Path, texts_file: Path | None = None, max_tokens: int | None
     from pipeline.tokenizer import load_tokenizer
 
     tok = load_tokenizer(root / "tok")
-    docs = [json.loads(line)["text"] for line in open(texts_file or root / "en.jsonl", encoding="utf-8")]
+    with open(texts_file or root / "en.jsonl", encoding="utf-8") as f:
+        docs = [json.loads(line)["text"] for line in f]
     docs = [d for d in docs if d]
     order = np.random.default_rng([seed, 7919]).permutation(len(docs))
     ids = tok([docs[i] for i in order if docs[i].strip()], add_special_tokens=False).input_ids
@@ -278,6 +279,7 @@ def test_local_text_larger_than_the_memory_limit(corpus, tmp_path):
     assert size > limit_set
     meta = json.loads((out / "meta.json").read_text())
     assert meta["train_tokens"] == cap
-    n_docs = sum(1 for _ in open(big, "rb"))
+    with open(big, "rb") as f:
+        n_docs = sum(1 for _ in f)
     layout = json.loads((out / "train" / "layout.json").read_text())
     assert layout["documents"] == n_docs  # every document was indexed and shuffled
