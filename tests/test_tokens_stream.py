@@ -168,6 +168,47 @@ def test_a_stream_source_is_read_file_by_file_with_its_document_limit(corpus, tm
     assert meta["train_docs"] == 5 and meta["validation_docs"] == 1
 
 
+class StopAfter:
+    """A stop flag that is raised after `n` checks (one check a tokenizer batch): a signal at a known point."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_a_stop_commits_the_position_inside_a_stream_file_and_the_rerun_continues(corpus, tmp_path, monkeypatch):
+    from test_sources import data, hub_options
+
+    import pipeline.tokens as tokens
+
+    monkeypatch.setattr(tokens, "BATCH_DOCS", 2)  # mC4's stand-in files hold 3 documents
+    hub = data("hub", hub_options(tmp_path), ["en", "de"], ["en-de"])
+
+    def spec(max_tokens=None):
+        return TokensSpec(config={}, lang="de", tokenizer_dir=str(corpus / "tok"), data=hub,
+                          cache=str(tmp_path / "c"), max_tokens=max_tokens, seed=0,
+                          tokens=TokensConfig(commit_seconds=3600.0))  # commits only on the stop
+
+    ref = tmp_path / "ref"
+    run_tokens(task(spec(), ref))
+    out = tmp_path / "stopped"
+    assert tokens.work(spec(), out, "train", stop=StopAfter(1)) is False  # inside the first file
+    assert json.loads((out / "train" / "00000.pos.json").read_text())["docs"] == 2
+    assert tokens.work(spec(), out, "train", stop=StopAfter(3)) is False  # first file done, into the second
+    assert (out / "train" / "00000.json").is_file() and (out / "train" / "00001.pos.json").is_file()
+    run_tokens(task(spec(), out))
+    assert stream_bytes(out) == stream_bytes(ref)
+    # a cap inside the second file: the stream is the uninterrupted one cut there
+    capped = tmp_path / "capped"
+    n = len(stream_bytes(ref)) // 2 - 3
+    run_tokens(task(spec(max_tokens=n), capped))
+    assert stream_bytes(capped) == stream_bytes(ref)[:2 * n]
+
+
 # ------------------------------------------------------------------------------ workers, kills, memory
 
 
@@ -263,10 +304,10 @@ def test_local_text_larger_than_the_memory_limit(corpus, tmp_path):
     vm_after_imports = int(probe.stdout.split()[-1])
     big = tmp_path / "big.jsonl"
     docs = make_docs(400, 9, max_words=4000)
-    with open(big, "w", encoding="utf-8") as f:  # larger than the whole limit, with 10% to spare
-        i = 0
-        while f.tell() < 1.1 * (vm_after_imports + limit):
-            f.write(json.dumps({"text": f"{i} " + docs[i % len(docs)]}, ensure_ascii=False) + "\n")
+    with open(big, "wb") as f:  # larger than the whole limit, with 10% to spare
+        i = written = 0
+        while written < 1.1 * (vm_after_imports + limit):
+            written += f.write((json.dumps({"text": f"{i} " + docs[i % len(docs)]}, ensure_ascii=False) + "\n").encode())
             i += 1
     size = big.stat().st_size
     out = tmp_path / "big"
