@@ -450,7 +450,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from pipeline.logs import setup_logging
-    from pipeline.plan import load_plan
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.tokens")
     ap.add_argument("plan")
@@ -462,12 +461,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --worker must be in 0..{a.workers - 1}", file=sys.stderr)
         return 2
     setup_logging()
-    task = load_plan(Path(a.plan)).tasks[a.index]
-    if task.stage != "tokens":
-        print(f"error: task {a.index} is a {task.stage} task, not tokens", file=sys.stderr)
+    task = read_json(Path(a.plan))["tasks"][a.index]  # plan.json read as data: pipeline.plan imports this module
+    if task["stage"] != "tokens":
+        print(f"error: task {a.index} is a {task['stage']} task, not tokens", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    ok = work(TokensSpec.from_dict(task.spec), Path(task.dir), "train", a.worker, a.workers)
+    ok = work(TokensSpec.from_dict(task["spec"]), Path(task["dir"]), "train", a.worker, a.workers)
     return 0 if ok else PREEMPTED
 
 

@@ -324,3 +324,30 @@ def test_local_text_larger_than_the_memory_limit(corpus, tmp_path):
         n_docs = sum(1 for _ in f)
     layout = json.loads((out / "train" / "layout.json").read_text())
     assert layout["documents"] == n_docs  # every document was indexed and shuffled
+
+
+@pytest.mark.slow
+def test_a_slurm_array_of_workers_then_the_task_writes_the_same_stream(corpus, uninterrupted, tmp_path):
+    """`python -m pipeline.tokens PLAN INDEX --worker I --workers 2` as two array elements write every shard;
+    the task itself then only finishes the split."""
+    out = tmp_path / "array"
+    t = task(make_spec(corpus), out)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"sweep": "x", "summary": {}, "tasks": [t.to_dict()]}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.tokens", str(plan), "0", "--worker", str(i),
+                               "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for i in range(2)]
+    for p in procs:
+        log = p.communicate(timeout=900)[0]
+        assert p.returncode == 0, log[-3000:]
+    layout = json.loads((out / "train" / "layout.json").read_text())
+    assert all((out / "train" / f"{k:05d}.json").is_file() for k in range(layout["shards"]))
+    written = {k: (out / "train" / f"{k:05d}.bin").stat().st_mtime_ns for k in range(layout["shards"])}
+    assert not (out / "train" / "manifest.json").exists()
+    run_tokens(task(make_spec(corpus), out))
+    assert stream_bytes(out) == stream_bytes(uninterrupted)
+    assert {k: (out / "train" / f"{k:05d}.bin").stat().st_mtime_ns for k in written} == written  # none rewritten
+    bad = subprocess.run([sys.executable, "-m", "pipeline.tokens", str(plan), "0", "--worker", "2", "--workers", "2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--worker must be in 0..1" in bad.stderr
