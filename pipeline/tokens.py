@@ -39,7 +39,8 @@ from pipeline.typed import Spec
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
-BATCH_DOCS = 512  # documents a tokenizer call
+BATCH_DOCS = 512  # documents a tokenizer call, at most
+BATCH_CHARS = 1 << 20  # characters a tokenizer call, at most: its encodings cost ~100 bytes a token while alive
 PREEMPTED = 3  # a worker process's exit status after committing on a signal
 
 
@@ -214,7 +215,12 @@ def _write_shard(directory: Path, k: int, docs: Iterator[str], tokenizer, dtype:
             atomic_write_json(pos_file, {"docs": n_docs, "tokens": n_tok})
 
         while True:
-            batch = list(itertools.islice(it, BATCH_DOCS))
+            batch, chars = [], 0
+            for doc in it:
+                batch.append(doc)
+                chars += len(doc)
+                if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
+                    break
             if not batch:
                 break
             keep = [d for d in batch if d and d.strip()]
