@@ -212,7 +212,8 @@ def _write_shard(directory: Path, k: int, docs: Iterator[str], tokenizer, dtype:
             for fh in (fd, fe):
                 fh.flush()
                 os.fsync(fh.fileno())
-            atomic_write_json(pos_file, {"docs": n_docs, "tokens": n_tok})
+            atomic_write_json(pos_file, {"docs": n_docs, "tokens": n_tok,
+                                         "seconds": pos.get("seconds", 0.0) + time.perf_counter() - t0})
 
         while True:
             batch, chars = [], 0
@@ -252,7 +253,8 @@ def _write_shard(directory: Path, k: int, docs: Iterator[str], tokenizer, dtype:
         for block in iter(lambda: f.read(1 << 22), b""):
             sha.update(block)
     atomic_write_json(directory / f"{name}.json", {"file": data.name, "tokens": n_tok, "docs": n_docs,
-                                                   "sha256": sha.hexdigest()})
+                                                   "sha256": sha.hexdigest(),
+                                                   "seconds": round(pos.get("seconds", 0.0) + time.perf_counter() - t0, 3)})
     pos_file.unlink(missing_ok=True)
     dt = time.perf_counter() - t0
     log.info("%s: shard %s done, %s tokens in %s documents (%s tokens/s)", desc, name, f"{n_tok:,}", f"{n_docs:,}",
@@ -333,7 +335,8 @@ def finish(out: Path, split: str, caps: tuple[int | None, int | None], dtype: np
                 ends = np.fromfile(directory / f"{_name(k)}.idx", dtype=np.int64, count=docs)
                 docs = int(np.searchsorted(ends, tok, side="left")) + 1  # documents with a token before the cut
                 docs = min(docs, len(ends))
-            shards.append({"file": m["file"], "tokens": tok, "docs": docs, "sha256": m["sha256"] if tok == m["tokens"] else None})
+            shards.append({"file": m["file"], "tokens": tok, "docs": docs, "seconds": m.get("seconds"),
+                           "sha256": m["sha256"] if tok == m["tokens"] else None})
             n_tok, n_docs = n_tok + tok, n_docs + docs
             if (max_tok is not None and n_tok >= max_tok) or (max_docs is not None and n_docs >= max_docs):
                 break
