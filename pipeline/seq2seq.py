@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class EncodedPool:
             with open(d.parent / f".{d.name}.lock", "a+") as lock:  # cells started together encode it once
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if not (d / "meta.json").is_file():
+                    for stale in d.parent.glob(f".{d.name}.*.tmp"):  # a killed encoding's half-written copy
+                        shutil.rmtree(stale, ignore_errors=True)
                     _encode_pool(d, source.parallel(pair, split), tokenizer, key, src=src, tgt=tgt, prefix=prefix,
                                  max_src=max_src, max_tgt=max_tgt)
         return cls(d)

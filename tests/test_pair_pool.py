@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -76,6 +77,14 @@ def test_another_encoding_or_tokenizer_gets_its_own_entry(setup):
     tok2 = train_tokenizer(iter(["speichern öffnen"] * 50 + ["the file"] * 50), 150, 10)
     assert EncodedPool.get(source, "en-de", "train", tok2, root / "cache", **ENC).dir != base.dir
     assert not list((root / "cache" / "pairs").glob(".*.tmp"))  # written atomically, nothing left over
+    # an encoding killed half-way leaves its temporary copy; the next cell removes it and encodes the pool
+    shutil.rmtree(base.dir)
+    stale = base.dir.parent / f".{base.dir.name}.killed.tmp"
+    stale.mkdir()
+    (stale / "src.bin").write_bytes(b"\0" * 10)
+    again = EncodedPool.get(source, "en-de", "train", tok, root / "cache", **ENC)
+    assert again.dir == base.dir and not stale.exists() and again.take([3]) == encode_pairs(
+        tok, [source.parallel("en-de", "train")[3]["translation"]], **ENC)
 
 
 @pytest.mark.slow
