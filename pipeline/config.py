@@ -357,6 +357,22 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class TokensConfig:
+    """How the tokens stage does its work; none of it changes the streams it writes (not in their identity)."""
+
+    workers: int = 1  # local processes a language's train stream is split across
+    shard_mb: float = 64.0  # text per shard of a bounded source (a stream's shard is one of its files)
+    commit_seconds: float = 60.0  # a shard being written commits its position this often (what a kill loses)
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> TokensConfig:
+        _known(d, "tokens", {"workers", "shard_mb", "commit_seconds"})
+        return cls(workers=_num(d, "workers", "tokens", kind=int, lo=1, hi=1024, default=1),
+                   shard_mb=_num(d, "shard_mb", "tokens", kind=float, lo=0, lo_open=True, default=64.0),
+                   commit_seconds=_num(d, "commit_seconds", "tokens", kind=float, lo=0.0, default=60.0))
+
+
+@dataclass(frozen=True)
 class ExecutorConfig:
     kind: str
     options: tuple[tuple[str, Any], ...] = ()
@@ -435,6 +451,7 @@ class Config:
     executor: ExecutorConfig
     tracking: TrackingConfig
     paths: Paths
+    tokens: TokensConfig = TokensConfig()
     raw: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
 
 
@@ -485,6 +502,7 @@ def load_config(cfg: Any) -> Config:
         executor=ExecutorConfig.parse(d.get("executor")),
         tracking=TrackingConfig.parse(d.get("tracking")),
         paths=Paths.parse(_mapping(d, "paths")),
+        tokens=TokensConfig.parse(d.get("tokens") or {}),
         raw=_freeze(d),
     )
 

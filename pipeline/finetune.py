@@ -42,7 +42,7 @@ from pipeline.distributed import (
 from pipeline.model import ModelPreset, Seq2SeqLoss, load_model
 from pipeline.precision import ProbeShape
 from pipeline.pretrain import checkpoint_for
-from pipeline.seq2seq import collate, encode_pairs, reference_ce
+from pipeline.seq2seq import EncodedPool, collate, encode_pairs, reference_ce
 from pipeline.tokenizer import load_tokenizer
 from pipeline.tracking import make_tracker
 from pipeline.training import (
@@ -154,15 +154,13 @@ def run(task) -> None:
                          "use finetune.distributed=ddp")
     pad = tokenizer.pad_token_id
 
-    pool = source.parallel(spec.pair, "train")
-    idx = nested_subset(len(pool), spec.df, spec.seed)
-    train_rows = [r["translation"] for r in pool.select(idx)]
+    enc = dict(src=src_lang, tgt=tgt_lang, prefix=cfg.task_prefix, max_src=cfg.max_source_length,
+               max_tgt=cfg.max_target_length)
+    pool = EncodedPool.get(source, spec.pair, "train", tokenizer, Path(spec.cache), **enc)  # encoded once a task
+    tr_src, tr_tgt = pool.take(nested_subset(len(pool), spec.df, spec.seed))
     val = source.parallel(spec.pair, cfg.validation_split)
     val_rows = [r["translation"] for r in val.select(range(min(cfg.validation_size, len(val))))]
-    enc = dict(tokenizer=tokenizer, src=src_lang, tgt=tgt_lang, prefix=cfg.task_prefix,
-               max_src=cfg.max_source_length, max_tgt=cfg.max_target_length)
-    tr_src, tr_tgt = encode_pairs(rows=train_rows, **enc)
-    va_src, va_tgt = encode_pairs(rows=val_rows, **enc)
+    va_src, va_tgt = encode_pairs(tokenizer=tokenizer, rows=val_rows, **enc)
     df_tokens = {"source": sum(map(len, tr_src)), "target": sum(map(len, tr_tgt))}
 
     B = cfg.batch_size

@@ -224,7 +224,8 @@ def build_plan(cfg: Config, source: Any) -> Plan:
         max_tokens = source_max_tokens(source, needed[lang])
         tokens[lang] = add("tokens", f"tokens-{lang}", [tok], TokensSpec(
             config={"lang": lang, "data": data_id, "max_tokens": max_tokens, "seed": cfg.seed},
-            lang=lang, tokenizer_dir=tok_dir, data=cfg.data, cache=cache, max_tokens=max_tokens, seed=cfg.seed))
+            lang=lang, tokenizer_dir=tok_dir, data=cfg.data, cache=cache, max_tokens=max_tokens, seed=cfg.seed,
+            tokens=cfg.tokens))
     # Data too small for the sweep: refused before any compute, except by stage=plan, which prints the budget
     # anyway (the paper's scale planned against the offline corpus) and says what running it would meet.
     problems: list[ConfigError] = []

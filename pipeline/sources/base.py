@@ -4,10 +4,15 @@ counting, hashing, the translation-pair checks)."""
 from __future__ import annotations
 
 import abc
+import contextlib
+import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from pipeline.config import ConfigError, DataConfig
 from pipeline.typed import to_dict
@@ -60,6 +65,76 @@ def jsonl_texts(path: Path) -> Iterator[str]:
         for line in f:
             if line.strip():
                 yield json.loads(line)["text"]
+
+
+class JsonlDocuments:
+    """The non-empty `text` documents of a jsonl file, read one at a time by index: only a byte-offset index
+    (16 bytes a document, memory-mapped from the cache) stays open, never the text. Document i is the i-th
+    line whose `text` is non-empty, the same documents in the same order as reading the file through `datasets`.
+    """
+
+    def __init__(self, path: Path, cache: Path):
+        self.path = Path(path)
+        st = self.path.stat()
+        key = hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+        index = Path(cache) / "sources" / "index" / f"{key}.npy"
+        if not index.is_file():
+            _write_index(self.path, index)
+        try:  # (n, 2): byte offset and length of each document's line
+            self.index = np.load(index, mmap_mode="r")
+        except ValueError:  # no document: an empty array cannot be mapped
+            self.index = np.load(index)
+        self._f = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def sizes(self) -> np.ndarray:
+        """Bytes of each document's line (what shards are balanced on)."""
+        return np.asarray(self.index[:, 1])
+
+    def __getitem__(self, i: int) -> str:
+        if self._f is None:
+            self._f = open(self.path, "rb")  # noqa: SIM115 (kept open across reads; closed with the object)
+        off, n = self.index[i]
+        self._f.seek(int(off))
+        return json.loads(self._f.read(int(n)))["text"]
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _write_index(path: Path, index: Path, chunk: int = 1 << 16) -> None:
+    """One streaming pass over the file: (offset, length) of every line with a non-empty `text`, written
+    atomically (a worker that loses the race to write it only did the same work twice)."""
+    index.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
+    rows: list[np.ndarray] = []
+    buf: list[tuple[int, int]] = []
+    off = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip() and json.loads(line)["text"]:
+                buf.append((off, len(line)))
+                if len(buf) >= chunk:
+                    rows.append(np.array(buf, dtype=np.int64))
+                    buf.clear()
+            off += len(line)
+    rows.append(np.array(buf, dtype=np.int64).reshape(-1, 2))
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.concatenate(rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, index)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def load_json(files: list[Path] | Path, cache_dir: Path | None) -> datasets.Dataset:
@@ -119,6 +194,19 @@ class Source(abc.ABC):
     def parallel(self, pair: str, split: str) -> datasets.Dataset:
         """A datasets.Dataset with a column "translation": {src: str, tgt: str, ...}."""
         ...
+
+    def documents(self, lang: str) -> JsonlDocuments | None:
+        """The train documents of a bounded source by index, read lazily (the tokens stage shuffles them
+        and shards them); None where the source is a stream (see `text_files`)."""
+        return None
+
+    def text_files(self, lang: str, split: str = "train") -> list[str]:
+        """A stream's files in stream order (the tokens stage's shards); [] for a bounded source."""
+        return []
+
+    def iter_file(self, lang: str, split: str, file: str) -> Iterator[str]:
+        """The documents of one of `text_files`, in order, with no document limit applied."""
+        raise NotImplementedError(f"the {self.name} source has no text files")
 
     def text_stats(self, lang: str) -> dict[str, int] | None:
         """{"docs", "words", "chars"} of the train text, or None where unbounded or unknown."""

@@ -79,6 +79,37 @@ class HubSource(Source):
                 n += 1
                 yield row["text"]
 
+    def text_files(self, lang: str, split: str = "train") -> list[str]:
+        """The files of a language's stream, sorted as `datasets` resolves the pattern (so reading them one
+        after the other is the stream `iter_texts` reads): a glob in a local copy, the repository's listing
+        on the hub."""
+        import fnmatch
+
+        self._check_split(split, TEXT_SPLITS)
+        pattern = self._mono_pattern(lang, split)
+        path = self.mono.get("path")
+        if not path:
+            raise ConfigError(f"{self.KEY}.mono.path", "is required (e.g. allenai/c4)")
+        if os.path.isdir(path):
+            files = [os.path.relpath(f, path) for f in glob.glob(os.path.join(path, pattern))]
+        else:
+            from huggingface_hub import HfApi
+
+            listing = HfApi().list_repo_files(path, repo_type="dataset", revision=self.mono.get("revision"))
+            files = [f for f in listing if fnmatch.fnmatchcase(f, pattern)]
+        if not files:
+            raise ConfigError(f"{self.KEY}.mono.{split}_files", f"no {lang} files match {pattern} in {path}")
+        return sorted(files)
+
+    def iter_file(self, lang: str, split: str, file: str) -> Iterator[str]:
+        import datasets
+
+        ds = datasets.load_dataset(self.mono["path"], data_files=file, split="train", streaming=self.streaming,
+                                   **self._kw(self.mono))
+        for row in ds:
+            if row["text"]:
+                yield row["text"]
+
     def parallel(self, pair: str, split: str) -> datasets.Dataset:
         import datasets
 

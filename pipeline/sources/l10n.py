@@ -87,6 +87,10 @@ class L10nSource(Source):
         for f in files:
             yield from base.dedup_side(base.load_json(f, cache_dir), lang, seen)
 
+    def documents(self, lang: str) -> base.JsonlDocuments:
+        self.manifest()
+        return base.JsonlDocuments(self.mono_file(lang), self.cache)
+
     def parallel(self, pair: str, split: str) -> datasets.Dataset:
         self._check_split(split, SPLITS + INDOMAIN_SPLITS)
         self.manifest()

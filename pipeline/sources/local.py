@@ -80,6 +80,9 @@ class LocalSource(Source):
         for f in files:
             yield from base.dedup_side(base.load_json(f, cache_dir), lang, seen)
 
+    def documents(self, lang: str) -> base.JsonlDocuments:
+        return base.JsonlDocuments(self._file(f"{self.KEY}.mono.{lang}"), self.cache)
+
     def parallel(self, pair: str, split: str) -> datasets.Dataset:
         self._check_split(split, SPLITS)
         key = self._pair_key(pair, split)
