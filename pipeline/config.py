@@ -37,6 +37,7 @@ TRACKERS = ("none", "wandb")
 # (the offline corpus only: pipeline/corpus/indomain.py)
 VALIDATION_SPLITS = ("validation", "validation_indomain")
 TEST_SPLITS = ("test", "test_indomain")
+LR_SEARCH = ("per_seed", "first_seed")  # finetune.lr_search
 # Languages the code knows how to name in reports; a data source may offer fewer.
 KNOWN_LANGUAGES = {"en": "English", "de": "German", "fr": "French", "ro": "Romanian"}
 
@@ -106,6 +107,10 @@ class PretrainConfig:
     log_every: int
     eval_sequences: int
     distributed: str
+    # Passes over a language's unique text a run may make (Dp counts tokens seen, repeats included); 1 = never
+    # repeat (the planner refuses a ladder that would). Not in a run's identity: epoch 0 is the stream's order
+    # whatever the limit, so a ladder that grows past the text resumes the same run.
+    max_epochs: float = 1.0
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> PretrainConfig:
@@ -137,6 +142,7 @@ class PretrainConfig:
             log_every=_num(d, "log_every", p, kind=int, lo=1),
             eval_sequences=_num(d, "eval_sequences", p, kind=int, lo=1),
             distributed=_choice(d, "distributed", p, ("auto", "none", "ddp", "fsdp")),
+            max_epochs=_num(d, "max_epochs", p, lo=1, default=1.0),
         )
 
 
@@ -156,7 +162,7 @@ class FinetuneConfig:
     lrs: tuple[float, ...]
     batch_size: int
     max_steps: int
-    max_epochs: int
+    max_epochs: int | None  # None: as many epochs as early stopping takes, max_steps the only guard
     eval_every: int
     patience: int
     validation_size: int
@@ -171,9 +177,14 @@ class FinetuneConfig:
     warmup_steps: int = 0
     validation_split: str = "validation"  # model selection and early stopping: validation | validation_indomain
     seeds_df_max: int | None = None  # seeds after the first only at Df up to this (None: every seed at every Df)
+    # The lrs grid is searched on every seed (per_seed), or on the first seed only and its winner reused for the
+    # other seeds of the same (checkpoint, Df, method) (first_seed: those cells are planned once it is finished)
+    lr_search: str = "per_seed"
 
     def step_cap(self, pairs: int) -> int:
         """The most optimiser steps a cell of `pairs` training pairs takes (early stopping may take fewer)."""
+        if self.max_epochs is None:
+            return self.max_steps
         return min(self.max_steps, self.max_epochs * -(-pairs // self.batch_size))
 
     @classmethod
@@ -199,7 +210,7 @@ class FinetuneConfig:
             lrs=tuple(float(x) for x in lrs),
             batch_size=_num(d, "batch_size", p, kind=int, lo=1),
             max_steps=_num(d, "max_steps", p, kind=int, lo=1),
-            max_epochs=_num(d, "max_epochs", p, kind=int, lo=1),
+            max_epochs=_num(d, "max_epochs", p, kind=int, lo=1, default=None),
             eval_every=_num(d, "eval_every", p, kind=int, lo=1),
             patience=_num(d, "patience", p, kind=int, lo=1),
             validation_size=_num(d, "validation_size", p, kind=int, lo=1),
@@ -213,6 +224,7 @@ class FinetuneConfig:
             warmup_steps=_num(d, "warmup_steps", p, kind=int, lo=0, default=0),
             validation_split=_choice(d, "validation_split", p, VALIDATION_SPLITS, "validation"),
             seeds_df_max=_num(d, "seeds_df_max", p, kind=int, lo=1, default=None),
+            lr_search=_choice(d, "lr_search", p, LR_SEARCH, "per_seed"),
             lora=LoraConfig(
                 r=_num(lora_d, "r", f"{p}.lora", kind=int, lo=1),
                 alpha=_num(lora_d, "alpha", f"{p}.lora", lo=0, lo_open=True),

@@ -24,6 +24,9 @@ COLUMNS = [
     "other_split", "other_bleu", "other_chrf", "other_ce",
     "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
     "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
+    # the training controls: stopped by a cap (not by early stopping), epochs finetuned, the rate chosen for the
+    # cell and on which seed's search, what the rung's pretraining read (unique tokens among Dp, epochs)
+    "hit_cap", "ft_epochs", "lr_chosen", "lr_search", "pt_unique_tokens", "pt_epochs",
     "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
 ]
 # Without these a table cannot be fitted; every other column a reader uses has a default below.
@@ -32,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "method": "full", "seed": 0, "selected": True, "alignment": np.nan, "src": None, "tgt": None, "chrf": np.nan,
     "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan, "reason": "",
     "test_split": "test", "other_split": None, "other_bleu": np.nan, "other_chrf": np.nan, "other_ce": np.nan,
+    # the training controls (older tables: unknown)
+    "hit_cap": np.nan, "ft_epochs": np.nan, "lr_chosen": np.nan, "lr_search": None, "pt_unique_tokens": np.nan,
+    "pt_epochs": np.nan,
 }
 
 
@@ -52,8 +58,9 @@ class Cell:
     seed: int
     method: str
     lr: float
-    finetune_id: str
+    finetune_id: str  # "" for a cell not planned yet (it waits for the learning rate searched on lr_from)
     evaluate_id: str
+    lr_from: int | None = None  # the seed whose lrs search chose this cell's rate (None: its own, or no grid)
 
 
 class ResultsError(ValueError):
