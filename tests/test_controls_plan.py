@@ -1,0 +1,76 @@
+"""The planner's side of the training controls: a learning-rate grid searched on the first seed and its winner
+reused for the other seeds (planned once that search is finished), and repeated pretraining text allowed only
+on request (pretrain.max_epochs), without changing the identity of any run planned before either existed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from test_training import small_plan
+
+from pipeline.artifacts import atomic_write_json, write_status
+
+GRID = ["finetune.lrs=[1e-3,3e-3]", "finetune.seeds=[0,1]", "finetune.df_ladder=[64]"]
+
+
+def finetunes(plan) -> list:
+    return [t for t in plan.tasks if t.stage == "finetune"]
+
+
+def finish(task, best_val_ce: float) -> None:
+    atomic_write_json(Path(task.dir) / "finetune.json", {"best_val_ce": best_val_ce})
+    write_status(Path(task.dir), "ok", started=time.time())
+
+
+def test_first_seed_search_plans_the_other_seeds_at_its_winner_once_it_is_done(tmp_path):
+    _, per_seed = small_plan(tmp_path, extra=GRID)
+    _, plan = small_plan(tmp_path, extra=[*GRID, "finetune.lr_search=first_seed"])
+    n_rungs = len({t.spec["checkpoint"]["parent_dir"] + str(t.spec["checkpoint"]["steps"]) for t in finetunes(plan)})
+    assert n_rungs == 1 + 2 * 3  # Dp = 0 and the three rungs of each mixture
+    assert len(finetunes(per_seed)) == n_rungs * 2 * 2  # per seed: every rate on every seed
+    seed0 = finetunes(plan)
+    assert {t.spec["seed"] for t in seed0} == {0} and len(seed0) == n_rungs * 2
+    assert plan.summary["lr_deferred"] == n_rungs and plan.summary["n_finetune"] == n_rungs * 3
+    waiting = [c for c in plan.cells if not c.finetune_id]
+    assert {(c.seed, c.lr_from) for c in waiting} == {(1, 0)}
+    # The first seed's cells finish: the rate with the lower validation CE wins, per cell (here 3e-3 on the
+    # baseline, 1e-3 on every rung), and the other seed is planned at it, in the directory a per-seed plan gives it.
+    for t in seed0:
+        finish(t, 4.0 if (t.spec["lr"] == 3e-3) == (t.spec["checkpoint"]["steps"] == 0) else 5.0)
+    _, again = small_plan(tmp_path, extra=[*GRID, "finetune.lr_search=first_seed"])
+    assert again.summary["lr_deferred"] == 0 and all(c.finetune_id for c in again.cells)
+    seed1 = [t for t in finetunes(again) if t.spec["seed"] == 1]
+    assert len(seed1) == n_rungs
+    for t in seed1:
+        assert t.spec["lr"] == (3e-3 if t.spec["checkpoint"]["steps"] == 0 else 1e-3)
+    assert {t.dir for t in seed1} <= {t.dir for t in finetunes(per_seed)}
+    assert {c.lr_from for c in again.cells if c.seed == 1} == {0}
+
+
+def test_repeating_pretraining_text_is_refused_unless_asked_and_then_counted(tmp_path):
+    from pipeline.config import ConfigError
+
+    ladder = "pretrain.dp_ladder=[8192,400000]"  # a few times the corpus slice's text
+    with pytest.raises(ConfigError) as e:
+        small_plan(tmp_path, extra=[ladder])
+    assert e.value.key == "pretrain.dp_ladder" and "pretrain.max_epochs" in str(e.value)
+    _, plan = small_plan(tmp_path, extra=[ladder, "pretrain.max_epochs=50"])
+    epochs = plan.summary["pretrain_epochs"]
+    lang = max(epochs, key=epochs.get)  # the language read most often (every English mixture's)
+    assert epochs[lang] > 2 and plan.summary["pretrain_max_epochs"] == 50
+    with pytest.raises(ConfigError) as e:  # asked for fewer passes than the ladder makes
+        small_plan(tmp_path, extra=[ladder, f"pretrain.max_epochs={max(1.0, epochs[lang] * 0.9):.3f}"])
+    assert e.value.key == "pretrain.max_epochs" and f"{lang} text" in str(e.value)
+
+
+def test_the_new_settings_at_their_defaults_leave_every_run_where_it_was(tmp_path):
+    """pretrain.max_epochs is a limit (the data of a step does not depend on it) and lr_search says which cells
+    run, not how: neither is part of a run's identity, so existing sweeps find their finished work."""
+    _, plan = small_plan(tmp_path)
+    _, other = small_plan(tmp_path, extra=["pretrain.max_epochs=3", "finetune.lr_search=first_seed"])
+    assert [t.dir for t in plan.tasks] == [t.dir for t in other.tasks]
+    spec = json.loads(json.dumps(next(t for t in plan.tasks if t.stage == "pretrain").spec))
+    assert "max_epochs" not in spec["config"]["pretrain"]
