@@ -260,6 +260,11 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
                     else "(early stopping cuts it)")
                  + (f", evaluation about {ev:.3g} ({s['test_sentences']:,} test sentences a cell)" if ev else "")
                  + f", total <= {total:.3g}")
+    if s.get("finetune_cell_steps_max") and s.get("finetune_steps"):
+        cell = s["finetune_flops_max"] / s["finetune_steps"] * s["finetune_cell_steps_max"]
+        top = max((r["flops"] for m in s["models"].values() for r in m["runs"]), default=0.0)
+        lines.append(f"  the largest pretraining run costs {top / cell:.1f}x the most one finetuning cell can take "
+                     f"({cell:.3g} FLOPs: {s['finetune_cell_steps_max']:,} steps, its cap)")
     if peak:
         dev, flops = peak
         mfu = ASSUMED_MFU["cuda" if dev == "cuda" else "cpu"]

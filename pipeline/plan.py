@@ -426,6 +426,7 @@ def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed,
         "pretrain_flops": pretrain_flops,
         "finetune_flops_max": ft_flops,
         "finetune_steps": steps,
+        "finetune_cell_steps_max": max(cfg.finetune.step_cap(df) for df in cfg.finetune.df_ladder),
         "evaluate_flops": eval_flops,
         "test_sentences": n_test,
     }

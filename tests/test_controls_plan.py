@@ -74,3 +74,33 @@ def test_the_new_settings_at_their_defaults_leave_every_run_where_it_was(tmp_pat
     assert [t.dir for t in plan.tasks] == [t.dir for t in other.tasks]
     spec = json.loads(json.dumps(next(t for t in plan.tasks if t.stage == "pretrain").spec))
     assert "max_epochs" not in spec["config"]["pretrain"]
+
+
+@pytest.mark.slow  # seven plans on the whole corpus
+def test_desk2_resumes_the_desk_runs_outweighs_its_cells_and_its_ablation_shares_the_study_cells(tmp_path, l10n_corpus):
+    from conftest import compose
+
+    from pipeline.run import prepare
+
+    def plan(sweep: str, scale: str = "desk2"):
+        return prepare(compose([f"+sweep={sweep}", f"scale={scale}", "stage=plan", f"paths.artifacts={tmp_path / 'a'}",
+                                f"paths.reports={tmp_path / 'r'}"]))[1]
+
+    def dirs(p, stage: str = "finetune", **spec) -> set[str]:
+        return {t.dir for t in p.tasks if t.stage == stage and all(t.spec[k] == v for k, v in spec.items())}
+
+    desk, main = plan("en_de", "desk"), plan("en_de")
+    assert dirs(main, "pretrain") == dirs(desk, "pretrain")  # the desk study's runs, resumed past 8M
+    s = main.summary
+    cell = s["finetune_flops_max"] / s["finetune_steps"] * s["finetune_cell_steps_max"]
+    assert max(r["flops"] for m in s["models"].values() for r in m["runs"]) >= 4 * cell
+    assert s["pretrain_max_epochs"] > 1 and s["lr_search"] == "first_seed" and len(s["lrs"]) >= 2
+    ablation = {v: plan(f"desk2_abl_{v}") for v in ("old", "stop", "lr", "pretrain", "all")}
+    assert dirs(ablation["all"]) <= dirs(main)  # all three points = the study's own column
+    assert dirs(ablation["stop"], seed=0) <= dirs(main)
+    # the old recipe is the desk study's (its finetuning identity), and nothing of it is in desk2's study
+    old = next(t for t in ablation["old"].tasks if t.stage == "finetune").spec["config"]["finetune"]
+    assert old == next(t for t in desk.tasks if t.stage == "finetune").spec["config"]["finetune"]
+    assert not dirs(ablation["old"]) & dirs(main)
+    for v in ("lr", "pretrain"):  # each point alone shares the old recipe's cells where it does not change them
+        assert dirs(ablation["old"], seed=0) <= dirs(ablation[v])
