@@ -104,3 +104,27 @@ def test_desk2_resumes_the_desk_runs_outweighs_its_cells_and_its_ablation_shares
     assert not dirs(ablation["old"]) & dirs(main)
     for v in ("lr", "pretrain"):  # each point alone shares the old recipe's cells where it does not change them
         assert dirs(ablation["old"], seed=0) <= dirs(ablation[v])
+
+
+@pytest.mark.slow  # a real (tiny) sweep up to finetuning
+def test_the_study_command_searches_on_the_first_seed_then_plans_and_runs_the_others_itself(tmp_path):
+    from conftest import compose
+    from test_training import SMALL, small_corpus
+
+    from pipeline.plan import task_state
+    from pipeline.run import prepare, run
+
+    overrides = [*SMALL, *small_corpus(tmp_path), f"paths.artifacts={tmp_path / 'artifacts'}",
+                 f"paths.reports={tmp_path / 'reports'}", "~sweep.tasks.en-de.mixtures.en100",
+                 "pretrain.dp_ladder=[8192]", *GRID, "finetune.max_steps=4", "finetune.eval_every=2",
+                 "finetune.lr_search=first_seed", "stage=finetune", "executor.workers=1"]
+    assert run(compose(overrides)) == 0
+    _, plan = prepare(compose(overrides))
+    assert plan.summary["lr_deferred"] == 0
+    fts = finetunes(plan)
+    assert len(fts) == 2 * 3 and all(task_state(t) == "done" for t in fts)  # Dp 0 and 8192: 2 rates + 1 reused
+    for t in fts:
+        if t.spec["seed"] == 1:
+            ce = {u.spec["lr"]: json.loads((Path(u.dir) / "finetune.json").read_text())["best_val_ce"]
+                  for u in fts if u.spec["seed"] == 0 and u.spec["checkpoint"] == t.spec["checkpoint"]}
+            assert t.spec["lr"] == min(ce, key=ce.get)
