@@ -10,7 +10,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.study import Mixture
 
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
-SCALES = ["smoke", "cpu", "desk", "gpu", "paper"]
+SCALES = ["smoke", "cpu", "desk", "desk2", "gpu", "paper"]
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -75,6 +75,9 @@ BAD = [
     (["evaluate.test_splits=[test,test]"], "evaluate.test_splits", "one or two different splits"),
     (["fit.bleu_law=chinchilla"], "fit.bleu_law", "allowed: bleu_log, power"),  # two inputs: not a curve law
     (["fit.good_rel_err=0"], "fit.good_rel_err", "> 0"),
+    (["finetune.lr_search=every_seed"], "finetune.lr_search", "allowed: per_seed, first_seed"),
+    (["pretrain.max_epochs=0.5"], "pretrain.max_epochs", ">= 1"),
+    (["finetune.max_epochs=0"], "finetune.max_epochs", ">= 1"),
 ]
 
 
@@ -92,8 +95,8 @@ def test_missing_sweep_is_refused():
 
 
 @pytest.mark.parametrize("args,words", [
-    (["+sweep=en_xx"], "sweep=en_xx: unknown sweep; allowed: all, en_de"),
-    (["+sweep=en_de", "scale=huge"], "scale=huge: unknown scale; allowed: cpu, desk, gpu, paper, smoke"),
+    (["+sweep=en_xx"], "sweep=en_xx: unknown sweep; allowed: all, desk2_abl_all"),
+    (["+sweep=en_de", "scale=huge"], "scale=huge: unknown scale; allowed: cpu, desk, desk2, gpu, paper, smoke"),
     (["+sweep=en_de", "model=t5_giant"], "model=t5_giant: unknown model"),
     (["+sweep=en_de", "data=s3"], "data=s3: unknown data; allowed: hub, l10n, local"),
     (["+sweep=en_de", "executor=k8s"], "executor=k8s: unknown executor; allowed: local, slurm"),
