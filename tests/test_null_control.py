@@ -3,8 +3,8 @@ evaluates to the Dp = 0 cell's numbers, through the real stage functions on the 
 handoff from pretraining to finetuning adds nothing by itself: what a rung changes is its weights.
 
 The comparison is shown to be able to fail: the same control with one handoff defect put in on purpose (the
-rung's dropout, a fresh RNG, the pretraining optimizer's state carried over, one real pretraining step) must
-come out different.
+rung's dropout, another RNG state, the rung's tokenizer encoding differently, the pretraining optimizer's state
+carried over, one real pretraining rung) must come out different.
 """
 
 from __future__ import annotations
@@ -112,6 +112,25 @@ def _rng_not_reseeded(monkeypatch):
     monkeypatch.setattr(finetune, "seed_all", lambda seed: real(seed + 1))
 
 
+def _tokenizer_of_the_rung(monkeypatch):
+    """Defect: the rung's tokenizer encodes differently (here: no EOS, as a tokenizer saved with other special-token
+    settings would)."""
+    real = finetune.load_tokenizer
+
+    class NoEos:
+        def __init__(self, tok):
+            self._tok = tok
+
+        def __getattr__(self, name):
+            return getattr(self._tok, name)
+
+        def __call__(self, texts, **kw):
+            return self._tok(texts, **{**kw, "add_special_tokens": False})
+
+    monkeypatch.setattr(finetune, "load_tokenizer",
+                        lambda path: NoEos(real(path)) if "checkpoints" in str(path) else real(path))
+
+
 def _optimizer_state_carried(monkeypatch):
     """Defect: finetuning starts from the pretraining optimizer's moments instead of a fresh optimizer."""
     real = finetune.make_optimizer
@@ -127,8 +146,9 @@ def _optimizer_state_carried(monkeypatch):
     monkeypatch.setattr(finetune, "make_optimizer", carried)
 
 
-@pytest.mark.parametrize("defect", [_dropout_of_the_rung, _rng_not_reseeded, _optimizer_state_carried, "real"],
-                         ids=["dropout", "rng", "optimizer-state", "one-real-rung"])
+@pytest.mark.parametrize("defect", [_dropout_of_the_rung, _rng_not_reseeded, _tokenizer_of_the_rung,
+                                    _optimizer_state_carried, "real"],
+                         ids=["dropout", "rng", "tokenizer", "optimizer-state", "one-real-rung"])
 def test_the_control_fails_when_the_handoff_changes_something(null, tmp_path, monkeypatch, defect):
     if defect == "real":  # a rung pretrained at the real rate: its weights differ, so must its cell
         got = rung_cell(null, "real", tmp_path)
