@@ -633,16 +633,20 @@ def test_the_training_controls_say_which_runs_hit_their_cap_the_chosen_rates_and
         (8000, 8192, 2000, 0, 1e-3, False, False, "early_stopping", "own seed", 4096, 2.0)]
     keys = ["dp_rung", "dp", "df", "seed", "lr", "selected", "hit_cap", "stopped", "lr_search", "pt_unique_tokens",
             "pt_epochs"]
-    pd.DataFrame([{**base, **dict(zip(keys, r)), "ft_epochs": 3.5} for r in rows]).to_csv(tmp_path / "r.csv")
+    table = [{**base, **dict(zip(keys, r)), "ft_epochs": 3.5} for r in rows]
+    table.append({**table[3], "mixture": "en100", "hit_cap": False, "stopped": "early_stopping"})  # same Dp rung
+    pd.DataFrame(table).to_csv(tmp_path / "r.csv")
     blocks = controls_section(load_results(tmp_path / "r.csv"))
     text = " ".join(str(b.text) for b in blocks)
-    assert "2 of 3 runs stopped early" in text and "1 hit a cap" in text  # selected runs only
+    assert "3 of 4 runs stopped early" in text and "1 hit a cap" in text  # selected runs, one per mixture and rung
     capped = blocks[2].rows  # a short table is shown as is
     assert capped == [["en-de", "en50_de50", "8,000", "2,000", "0", "500", "3.50", "400", "max_steps"]]
     lr = blocks[4].rows
-    assert lr == [["en-de", "en50_de50", "0", "0.001, 0.001*"], ["en-de", "en50_de50", "8,000", "0.003"]]
+    assert lr == [["en-de", "en100", "8,000", "0.003"], ["en-de", "en50_de50", "0", "0.001, 0.001*"],
+                  ["en-de", "en50_de50", "8,000", "0.003"]]
     assert "1 cells that reuse the rate searched on the first seed" in text
-    assert blocks[6].rows == [["en-de", "en50_de50", "t5_tiny", "8,000", "8,192", "4,096", "2.00"]]
+    assert blocks[6].rows == [["en-de", "en100", "t5_tiny", "8,000", "8,192", "4,096", "2.00"],
+                              ["en-de", "en50_de50", "t5_tiny", "8,000", "8,192", "4,096", "2.00"]]
     # a table written before the controls were recorded: no section
     old = pd.read_csv(tmp_path / "r.csv").drop(columns=["hit_cap", "lr_search", "pt_unique_tokens", "pt_epochs",
                                                         "ft_epochs"])

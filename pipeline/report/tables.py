@@ -216,8 +216,11 @@ def controls_section(results: pd.DataFrame) -> list[Block]:
         return []
     out = [Block("h2", "Training controls")]
     if "hit_cap" in ok and ok["hit_cap"].notna().any():
-        cap = ok[ok["hit_cap"].map(is_ok)].drop_duplicates(["task", "model", "method", "dp_rung", "df", "seed"])
-        n = len(ok.drop_duplicates(["task", "model", "method", "dp_rung", "df", "seed"]))
+        # one row per finetuning run: the Dp = 0 baseline is a row of every mixture
+        run = ["task", "model", "method", "start", "df", "seed"]
+        ok = ok.assign(start=np.where(ok["dp_rung"] > 0, ok["mixture"].astype(str) + " " + ok["dp_rung"].astype(str), "0"))
+        cap = ok[ok["hit_cap"].map(is_ok)].drop_duplicates(run)
+        n = len(ok.drop_duplicates(run))
         out.append(Block("p", f"Finetuning: {n - len(cap)} of {n} runs stopped early on validation CE (limited by "
                               f"their data); {len(cap)} hit a cap before validation CE stopped improving"
                               + (", so their numbers are those of a run cut short:" if len(cap) else ".")))
