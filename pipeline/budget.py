@@ -251,7 +251,12 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
         lines.append(f"  task {t['pair']}: mixtures {mixes}")
     lines.append(f"  Dp ladder (raw text tokens): 0 (no pretraining) + {', '.join(human_count(x) for x in s['dp_ladder'])}")
     lines.append(f"  Df ladder (training pairs): {', '.join(f'{x:,}' for x in s['df_ladder'])}")
-    lines.append(f"  seeds {s['seeds']} · methods {s['methods']} · learning rates {s['lrs']}")
+    lines.append(f"  seeds {s['seeds']} · methods {s['methods']} · learning rates {s['lrs']}"
+                 + (" (searched on the first seed, its winner reused for the others)"
+                    if s.get("lr_search") == "first_seed" and len(s["lrs"]) > 1 else ""))
+    if s.get("lr_deferred"):
+        lines.append(f"  {s['lr_deferred']} finetuning runs wait for the rate searched on the first seed: the same "
+                     "command plans them once that search is finished")
     lines.append(f"  = {s['n_finetune']} finetuning runs, {s['n_cells']} result cells "
                  f"(the Dp = 0 baseline is shared by every mixture of a task)")
     lines.append("")
@@ -265,8 +270,13 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
         for r in m["runs"]:
             lines.append(f"    {r['mixture']:<12} {r['steps']:>10,} steps to Dp {human_count(r['dp_max'])}  "
                          f"{r['flops']:.3g} FLOPs")
-    lines.append("  tokens each language must supply without repetition: "
+    repeats = s.get("pretrain_max_epochs", 1) > 1
+    lines.append(f"  tokens each language must supply{'' if repeats else ' without repetition'}: "
                  + ", ".join(f"{k} {human_count(v)}" for k, v in s["tokens_needed"].items() if v))
+    if repeats and s.get("pretrain_epochs"):
+        lines.append(f"  repetition allowed (pretrain.max_epochs {s['pretrain_max_epochs']:g}); passes over each "
+                     "language's unique text at the top rung: "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in s["pretrain_epochs"].items() if v))
     known = {k: v for k, v in s["text_stats"].items() if v}
     if known:
         lines.append("  unique text available: " + ", ".join(
@@ -282,6 +292,11 @@ def format_plan(plan, states: dict[str, int] | None = None, peak: tuple[str, flo
     prec = s.get("precision")
     if prec:
         lines.append(f"  precision: pretraining {prec['pretrain']}, cells {prec['finetune']} ({prec['rule']})")
+    if s.get("finetune_cell_steps_max") and s.get("finetune_steps"):
+        cell = s["finetune_flops_max"] / s["finetune_steps"] * s["finetune_cell_steps_max"]
+        top = max((r["flops"] for m in s["models"].values() for r in m["runs"]), default=0.0)
+        lines.append(f"  the largest pretraining run costs {top / cell:.1f}x the most one finetuning cell can take "
+                     f"({cell:.3g} FLOPs: {s['finetune_cell_steps_max']:,} steps, its cap)")
     if peak:
         dev, flops, *dt = peak
         dt = dt[0] if dt else "bf16" if dev == "cuda" else "fp32"

@@ -25,12 +25,17 @@ from pipeline.results import COLUMNS, Cell, ReadSpec
 log = logging.getLogger(__name__)
 
 def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
-    ev, ft = Path(dirs[cell.evaluate_id]), Path(dirs[cell.finetune_id])
     row: dict[str, Any] = {
         "task": cell.task, "src": cell.src, "tgt": cell.tgt, "mixture": cell.mixture, "alignment": cell.alignment,
         "model": cell.model, "dp": cell.dp_tokens, "dp_rung": cell.dp_rung, "pretrain_steps": cell.pretrain_steps,
-        "df": cell.df, "seed": cell.seed, "method": cell.method, "lr": cell.lr, "config_hash": dir_hash(ev),
+        "df": cell.df, "seed": cell.seed, "method": cell.method, "lr": cell.lr,
+        "lr_search": "own seed" if cell.lr_from is None else f"seed {cell.lr_from}",
     }
+    if not cell.finetune_id:  # finetune.lr_search=first_seed: planned once the first seed's grid is finished
+        return {**row, "status": "missing", "reason": f"waits for the learning rate searched on seed {cell.lr_from} "
+                                                      "(the same command plans it once that search is finished)"}
+    ev, ft = Path(dirs[cell.evaluate_id]), Path(dirs[cell.finetune_id])
+    row["config_hash"] = dir_hash(ev)
     st = read_status(ev)
     if st is None:
         ft_st = read_status(ft)
@@ -57,9 +62,11 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
     })
     # decoding (metrics.json before the runaway count lacks these: the ratio is still sys_len / ref_len)
     row.update({"len_ratio": m.get("len_ratio", m["sys_len"] / m["ref_len"] if m["ref_len"] else None),
-                "runaway": m.get("runaway"), "hit_cap": m.get("hit_cap", m.get("hit_max_new_tokens")),
+                "runaway": m.get("runaway"), "gen_at_cap": m.get("hit_cap", m.get("hit_max_new_tokens")),
                 "num_beams": m.get("num_beams")})
     row.update({"dtype": m.get("dtype") or f.get("dtype"), "pretrain_dtype": f.get("pretrain_dtype")})
+    row["hit_cap"] = bool(f.get("hit_cap", f["stopped"] != "early_stopping"))
+    row["ft_epochs"] = f.get("epochs")
     other = m.get("other")
     if other:  # the second held-out split, scored beside the first
         row.update({"other_split": other["test_split"], "other_bleu": other["bleu"], "other_chrf": other["chrf"],
@@ -73,6 +80,10 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
         row["upstream_loss_mixture"] = up.get("upstream_mixture")
         row["upstream_loss_src"] = losses.get(cell.src)
         row["upstream_loss_tgt"] = losses.get(cell.tgt)
+        if "unique_tokens" in up:  # what the rung read (runs written before repetition existed lack it)
+            row["pt_unique_tokens"], row["pt_epochs"] = up["unique_tokens"], up["epochs"]
+    if cell.pretrain_steps == 0:
+        row["pt_unique_tokens"], row["pt_epochs"] = 0, 0.0
     return row
 
 
@@ -101,18 +112,31 @@ def _init_meta(ckpt: Path) -> dict[str, Any] | None:
     return read_json(p) if p and p.exists() else None
 
 
+LR_KEYS = ["task", "mixture", "model", "dp_rung", "df", "seed", "method"]  # one cell of the study, any rate
+
+
 def select_lr(df: pd.DataFrame) -> pd.Series:
     """With a learning-rate grid, each cell keeps the rate with the best validation CE (Isik et al.)."""
-    keys = ["task", "mixture", "model", "dp_rung", "df", "seed", "method"]
     ok = df[df["status"] == "ok"]
-    winners = ok.groupby(keys)["best_val_ce"].idxmin() if len(ok) else []
+    winners = ok.groupby(LR_KEYS)["best_val_ce"].idxmin() if len(ok) else []
     return pd.Series(df.index.isin(list(winners)), index=df.index)
+
+
+def chosen_lr(df: pd.DataFrame) -> pd.Series:
+    """Every row's cell's winning rate (the selected row's lr; NaN while none of the cell's rates is finished)."""
+    win = df[df["selected"]].set_index(LR_KEYS)["lr"]
+    keys = pd.MultiIndex.from_frame(df[LR_KEYS])
+    return pd.Series(win.reindex(keys).to_numpy(dtype=float), index=df.index)
 
 
 def collect(cells: list[Cell], dirs: dict[str, str]) -> pd.DataFrame:
     rows = [_cell_row(c, dirs) for c in cells]
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["selected"] = select_lr(df)
+    df["lr_chosen"] = chosen_lr(df)
+    # A cell planned at one rate with no rate of its own to choose from says so (a grid of one, or reused)
+    n_rates = df.groupby(LR_KEYS, dropna=False)["lr"].transform("nunique")
+    df.loc[(n_rates <= 1) & (df["lr_search"] == "own seed"), "lr_search"] = "fixed"
     return df
 
 

@@ -37,6 +37,7 @@ TRACKERS = ("none", "wandb")
 # (the offline corpus only: pipeline/corpus/indomain.py)
 VALIDATION_SPLITS = ("validation", "validation_indomain")
 TEST_SPLITS = ("test", "test_indomain")
+LR_SEARCH = ("per_seed", "first_seed")  # finetune.lr_search
 # Languages the code knows how to name in reports; a data source may offer fewer.
 KNOWN_LANGUAGES = {"en": "English", "de": "German", "fr": "French", "ro": "Romanian"}
 
@@ -107,6 +108,10 @@ class PretrainConfig:
     eval_sequences: int
     distributed: str
     activation_checkpointing: bool = False  # recompute each T5 block's activations in backward (less memory)
+    # Passes over a language's unique text a run may make (Dp counts tokens seen, repeats included); 1 = never
+    # repeat (the planner refuses a ladder that would). Not in a run's identity: epoch 0 is the stream's order
+    # whatever the limit, so a ladder that grows past the text resumes the same run.
+    max_epochs: float = 1.0
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> PretrainConfig:
@@ -139,6 +144,7 @@ class PretrainConfig:
             eval_sequences=_num(d, "eval_sequences", p, kind=int, lo=1),
             distributed=_choice(d, "distributed", p, ("auto", "none", "ddp", "fsdp")),
             activation_checkpointing=_bool(d, "activation_checkpointing", p, False),
+            max_epochs=_num(d, "max_epochs", p, lo=1, default=1.0),
         )
 
 
@@ -158,7 +164,7 @@ class FinetuneConfig:
     lrs: tuple[float, ...]
     batch_size: int
     max_steps: int
-    max_epochs: int
+    max_epochs: int | None  # None: as many epochs as early stopping takes, max_steps the only guard
     eval_every: int
     patience: int
     validation_size: int
@@ -177,9 +183,14 @@ class FinetuneConfig:
     activation_checkpointing: bool = False
     micro_batch_tokens: int | None = None  # padded source + target tokens per micro-batch and process (None: whole batch)
     dtype: str = "auto"  # the cells' precision, training and evaluation: auto | fp32 | bf16 (pipeline/precision.py)
+    # The lrs grid is searched on every seed (per_seed), or on the first seed only and its winner reused for the
+    # other seeds of the same (checkpoint, Df, method) (first_seed: those cells are planned once it is finished)
+    lr_search: str = "per_seed"
 
     def step_cap(self, pairs: int) -> int:
         """The most optimiser steps a cell of `pairs` training pairs takes (early stopping may take fewer)."""
+        if self.max_epochs is None:
+            return self.max_steps
         return min(self.max_steps, self.max_epochs * -(-pairs // self.batch_size))
 
     @classmethod
@@ -209,7 +220,7 @@ class FinetuneConfig:
             lrs=tuple(float(x) for x in lrs),
             batch_size=_num(d, "batch_size", p, kind=int, lo=1),
             max_steps=_num(d, "max_steps", p, kind=int, lo=1),
-            max_epochs=_num(d, "max_epochs", p, kind=int, lo=1),
+            max_epochs=_num(d, "max_epochs", p, kind=int, lo=1, default=None),
             eval_every=_num(d, "eval_every", p, kind=int, lo=1),
             patience=_num(d, "patience", p, kind=int, lo=1),
             validation_size=_num(d, "validation_size", p, kind=int, lo=1),
@@ -227,6 +238,7 @@ class FinetuneConfig:
             activation_checkpointing=_bool(d, "activation_checkpointing", p, False),
             micro_batch_tokens=mbt,
             dtype=_choice(d, "dtype", p, ("auto", "fp32", "bf16"), "auto"),
+            lr_search=_choice(d, "lr_search", p, LR_SEARCH, "per_seed"),
             lora=LoraConfig(
                 r=_num(lora_d, "r", f"{p}.lora", kind=int, lo=1),
                 alpha=_num(lora_d, "alpha", f"{p}.lora", lo=0, lo_open=True),

@@ -252,6 +252,7 @@ def run(task) -> None:
     finally:
         bar.close()
         tracker.close()
+    # Why it stopped: the data (validation CE stopped improving) or a cap (the step guard, or max_epochs)
     stopped = ("early_stopping" if st["bad_evals"] >= cfg.patience
                else "max_steps" if st["step"] >= cfg.max_steps else "max_epochs")
     if not rt.is_main:
@@ -259,6 +260,7 @@ def run(task) -> None:
     shutil.rmtree(state_root, ignore_errors=True)  # the best model is what stays
     atomic_write_json(out / "finetune.json", {
         "steps": st["step"], "best_step": st["best_step"], "best_val_ce": st["best_val"], "stopped": stopped,
+        "hit_cap": stopped != "early_stopping", "step_cap": max_steps,
         "df_examples": len(tr_src), "df_tokens": df_tokens, "epochs": st["step"] / steps_per_epoch,
         "validation_pairs": len(va_src), "seconds": time.time() - t0, "curve": st["curve"], "method": spec.method,
         "lr": spec.lr, "checkpoint": str(ckpt), "dp_rung": spec.checkpoint.dp_rung,

@@ -96,8 +96,9 @@ def _pretrain_identity(cfg: Config) -> dict[str, Any]:
     """What defines a pretraining run: not its length (the schedule does not depend on it, so a longer
     ladder resumes the same run), not how it is split over processes or logged."""
     d = to_dict(cfg.pretrain)
+    # max_epochs is a limit like the ladder: the data of a step does not depend on it (pipeline.mixture)
     for k in ("dp_ladder", "micro_batch_size", "distributed", "log_every", "checkpoint_minutes", "compile",
-              "activation_checkpointing"):
+              "activation_checkpointing", "max_epochs"):
         d.pop(k)
     return d
 
@@ -109,10 +110,25 @@ def seeds_at(cfg: Config, df: int) -> tuple[int, ...]:
     return s if cfg.finetune.seeds_df_max is None or df <= cfg.finetune.seeds_df_max else s[:1]
 
 
+def reuse_lr(cfg: Config, seed: int) -> bool:
+    """Whether a seed's cells take the rate searched on the first seed instead of searching the grid themselves."""
+    ft = cfg.finetune
+    return ft.lr_search == "first_seed" and len(ft.lrs) > 1 and seed != ft.seeds[0]
+
+
+def searched_lr(cells: dict[float, Task]) -> tuple[float, ...]:
+    """The rate with the lowest validation CE among the first seed's cells of one (checkpoint, Df, method), once
+    every one of them is finished (ties: the first in the grid); () while any is not."""
+    if not all(is_done(Path(t.dir)) for t in cells.values()):
+        return ()
+    ce = {lr: read_json(Path(t.dir) / "finetune.json")["best_val_ce"] for lr, t in cells.items()}
+    return (min(ce, key=lambda lr: (ce[lr], list(ce).index(lr))),)
+
+
 def _finetune_identity(cfg: Config) -> dict[str, Any]:
     d = to_dict(cfg.finetune)
     for k in ("df_ladder", "seeds", "methods", "lrs", "seeds_df_max", "distributed", "activation_checkpointing",
-              "micro_batch_tokens"):
+              "micro_batch_tokens", "lr_search"):
         d.pop(k)
     if d["dtype"] == "auto":  # what auto chose is not the cell's identity (it depends on the processor)
         d.pop("dtype")
@@ -229,14 +245,25 @@ def build_plan(cfg: Config, source: Any) -> Plan:
     # Data too small for the sweep: refused before any compute, except by stage=plan, which prints the budget
     # anyway (the paper's scale planned against the offline corpus) and says what running it would meet.
     problems: list[ConfigError] = []
+    epochs: dict[str, float] = {}  # passes over each language's unique text the ladder makes
+    max_epochs = cfg.pretrain.max_epochs
     for lang in langs:
         unique, exact = unique_tokens(source, lang, tokens[lang])
-        if unique is not None and needed[lang] > unique:
+        if unique:
+            epochs[lang] = needed[lang] / unique
+        if unique is not None and max_epochs > 1 and needed[lang] > max_epochs * unique:
+            problems.append(ConfigError(
+                "pretrain.max_epochs",
+                f"the ladder would read {lang} text {needed[lang] / unique:.2f} times: it needs {needed[lang]:,} "
+                f"{lang} tokens, the {cfg.data.source} source has {'' if exact else 'about '}{unique:,} unique ones "
+                f"and max_epochs is {max_epochs:g}; raise it, lower the ladder or cap it with sweep.tasks.<pair>.dp_max"))
+        elif unique is not None and max_epochs <= 1 and needed[lang] > unique:
             problems.append(ConfigError(
                 "pretrain.dp_ladder",
                 f"the ladder would repeat {lang} text: it needs {needed[lang]:,} {lang} tokens but the "
                 f"{cfg.data.source} source has {'' if exact else 'about '}{unique:,} unique ones; lower "
-                f"the ladder, cap it with sweep.tasks.<pair>.dp_max, or use a larger source (data=hub)"))
+                f"the ladder, cap it with sweep.tasks.<pair>.dp_max, use a larger source (data=hub), or allow "
+                f"repeats with pretrain.max_epochs"))
     for t in cfg.sweep.tasks:
         pool = source.pool_size(t.pair, "train") if hasattr(source, "pool_size") else None
         if pool is not None and cfg.finetune.df_ladder[-1] > pool:
@@ -272,6 +299,8 @@ def build_plan(cfg: Config, source: Any) -> Plan:
 
     ft_id = _finetune_identity(cfg)
     cells: list[Cell] = []
+    searched: dict[tuple, dict[float, Task]] = {}  # (pair, model, rung, Df, method) -> the first seed's cell per rate
+    deferred: list[int] = []  # Df of each finetuning run waiting for the first seed's search (lr_search=first_seed)
     for t in cfg.sweep.tasks:
         for preset in presets:
             rungs: list[tuple[Mixture | None, int, Task]] = [(None, 0, inits[preset.name])]
@@ -284,7 +313,21 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                 for df in cfg.finetune.df_ladder:
                     for seed in seeds_at(cfg, df):
                         for method in cfg.finetune.methods:
-                            for lr in cfg.finetune.lrs:
+                            key = (t.pair, preset.name, parent.id, dp, df, method)
+                            lrs, lr_from = cfg.finetune.lrs, None
+                            if reuse_lr(cfg, seed):
+                                lr_from = cfg.finetune.seeds[0]
+                                lrs = searched_lr(searched[key])
+                                if not lrs:
+                                    deferred.append(df)
+                                    for mix in ([m] if m else list(t.mixtures)):
+                                        cells.append(Cell(
+                                            task=t.pair, src=t.src, tgt=t.tgt, mixture=mix.name,
+                                            alignment=round(mix.alignment(t.src, t.tgt), 6), model=preset.name,
+                                            dp_rung=dp, dp_tokens=steps * tokens_per_step, pretrain_steps=steps,
+                                            df=df, seed=seed, method=method, lr=math.nan, finetune_id="",
+                                            evaluate_id="", lr_from=lr_from))
+                            for lr in lrs:
                                 cell_name = f"ft-{t.pair}-{m.name if m else 'init'}-{preset.name}-dp{dp}-df{df}-s{seed}-{method}"
                                 ft = add("finetune", cell_name, [parent], FinetuneSpec(
                                     config={"finetune": ft_id, "pair": t.pair,
@@ -293,6 +336,8 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                                     finetune=cfg.finetune, pair=t.pair, src=t.src, tgt=t.tgt, checkpoint=rung, df=df,
                                     seed=seed, method=method, lr=lr, model=preset, data=cfg.data, cache=cache,
                                     tokenizer_dir=tok_dir, tracking=cfg.tracking, dtype=precision["finetune"]))
+                                if seed == cfg.finetune.seeds[0]:
+                                    searched.setdefault(key, {})[lr] = ft
                                 ev = add("evaluate", cell_name.replace("ft-", "ev-", 1), [ft], EvaluateSpec(
                                     config={"evaluate": to_dict(cfg.evaluate), "pair": t.pair, "data": data_id},
                                     evaluate=cfg.evaluate, pair=t.pair, src=t.src, tgt=t.tgt, finetune_dir=ft.dir,
@@ -304,7 +349,8 @@ def build_plan(cfg: Config, source: Any) -> Plan:
                                         task=t.pair, src=t.src, tgt=t.tgt, mixture=mix.name,
                                         alignment=round(mix.alignment(t.src, t.tgt), 6), model=preset.name,
                                         dp_rung=dp, dp_tokens=steps * tokens_per_step, pretrain_steps=steps, df=df,
-                                        seed=seed, method=method, lr=lr, finetune_id=ft.id, evaluate_id=ev.id))
+                                        seed=seed, method=method, lr=lr, finetune_id=ft.id, evaluate_id=ev.id,
+                                        lr_from=lr_from))
 
     evals = [x for x in tasks.values() if x.stage == "evaluate"]
     collect = Task(id=f"collect/{cfg.sweep.name}", stage="collect", name=f"collect-{cfg.sweep.name}",
@@ -315,9 +361,13 @@ def build_plan(cfg: Config, source: Any) -> Plan:
     ordered = sorted(tasks.values(), key=_run_order) + [collect, *_fit_report(cfg, collect.id)]
 
     stored = {lang: stored_tokens(source, lang, tokens[lang], needed[lang]) for lang in langs}
-    summary = _summary(cfg, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells)
+    summary = _summary(cfg, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells, deferred)
     summary["data_problems"] = [str(e) for e in problems]
     summary["precision"] = precision
+    summary["lr_search"] = cfg.finetune.lr_search
+    summary["lr_deferred"] = len(deferred)
+    summary["pretrain_epochs"] = {lang: round(e, 4) for lang, e in epochs.items()}
+    summary["pretrain_max_epochs"] = max_epochs
     summary["tokens_stored"] = stored
     return Plan(sweep=cfg.sweep.name, tasks=ordered, cells=cells, summary=summary)
 
@@ -388,11 +438,13 @@ def source_max_tokens(source: Any, needed: int) -> int | None:
     return None if getattr(source, "bounded", True) else int(needed * 1.05) + 1
 
 
-def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells) -> dict[str, Any]:
+def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells,
+             deferred: list[int]) -> dict[str, Any]:
     from pipeline.budget import compute, mean_pair_tokens
 
     tokens_per_step = cfg.pretrain.batch_size * raw_len
-    ft_dfs = list({c.finetune_id: c.df for c in cells}.values())
+    # every finetuning run, those still waiting for the first seed's learning rate included (one rate each)
+    ft_dfs = list({c.finetune_id: c.df for c in cells if c.finetune_id}.values()) + deferred
     n_ft = len(ft_dfs)
     n_test = sum(source.pool_size(t.pair, split) or 0 if cfg.evaluate.test_size is None
                  else min(cfg.evaluate.test_size, source.pool_size(t.pair, split) or cfg.evaluate.test_size)
@@ -425,6 +477,7 @@ def _summary(cfg: Config, presets, vocab, raw_len, targets_len, ladders, needed,
         "pretrain_flops": pretrain_flops,
         "finetune_flops_max": ft_flops,
         "finetune_steps": steps,
+        "finetune_cell_steps_max": max(cfg.finetune.step_cap(df) for df in cfg.finetune.df_ladder),
         "evaluate_flops": eval_flops,
         "test_sentences": n_test,
     }

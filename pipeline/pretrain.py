@@ -186,11 +186,13 @@ def run(task) -> None:
     total_steps = max(rung_steps)
     mix = Mixture(name=spec.mixture_name, weights=tuple(sorted(spec.mixture.items())))
     counts = mixture_counts(mix, B)
-    sampler = MixtureSampler.from_dirs(spec.tokens_dirs, counts, raw_len, vocab)
+    sampler = MixtureSampler.from_dirs(spec.tokens_dirs, counts, raw_len, vocab, seed=spec.seed,
+                                       max_epochs=cfg.max_epochs)
     if sampler.steps_available() < total_steps:
         short = min(sampler.langs, key=lambda lang: len(sampler.streams[lang]) // counts[lang])
         raise DataExhausted(f"the ladder needs {total_steps:,} steps but {short} text lasts "
-                            f"{sampler.steps_available():,} ({len(sampler.streams[short]):,} tokens)")
+                            f"{sampler.steps_available():,} ({len(sampler.streams[short]):,} tokens"
+                            f"{f' x {cfg.max_epochs:g} epochs' if cfg.max_epochs > 1 else ''})")
     eval_langs = sorted(spec.tokens_dirs)
     seed = spec.seed
 
@@ -315,7 +317,7 @@ def run(task) -> None:
                                              cfg.mean_noise_span_length, micro)
                     mixed = sum(w * losses[lang] for lang, w in mix.weights)
                     history[str(rung)] = {"step": step, "dp_tokens": step * tokens_per_step, "upstream": losses,
-                                          "upstream_mixture": mixed}
+                                          "upstream_mixture": mixed, **text_read(sampler, step)}
                     tracker.log({f"val_loss/{k}": v for k, v in losses.items()} | {"val_loss/mixture": mixed}, step)
                     log.info("%s: rung Dp %s reached at step %d; held-out loss %s (mixture %.4f)", task.name,
                              f"{rung:,}", step, {k: round(v, 4) for k, v in losses.items()}, mixed)
@@ -337,6 +339,14 @@ def run(task) -> None:
             str(dp): {**rungs[dp], "checkpoint": str(step_dir(ckroot, rungs[dp]["step"]).relative_to(out))}
             for dp in sorted(rungs)})
         log.info("%s: done, %d steps, Dp %s", task.name, step, f"{step * tokens_per_step:,}")
+
+
+def text_read(sampler: MixtureSampler, steps: int) -> dict[str, Any]:
+    """What a rung has read (rungs.json, the checkpoint's meta): unique tokens among the Dp tokens seen, and
+    epochs (passes over the most repeated language's text; below 1 when nothing was read twice)."""
+    cov = sampler.coverage(steps)
+    return {"unique_tokens": int(sum(c["unique_tokens"] for c in cov.values())),
+            "epochs": max(c["epochs"] for c in cov.values()), "epochs_by_language": {k: c["epochs"] for k, c in cov.items()}}
 
 
 def _is_rung(ckpt: Path) -> bool:

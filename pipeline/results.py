@@ -25,10 +25,13 @@ COLUMNS = [
     "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
     "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
     "dtype", "pretrain_dtype",  # the precision the cell was finetuned and evaluated in; its checkpoint's pretraining
+    # the training controls: stopped by a cap (not by early stopping), epochs finetuned, the rate chosen for the
+    # cell and on which seed's search, what the rung's pretraining read (unique tokens among Dp, epochs)
+    "hit_cap", "ft_epochs", "lr_chosen", "lr_search", "pt_unique_tokens", "pt_epochs",
     "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
     # decoding: does BLEU measure translation? output/reference length (sacreBLEU's sys_len / ref_len), the share
     # of runaway outputs and the count that hit the generation cap (pipeline.evaluate), the beam size
-    "len_ratio", "runaway", "hit_cap", "num_beams",
+    "len_ratio", "runaway", "gen_at_cap", "num_beams",
 ]
 # Without these a table cannot be fitted; every other column a reader uses has a default below.
 REQUIRED = ["task", "mixture", "model", "dp", "df", "bleu", "ce", "status"]
@@ -38,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "test_split": "test", "other_split": None, "other_bleu": np.nan, "other_chrf": np.nan, "other_ce": np.nan,
     "len_ratio": np.nan, "runaway": np.nan,
     "dtype": None, "pretrain_dtype": None,
+    # the training controls (older tables: unknown)
+    "hit_cap": np.nan, "ft_epochs": np.nan, "lr_chosen": np.nan, "lr_search": None, "pt_unique_tokens": np.nan,
+    "pt_epochs": np.nan,
 }
 
 
@@ -58,8 +64,9 @@ class Cell:
     seed: int
     method: str
     lr: float
-    finetune_id: str
+    finetune_id: str  # "" for a cell not planned yet (it waits for the learning rate searched on lr_from)
     evaluate_id: str
+    lr_from: int | None = None  # the seed whose lrs search chose this cell's rate (None: its own, or no grid)
 
 
 class ResultsError(ValueError):

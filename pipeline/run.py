@@ -162,4 +162,23 @@ def run(cfg_any: Any) -> int:
     from pipeline.executors import get_executor
 
     record_precision(cfg, plan)  # the sweep's auto precision, decided once: a relaunch keeps it
-    return get_executor(cfg).run(plan, plan.select(cfg.stage))
+    executor = get_executor(cfg)
+    todo = plan.select(cfg.stage)
+    # finetune.lr_search=first_seed: the other seeds' cells are planned once the first seed's search is done; the
+    # local executor runs the training, plans again and goes on (a SLURM submission says to run it again)
+    waiting = plan.summary.get("lr_deferred", 0)
+    again = waiting and cfg.executor.kind == "local"
+    rc = executor.run(plan, [t for t in todo if t.stage not in READ_STAGES] if again else todo)
+    while rc == 0 and again:
+        cfg, plan = prepare(cfg_any)
+        left = plan.summary.get("lr_deferred", 0)
+        log.info("%d finetuning runs waited for the learning rate searched on the first seed; %d still wait",
+                 waiting, left)
+        again = left and left < waiting
+        waiting = left
+        todo = plan.select(cfg.stage)
+        rc = executor.run(plan, [t for t in todo if t.stage not in READ_STAGES] if again else todo)
+    if waiting and rc == 0:
+        print(f"{waiting} finetuning runs wait for the learning rate searched on the first seed: run the same "
+              "command again once its cells are finished")
+    return rc

@@ -109,7 +109,7 @@ def test_the_table_holds_the_stored_metrics(tmp_path):
 
 
 def test_the_table_holds_the_decoding_numbers_and_reads_old_metrics(tmp_path):
-    """len_ratio, runaway, hit_cap and num_beams as evaluate stored them; a metrics.json from before them still
+    """len_ratio, runaway, gen_at_cap (metrics.json's hit_cap) and num_beams as evaluate stored them; a metrics.json from before them still
     gives the length ratio (sys_len / ref_len) and leaves the runaway share blank."""
     cells, dirs = make_cells(tmp_path / "a", 2)
     for c in cells:
@@ -120,7 +120,7 @@ def test_the_table_holds_the_decoding_numbers_and_reads_old_metrics(tmp_path):
     atomic_write_json(new, m | {"len_ratio": 1.25, "runaway": 0.5, "hit_cap": 1, "num_beams": 4})
     collect.run(collect_task(cells, dirs, tmp_path / "r"))
     t = read_table(tmp_path / "r")
-    assert (t.loc[0, "len_ratio"], t.loc[0, "runaway"], t.loc[0, "hit_cap"], t.loc[0, "num_beams"]) == (1.25, 0.5, 1, 4)
+    assert (t.loc[0, "len_ratio"], t.loc[0, "runaway"], t.loc[0, "gen_at_cap"], t.loc[0, "num_beams"]) == (1.25, 0.5, 1, 4)
     old = collect.read_json(Path(dirs[cells[1].evaluate_id]) / "metrics.json")
     assert t.loc[1, "len_ratio"] == pytest.approx(old["sys_len"] / old["ref_len"]) and pd.isna(t.loc[1, "runaway"])
 
@@ -220,3 +220,41 @@ def test_a_collect_that_read_earlier_never_overwrites_a_newer_table(tmp_path):
     assert a.exitcode == 0
     t = read_table(tmp_path / "r")
     assert len(t) == N and (t["status"] == "ok").all(), t[["status", "reason"]].head(2)
+
+
+def test_the_training_controls_of_each_cell(tmp_path):
+    """Per cell: whether a cap (not early stopping) ended it, the rate chosen for it and on which seed's search,
+    and what its rung's pretraining read (unique tokens, epochs); a cell waiting for the first seed's search keeps
+    its row and says so."""
+    root = tmp_path / "a"
+    rung = root / "pt" / "checkpoints" / "step-00000004"
+    atomic_write_json(rung / "meta.json", {"upstream": {"unique_tokens": 6000, "epochs": 1.37, "upstream": {}}})
+    spec = [  # (dp, steps, seed, lr, lr_from, best validation CE, why it stopped)
+        (0, 0, 0, 1e-3, None, 5.0, "early_stopping"), (0, 0, 0, 3e-3, None, 4.0, "max_steps"),
+        (0, 0, 1, 3e-3, 0, 4.2, "max_epochs"), (0, 0, 2, float("nan"), 0, None, None),
+        (8192, 4, 0, 1e-3, None, 3.9, "early_stopping")]
+    cells, dirs = [], {}
+    for i, (dp, steps, seed, lr, lr_from, ce, stopped) in enumerate(spec):
+        ft, ev = (f"finetune/ft-{i}", f"evaluate/ev-{i}") if ce else ("", "")
+        cells.append(Cell(task="en-de", src="en", tgt="de", mixture="en50_de50", alignment=1.0, model="t5_tiny",
+                          dp_rung=dp, dp_tokens=dp, pretrain_steps=steps, df=64, seed=seed, method="full", lr=lr,
+                          finetune_id=ft, evaluate_id=ev, lr_from=lr_from))
+        if not ce:
+            continue
+        dirs[ft], dirs[ev] = str(root / f"ft-{i}"), str(root / f"ev-{i}")
+        atomic_write_json(Path(dirs[ft]) / "finetune.json", {
+            "steps": 12, "best_step": 8, "best_val_ce": ce, "stopped": stopped, "epochs": 1.5,
+            "hit_cap": stopped != "early_stopping", "df_tokens": {"source": 700, "target": 800}, "seconds": 1.5,
+            "checkpoint": str(rung if steps else root / "init")})
+        write_status(Path(dirs[ft]), "ok", started=time.time())
+        finish_evaluate(cells[-1], dirs)
+    collect.run(collect_task(cells, dirs, tmp_path / "r"))
+    t = read_table(tmp_path / "r")
+    assert list(t["selected"]) == [False, True, True, False, True]
+    assert list(t["lr_chosen"].fillna(0)) == [3e-3, 3e-3, 3e-3, 0, 1e-3]
+    assert list(t["lr_search"]) == ["own seed", "own seed", "seed 0", "seed 0", "fixed"]
+    assert list(t["hit_cap"].iloc[[0, 1, 2, 4]]) == [False, True, True, False]
+    assert t.loc[3, "status"] == "missing" and "waits for the learning rate searched on seed 0" in t.loc[3, "reason"]
+    assert list(t["ft_epochs"].iloc[[0, 4]]) == [1.5, 1.5]
+    assert (t.loc[0, "pt_unique_tokens"], t.loc[0, "pt_epochs"]) == (0, 0)
+    assert (t.loc[4, "pt_unique_tokens"], t.loc[4, "pt_epochs"]) == (6000, 1.37)

@@ -10,7 +10,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.study import Mixture
 
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
-SCALES = ["smoke", "cpu", "desk", "gpu", "paper"]
+SCALES = ["smoke", "cpu", "desk", "desk2", "gpu", "paper"]
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -79,6 +79,9 @@ BAD = [
     (["finetune.micro_batch_tokens=100"], "finetune.micro_batch_tokens", "must hold one pair"),
     (["finetune.distributed=deepspeed"], "finetune.distributed", "allowed: auto, none, ddp, fsdp"),
     (["pretrain.activation_checkpointing=sometimes"], "pretrain.activation_checkpointing", "true or false"),
+    (["finetune.lr_search=every_seed"], "finetune.lr_search", "allowed: per_seed, first_seed"),
+    (["pretrain.max_epochs=0.5"], "pretrain.max_epochs", ">= 1"),
+    (["finetune.max_epochs=0"], "finetune.max_epochs", ">= 1"),
 ]
 
 
@@ -96,8 +99,8 @@ def test_missing_sweep_is_refused():
 
 
 @pytest.mark.parametrize("args,words", [
-    (["+sweep=en_xx"], "sweep=en_xx: unknown sweep; allowed: all, en_de"),
-    (["+sweep=en_de", "scale=huge"], "scale=huge: unknown scale; allowed: cpu, desk, gpu, paper, smoke"),
+    (["+sweep=en_xx"], "sweep=en_xx: unknown sweep; allowed: all, desk2_abl_all"),
+    (["+sweep=en_de", "scale=huge"], "scale=huge: unknown scale; allowed: cpu, desk, desk2, gpu, paper, smoke"),
     (["+sweep=en_de", "model=t5_giant"], "model=t5_giant: unknown model"),
     (["+sweep=en_de", "data=s3"], "data=s3: unknown data; allowed: hub, l10n, local"),
     (["+sweep=en_de", "executor=k8s"], "executor=k8s: unknown executor; allowed: local, slurm"),

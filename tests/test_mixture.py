@@ -66,3 +66,29 @@ def test_fractional_shares_are_refused_with_the_key():
     with pytest.raises(ConfigError) as e:
         mixture_counts(Mixture("m", (("de", 0.3), ("en", 0.7))), 32)
     assert e.value.key == "pretrain.batch_size"
+
+
+def test_repetition_on_request_keeps_the_first_epoch_and_reshuffles_each_later_one():
+    counts, raw = {"de": 2, "en": 2}, 5
+    once = MixtureSampler(streams({"en": 100, "de": 60}), counts, raw)  # de: 12 whole sequences, 6 steps
+    rep = MixtureSampler(streams({"en": 100, "de": 60}), counts, raw, seed=3, max_epochs=1.5)
+    assert (once.steps_available(), rep.steps_available()) == (6, 9)  # de's 12 sequences x 1.5 / 2 a step
+    for step in range(6):  # until the first repeat, the run that repeats is the run that does not
+        assert np.array_equal(once.batch(step)[0], rep.batch(step)[0])
+    de = np.concatenate([rep.batch(s)[0][:2] for s in range(9)])  # de rows first (sorted languages)
+    starts = de[:, 0] % 1_000_000 // raw
+    epochs = [starts[:12], starts[12:]]  # 18 de sequences read: one whole epoch, then 6 of the second
+    assert sorted(epochs[0]) == list(range(12)) and len(set(epochs[1])) == 6  # no sequence twice in an epoch
+    assert list(epochs[1]) != list(range(6))  # the second epoch is a fresh order, not the stream's
+    for row in de:  # whole sequences, never a window across two
+        assert row[0] % 1_000_000 % raw == 0 and np.array_equal(row, row[0] + np.arange(raw))
+    # a function of (seed, step): another sampler agrees at any step, another seed reorders the later epochs
+    again = MixtureSampler(streams({"en": 100, "de": 60}), counts, raw, seed=3, max_epochs=1.5)
+    other = MixtureSampler(streams({"en": 100, "de": 60}), counts, raw, seed=4, max_epochs=1.5)
+    assert np.array_equal(again.batch(8)[0], rep.batch(8)[0])
+    assert not all(np.array_equal(other.batch(s)[0], rep.batch(s)[0]) for s in range(6, 9))
+    with pytest.raises(DataExhausted, match="more than 1.5 epochs of de"):
+        rep.batch(9)
+    cov = rep.coverage(9)
+    assert cov["de"] == {"tokens": 90, "unique_tokens": 60, "epochs": 1.5}
+    assert cov["en"] == {"tokens": 90, "unique_tokens": 90, "epochs": 0.9}

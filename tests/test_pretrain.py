@@ -168,3 +168,28 @@ def test_damaged_state_falls_back_says_so_and_ends_the_same(built, partial, tmp_
     assert any(f"resuming from {step_dir(d, resumed_at).name}" in r.getMessage() for r in caplog.records)
     assert_same_run(d, built["ref"])
     assert not list((d / "checkpoints").glob(".*"))  # no temporaries left behind
+
+
+@pytest.mark.slow  # 1.3 epochs of the slice's text (the sampler's own test, tests/test_mixture.py, is fast)
+def test_repeated_text_on_request_trains_past_the_streams_and_each_rung_says_what_it_read(built, tmp_path):
+    """pretrain.max_epochs > 1: a ladder longer than the token streams trains on (refused at the default), and
+    rungs.json records per rung the unique tokens among the Dp seen and the epochs of the most-read language."""
+    from pipeline.mixture import DataExhausted, MixtureSampler, mixture_counts
+    from pipeline.pretrain import run
+    from pipeline.study import Mixture
+    from pipeline.tokenizer import load_tokenizer
+
+    spec = built["task"].spec
+    batch, raw = spec["pretrain"]["batch_size"], spec["raw_length"]
+    counts = mixture_counts(Mixture("m", tuple(sorted(spec["mixture"].items()))), batch)
+    once = MixtureSampler.from_dirs(spec["tokens_dirs"], counts, raw, len(load_tokenizer(spec["tokenizer_dir"])))
+    steps = once.steps_available()  # steps before some language would be read twice
+    ladder = [steps // 2 * batch * raw, int(steps * 1.3) * batch * raw]
+    with pytest.raises(DataExhausted, match="text lasts"):
+        run(with_spec(built["task"], tmp_path / "once", dp_ladder=ladder))
+    run(with_spec(built["task"], tmp_path / "rep", dp_ladder=ladder, pretrain={"max_epochs": 2}))
+    rungs = json.loads((tmp_path / "rep" / "rungs.json").read_text())
+    first, top = (rungs[str(d)] for d in ladder)
+    assert first["unique_tokens"] == first["dp_tokens"] and first["epochs"] <= 1
+    assert top["unique_tokens"] < top["dp_tokens"] and 1 < top["epochs"] <= 1.3 + 1e-9
+    assert max(top["epochs_by_language"].values()) == top["epochs"]

@@ -618,3 +618,38 @@ def test_dp_ticks_on_a_short_ladder_are_token_counts_that_do_not_collide():
     fig.canvas.draw()
     assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
     plt.close(fig)
+
+
+def test_the_training_controls_say_which_runs_hit_their_cap_the_chosen_rates_and_the_rungs_repeats(tmp_path):
+    from pipeline.report.tables import controls_section
+    from pipeline.results import load_results
+
+    base = {"task": "en-de", "model": "t5_tiny", "method": "full", "bleu": 1.0, "ce": 4.0, "status": "ok",
+            "mixture": "en50_de50", "best_step": 400, "finetune_steps": 500}
+    rows = [  # (dp_rung, dp, df, seed, lr, selected, hit_cap, stopped, lr_search, pt_unique_tokens, pt_epochs)
+        (0, 0, 2000, 0, 1e-3, True, False, "early_stopping", "own seed", 0, 0.0),
+        (0, 0, 2000, 0, 3e-3, False, True, "max_steps", "own seed", 0, 0.0),
+        (0, 0, 2000, 1, 1e-3, True, False, "early_stopping", "seed 0", 0, 0.0),
+        (8000, 8192, 2000, 0, 3e-3, True, True, "max_steps", "own seed", 4096, 2.0),
+        (8000, 8192, 2000, 0, 1e-3, False, False, "early_stopping", "own seed", 4096, 2.0)]
+    keys = ["dp_rung", "dp", "df", "seed", "lr", "selected", "hit_cap", "stopped", "lr_search", "pt_unique_tokens",
+            "pt_epochs"]
+    table = [{**base, **dict(zip(keys, r)), "ft_epochs": 3.5} for r in rows]
+    table.append({**table[3], "mixture": "en100", "hit_cap": False, "stopped": "early_stopping"})  # same Dp rung
+    pd.DataFrame(table).to_csv(tmp_path / "r.csv")
+    blocks = controls_section(load_results(tmp_path / "r.csv"))
+    text = " ".join(str(b.text) for b in blocks)
+    assert "3 of 4 runs stopped early" in text and "1 hit a cap" in text  # selected runs, one per mixture and rung
+    capped = blocks[2].rows  # a short table is shown as is
+    assert capped == [["en-de", "en50_de50", "8,000", "2,000", "0", "500", "3.50", "400", "max_steps"]]
+    lr = blocks[4].rows
+    assert lr == [["en-de", "en100", "8,000", "0.003"], ["en-de", "en50_de50", "0", "0.001, 0.001*"],
+                  ["en-de", "en50_de50", "8,000", "0.003"]]
+    assert "1 cells that reuse the rate searched on the first seed" in text
+    assert blocks[6].rows == [["en-de", "en100", "t5_tiny", "8,000", "8,192", "4,096", "2.00"],
+                              ["en-de", "en50_de50", "t5_tiny", "8,000", "8,192", "4,096", "2.00"]]
+    # a table written before the controls were recorded: no section
+    old = pd.read_csv(tmp_path / "r.csv").drop(columns=["hit_cap", "lr_search", "pt_unique_tokens", "pt_epochs",
+                                                        "ft_epochs"])
+    old.to_csv(tmp_path / "old.csv")
+    assert controls_section(load_results(tmp_path / "old.csv").query("lr == 0.001")) == []

@@ -26,6 +26,7 @@ from pipeline.report.questions import question_methods, question_size, question_
 from pipeline.report.tables import (
     cells_section,
     cells_table,
+    controls_section,
     fit_counts,
     fit_table,
     flag_list,
@@ -122,7 +123,7 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
                 Block("h3", "Held-out extrapolation, per point"), holdout_table(fits),
                 Block("h3", "All evaluated cells"), cells_table(ok_rows)]
     head = [Block("h1", f"Downstream scaling report — sweep `{spec.sweep}`"), header(results, spec, results_name)]
-    return Report(head + summary + cells_section(results) + body + appendix, figures)
+    return Report(head + summary + cells_section(results) + controls_section(results) + body + appendix, figures)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -237,3 +237,53 @@ def significance_section(comp: pd.DataFrame | None, length_flag: float | None = 
         "kind", "task", "Df", "a", "b", "BLEU a → b", "Δ [95% CI]", "p", "significant", "noise",
         "length ratio a → b"], rows=rows)]))
     return out
+
+
+def controls_section(results: pd.DataFrame) -> list[Block]:
+    """The training controls of the cells the fits read: what ended each finetuning run (early stopping on
+    validation CE, or a cap: the step guard or max_epochs), the learning rate chosen for each (Dp, Df) and on
+    which seed's search, and what each rung's pretraining read (unique tokens among the Dp seen, epochs).
+    Nothing for a table written before these were recorded."""
+    ok = results[(results["status"] == "ok") & results["selected"]]
+    if ok.empty or not any(c in ok and ok[c].notna().any() for c in ("hit_cap", "lr_chosen", "pt_epochs")):
+        return []
+    out = [Block("h2", "Training controls")]
+    if "hit_cap" in ok and ok["hit_cap"].notna().any():
+        # one row per finetuning run: the Dp = 0 baseline is a row of every mixture
+        run = ["task", "model", "method", "start", "df", "seed"]
+        ok = ok.assign(start=np.where(ok["dp_rung"] > 0, ok["mixture"].astype(str) + " " + ok["dp_rung"].astype(str), "0"))
+        cap = ok[ok["hit_cap"].map(is_ok)].drop_duplicates(run)
+        n = len(ok.drop_duplicates(run))
+        out.append(Block("p", f"Finetuning: {n - len(cap)} of {n} runs stopped early on validation CE (limited by "
+                              f"their data); {len(cap)} hit a cap before validation CE stopped improving"
+                              + (", so their numbers are those of a run cut short:" if len(cap) else ".")))
+        if len(cap):
+            rows = [[str(r["task"]), str(r["mixture"]) if r["dp_rung"] else "none", fmt_count(r["dp_rung"]),
+                     fmt_df(r["df"]), fmt_count(r["seed"]), fmt_count(r["finetune_steps"]), fmt(num(r["ft_epochs"]), 3),
+                     fmt_count(r["best_step"]), str(r["stopped"])] for _, r in cap.iterrows()]
+            out.append(collapsed(f"The {len(cap)} runs that hit their cap", Block("table", header=[
+                "task", "mixture", "Dp rung", "Df", "seed", "steps", "epochs", "best step", "cap"], rows=rows), len(rows)))
+    reused = ok["lr_search"].astype(str).str.startswith("seed")
+    if results.loc[results["status"] == "ok", "lr"].nunique() > 1 or reused.any():  # a grid was searched
+        out.append(Block("p", "Learning rate: each cell's rate chosen from the grid by validation CE "
+                              + (f"on its own seed, except {int(reused.sum())} cells that reuse the rate searched "
+                                 "on the first seed (marked *)" if reused.any() else "on its own seed") + "."))
+        dfs = sorted(ok["df"].unique())
+        rows = []
+        for (task, mixture, dp), g in ok.groupby(["task", "mixture", "dp_rung"], sort=True):
+            cell = {df: ", ".join(sorted({f"{r['lr']:g}" + ("*" if str(r["lr_search"]).startswith("seed") else "")
+                                          for _, r in h.iterrows()})) for df, h in g.groupby("df")}
+            rows.append([str(task), str(mixture), fmt_count(dp), *[cell.get(df, "") for df in dfs]])
+        out.append(Block("table", header=["task", "mixture", "Dp rung", *[f"Df {fmt_df(d)}" for d in dfs]], rows=rows))
+    if "pt_epochs" in ok and ok["pt_epochs"].notna().any():
+        rungs = ok[ok["dp_rung"] > 0].drop_duplicates(["task", "mixture", "model", "dp_rung"]).sort_values(
+            ["task", "mixture", "model", "dp_rung"])
+        if len(rungs):
+            out.append(Block("p", "Pretraining: the tokens each rung saw (Dp), the unique ones among them and the "
+                                  "passes over the most repeated language's text (epochs; below 1: nothing read twice)."))
+            out.append(Block("table", header=["task", "mixture", "model", "Dp rung", "Dp seen", "unique tokens",
+                                              "epochs"],
+                             rows=[[str(r["task"]), str(r["mixture"]), str(r["model"]), fmt_count(r["dp_rung"]),
+                                    fmt_count(r["dp"]), fmt_count(r["pt_unique_tokens"]), fmt(num(r["pt_epochs"]), 3)]
+                                   for _, r in rungs.iterrows()]))
+    return out
