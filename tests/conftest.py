@@ -53,3 +53,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+FAKE_SBATCH = """#!/bin/sh
+# Record the call, answer like `sbatch --parsable`.
+n=$(cat "$FAKE_DIR/n" 2>/dev/null || echo 100); n=$((n + 1)); echo $n > "$FAKE_DIR/n"
+echo "$@" >> "$FAKE_DIR/calls"
+echo "$n;cluster"
+"""
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch) -> Path:
+    """A stand-in `sbatch` first on PATH that records its calls (in $FAKE_DIR/calls) and answers like `--parsable`."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    (d / "sbatch").write_text(FAKE_SBATCH)
+    (d / "sbatch").chmod(0o755)
+    monkeypatch.setenv("FAKE_DIR", str(d))
+    monkeypatch.setenv("PATH", f"{d}{os.pathsep}{os.environ['PATH']}")
+    return d

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, cli, compose
-from test_slurm_executor import FAKE_SBATCH, toy_plan
+from test_slurm_executor import toy_plan
 
 from pipeline.checks import format_table
 from pipeline.checks import stage_checks as _stage_checks
@@ -31,17 +31,6 @@ def stage_checks(cfg, stages, memory: bool = True):
 def config(tmp_path: Path, *overrides: str):
     return load_config(compose(["+sweep=en_de", f"paths.artifacts={tmp_path / 'art'}",
                                 f"paths.reports={tmp_path / 'rep'}", *overrides]))
-
-
-@pytest.fixture
-def fake_sbatch(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "bin"
-    d.mkdir()
-    (d / "sbatch").write_text(FAKE_SBATCH)
-    (d / "sbatch").chmod(0o755)
-    monkeypatch.setenv("FAKE_DIR", str(d))
-    monkeypatch.setenv("PATH", f"{d}{os.pathsep}{os.environ['PATH']}")
-    return d
 
 
 # -------------------------------------------------------------------------------------------- refusals

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, compose
+from conftest import FAKE_SBATCH, ROOT, compose
 
 from pipeline.artifacts import write_status
 from pipeline.config import ConfigError, load_config
@@ -24,29 +24,11 @@ from pipeline.executors import slurm
 from pipeline.executors.slurm import ArrayJob, SlurmExecutor, job_script, sacct_states
 from pipeline.plan import Plan, Task, load_plan
 
-FAKE_SBATCH = """#!/bin/sh
-# Record the call, answer like `sbatch --parsable`.
-n=$(cat "$FAKE_DIR/n" 2>/dev/null || echo 100); n=$((n + 1)); echo $n > "$FAKE_DIR/n"
-echo "$@" >> "$FAKE_DIR/calls"
-echo "$n;cluster"
-"""
-
 
 def config(tmp_path: Path, *overrides: str):
     # micro-batch 2: the smoke batch of 16 divides over the 8 GPUs the executor gives pretraining (pipeline.checks)
     return load_config(compose(["+sweep=en_de", "scale=smoke", "executor=slurm", f"paths.artifacts={tmp_path / 'art'}",
                                 f"paths.reports={tmp_path / 'rep'}", "pretrain.micro_batch_size=2", *overrides]))
-
-
-@pytest.fixture
-def fake_sbatch(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "bin"
-    d.mkdir()
-    (d / "sbatch").write_text(FAKE_SBATCH)
-    (d / "sbatch").chmod(0o755)
-    monkeypatch.setenv("FAKE_DIR", str(d))
-    monkeypatch.setenv("PATH", f"{d}{os.pathsep}{os.environ['PATH']}")
-    return d
 
 
 def toy_plan(root: Path) -> Plan:
