@@ -206,7 +206,8 @@ class Source(abc.ABC):
 
     def iter_file(self, lang: str, split: str, file: str) -> Iterator[str]:
         """The documents of one of `text_files`, in order, with no document limit applied."""
-        raise NotImplementedError(f"the {self.name} source has no text files")
+        # a bounded source lists no text files (`text_files` is []), so nothing asks it for one
+        raise ValueError(f"the {self.name} source has no text files: it has no {file!r} to read")
 
     def text_stats(self, lang: str) -> dict[str, int] | None:
         """{"docs", "words", "chars"} of the train text, or None where unbounded or unknown."""
