@@ -38,3 +38,16 @@ def test_gpu_check_refuses_without_its_packages_or_corpus(tmp_path):
     if (ROOT / ".cache" / "l10n-en-de.tar.xz").exists():
         pytest.skip("a corpus bundle is present: the script would unpack it")
     assert r.returncode == 2 and "no corpus" in r.stdout
+
+
+def test_preflight_refuses_a_version_off_its_pin_on_the_gpu_and_reports_it_on_a_cpu(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_preflight", ROOT / "scripts" / "gpu_preflight.py")
+    pre = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pre)
+    monkeypatch.setattr(pre, "pins", lambda: {"pyyaml": "0.0.1", "no-such-package-xyz": "1.0"})
+    gpu, cpu = pre.problems(cpu=False), pre.problems(cpu=True)
+    assert "no-such-package-xyz is not installed (gpu-requirements.txt pins 1.0)" in gpu + cpu
+    drifted = [p for p in gpu if p.startswith("pyyaml ") and p.endswith("gpu-requirements.txt pins 0.0.1")]
+    assert drifted and not [p for p in cpu if p.startswith("pyyaml ")]  # a dev venv resolves its own versions
