@@ -127,20 +127,27 @@ def _tokenizer_of_the_rung(monkeypatch):
         def __call__(self, texts, **kw):
             return self._tok(texts, **{**kw, "add_special_tokens": False})
 
+        def __len__(self):
+            return len(self._tok)
+
     monkeypatch.setattr(finetune, "load_tokenizer",
                         lambda path: NoEos(real(path)) if "checkpoints" in str(path) else real(path))
 
 
 def _optimizer_state_carried(monkeypatch):
     """Defect: finetuning starts from the pretraining optimizer's moments instead of a fresh optimizer."""
-    real = finetune.make_optimizer
-    rung = {}
+    from pipeline.training import load_training_checkpoint
+
+    real, real_load = finetune.make_optimizer, finetune.load_for_finetune
+    rung, model = {}, {}
     monkeypatch.setattr(finetune, "checkpoint_for", lambda d, s: rung.setdefault("ckpt", checkpoint_for(d, s)))
+    monkeypatch.setattr(finetune, "load_for_finetune", lambda *a, **kw: model.setdefault("m", real_load(*a, **kw)))
 
     def carried(params, *a, **kw):
         opt = real(params, *a, **kw)
         if rung.get("ckpt") and "checkpoints" in str(rung["ckpt"]):
-            opt.load_state_dict(finetune.load_state(rung["ckpt"])["optimizer"])
+            # the rung's sharded optimizer state (its weights are the init's: loading them changes nothing)
+            load_training_checkpoint(rung["ckpt"], model["m"], opt)
         return opt
 
     monkeypatch.setattr(finetune, "make_optimizer", carried)
