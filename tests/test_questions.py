@@ -17,7 +17,7 @@ def test_questions_sweep_reports_the_three_questions(tmp_path, l10n_corpus):
     # the four fit points its three-parameter stage needs (smoke's own ladder has three)
     r = cli("+sweep=questions", "scale=smoke", "finetune.df_ladder=[200,400]", "finetune.max_steps=20",
             "pretrain.dp_ladder=[8192,16384,32768,65536,131072]",
-            "fit.bootstrap=5", f"paths.artifacts={tmp_path / 'artifacts'}", f"paths.reports={tmp_path / 'reports'}", timeout=1800)
+            "fit.bootstrap=5", f"paths.artifacts={tmp_path / 'artifacts'}", f"paths.reports={tmp_path / 'reports'}", timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "reports" / "questions"
     results = pd.read_csv(out / "results.csv")
