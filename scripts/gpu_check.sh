@@ -119,7 +119,7 @@ if res.exists():
     s["bleu_max"] = float(ok["bleu"].max()) if len(ok) else None
     s["results"] = ok[["mixture", "dp", "df", "bleu", "chrf", "ce"]].to_dict("records")
 bench = (out / "bench_train.txt").read_text().splitlines() if (out / "bench_train.txt").exists() else []
-s["bench_train"] = [x for x in bench if x.startswith(("date:", "model:", "peak:", "ours", "transformers", "ratio:"))]
+s["bench_train"] = [x for x in bench if x.startswith(("date:", "model:", "peak:", "ours", "transformers", "ratio:", "bf16/fp32"))]
 step = (out / "bench_step.txt").read_text().splitlines() if (out / "bench_step.txt").exists() else []
 s["bench_step"] = [x for x in step if x.startswith(("bench_step", "|"))]
 (out / "summary.json").write_text(json.dumps(s, indent=1, default=str))

@@ -23,7 +23,7 @@ def test_gpu_check_small_runs_end_to_end_and_summarises(l10n_corpus, tmp_path):
     assert s["cells_ok"] == s["cells"] > 0 and {row["df"] for row in s["results"]} == {s["df"]}
     assert len(s["pretrain"]) == 2 and all(v["tokens_per_s"] > 0 for v in s["pretrain"].values())
     assert s["stage_seconds"]["evaluate"]["tasks"] == s["stage_seconds"]["finetune"]["tasks"] > 0
-    assert s["bench_train"][-1].startswith("ratio: ")
+    assert s["bench_train"][-1].startswith("bf16/fp32 step ratio: ")  # bench_train.py's last line
     assert s["preflight"].startswith("gpu_check preflight ok: ") and s["bench_step_rc"] == 0
     assert "tokens/s, MFU" in s["bench_step"][0] and s["bench_step"][-1].startswith("| cpu | t5_tiny |")
     md = (tmp_path / "out" / "summary.md").read_text()
