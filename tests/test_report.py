@@ -82,6 +82,8 @@ class Checker:
         self.results = fit.load_results(results)
         self.fits, self.corr, self.methods = (read(out / n) for n in ("fits.csv", "correlations.csv", "methods.csv"))
         self.records = json.loads((out / "fits.json").read_text())
+        comp = out / "comparisons.csv"  # written by collect beside the report; absent for a table copied alone
+        self.comparisons = pd.read_csv(comp) if comp.exists() else pd.DataFrame()
         self.errors: list[str] = []
         self.checked = 0
 
@@ -182,8 +184,81 @@ class Checker:
             self.cell(where, row)
         elif any(h.endswith(": α") for h in header):
             self.sizes(where, bold, row)
+        elif "Δ [95% CI]" in header:
+            self.comparison(where, row)
+        elif header[-1] == "cap" and "best step" in header:
+            self.capped(where, row)
+        elif "unique tokens" in header:
+            self.rung_read(where, row)
+        elif header[:3] == ["task", "mixture", "Dp rung"] and all(h.startswith("Df ") for h in header[3:]):
+            self.rates(where, header, row)
         else:
             self.errors.append(f"{where}: a table the checker does not know: {header}")
+
+    def comparison(self, where: str, row: dict[str, str]) -> None:
+        """A row of the significance table is one of comparisons.csv's, every number printed from it (the table
+        names no model or method: some row of that kind, task, Df and sides must match all of them)."""
+        from pipeline.report.fmt import fmt, fmt_df, fmt_tokens
+        from pipeline.significance import p_text
+
+        self.checked += 1
+
+        def side(mixture, dp) -> str:
+            return f"{mixture} Dp {fmt_tokens(dp) if dp else '0'}"
+
+        for _, r in self.comparisons.iterrows():
+            printed = [str(r["kind"]), str(r["task"]), fmt_df(r["df"]), side(r["mixture_a"], r["dp_rung_a"]),
+                       side(r["mixture_b"], r["dp_rung_b"]), f"{fmt(r['bleu_a'], 3)} → {fmt(r['bleu_b'], 3)}",
+                       f"{r['delta']:+.2f} [{r['delta_lo']:+.2f}, {r['delta_hi']:+.2f}]", p_text(r["p_value"]),
+                       "yes" if str(r["significant"]).lower() == "true" else "no"]
+            names = ["kind", "task", "Df", "a", "b", "BLEU a → b", "Δ [95% CI]", "p", "significant"]
+            if [row[n] for n in names] == printed:
+                return
+        self.errors.append(f"{where}: {row} is no row of comparisons.csv as printed")
+
+    def _ok_rows(self, row: dict[str, str], **cols: str) -> pd.DataFrame:
+        """The selected ok rows of results.csv that a control table's row names (counts as the report prints them)."""
+        r = self.results
+        sel = (r["status"] == "ok") & r["selected"].astype(bool) & (r["task"] == row["task"])
+        for col, cell in cols.items():
+            sel &= pd.to_numeric(r[col], errors="coerce") == float(cell.replace(",", ""))
+        for col in ("model", "method"):
+            if col in row:
+                sel &= r[col] == row[col]
+        if "mixture" in row and row["mixture"] != "none":
+            sel &= r["mixture"] == row["mixture"]
+        return r[sel]
+
+    def capped(self, where: str, row: dict[str, str]) -> None:
+        sel = self._ok_rows(row, dp_rung=row["Dp rung"], df=row["Df"], seed=row["seed"])
+        self.checked += 1
+        if sel.empty:
+            return self.errors.append(f"{where}: {row} is no selected cell of results.csv")
+        r = sel.iloc[0]
+        if not (sel["hit_cap"].astype(str).str.lower() == "true").all() or row["cap"] != str(r["stopped"]):
+            self.errors.append(f"{where}: {row} did not hit a cap as results.csv says ({r['stopped']})")
+        self.count(f"{where} [steps]", row["steps"], r["finetune_steps"])
+        self.count(f"{where} [best step]", row["best step"], r["best_step"])
+        self.num(f"{where} [epochs]", row["epochs"], r["ft_epochs"])
+
+    def rung_read(self, where: str, row: dict[str, str]) -> None:
+        sel = self._ok_rows(row, dp_rung=row["Dp rung"])
+        self.checked += 1
+        if sel.empty:
+            return self.errors.append(f"{where}: {row} is no rung of results.csv")
+        r = sel.iloc[0]
+        self.count(f"{where} [Dp seen]", row["Dp seen"], r["dp"])
+        self.count(f"{where} [unique tokens]", row["unique tokens"], r["pt_unique_tokens"])
+        self.num(f"{where} [epochs]", row["epochs"], r["pt_epochs"])
+
+    def rates(self, where: str, header: list[str], row: dict[str, str]) -> None:
+        for h in header[3:]:
+            sel = self._ok_rows(row, dp_rung=row["Dp rung"], df=h.removeprefix("Df "))
+            self.checked += 1
+            want = {f"{v:g}" for v in sel["lr"]}
+            got = {c.strip().rstrip("*") for c in row[h].split(",") if c.strip()}
+            if got != want:
+                self.errors.append(f"{where} [{h}]: rates {sorted(got)} != results.csv's chosen {sorted(want)}")
 
     def left_out(self, where: str, row: dict[str, str]) -> None:
         r = self.results
@@ -641,7 +716,7 @@ def test_the_training_controls_say_which_runs_hit_their_cap_the_chosen_rates_and
     text = " ".join(str(b.text) for b in blocks)
     assert "3 of 4 runs stopped early" in text and "1 hit a cap" in text  # selected runs, one per mixture and rung
     capped = blocks[2].rows  # a short table is shown as is
-    assert capped == [["en-de", "en50_de50", "8,000", "2,000", "0", "500", "3.50", "400", "max_steps"]]
+    assert capped == [["en-de", "en50_de50", "t5_tiny", "full", "8,000", "2,000", "0", "500", "3.50", "400", "max_steps"]]
     lr = blocks[4].rows
     assert lr == [["en-de", "en100", "8,000", "0.003"], ["en-de", "en50_de50", "0", "0.001, 0.001*"],
                   ["en-de", "en50_de50", "8,000", "0.003"]]

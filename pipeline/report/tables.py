@@ -258,11 +258,13 @@ def controls_section(results: pd.DataFrame) -> list[Block]:
                               f"their data); {len(cap)} hit a cap before validation CE stopped improving"
                               + (", so their numbers are those of a run cut short:" if len(cap) else ".")))
         if len(cap):
-            rows = [[str(r["task"]), str(r["mixture"]) if r["dp_rung"] else "none", fmt_count(r["dp_rung"]),
-                     fmt_df(r["df"]), fmt_count(r["seed"]), fmt_count(r["finetune_steps"]), fmt(num(r["ft_epochs"]), 3),
-                     fmt_count(r["best_step"]), str(r["stopped"])] for _, r in cap.iterrows()]
+            rows = [[str(r["task"]), str(r["mixture"]) if r["dp_rung"] else "none", str(r["model"]), str(r["method"]),
+                     fmt_count(r["dp_rung"]), fmt_df(r["df"]), fmt_count(r["seed"]), fmt_count(r["finetune_steps"]),
+                     fmt(num(r["ft_epochs"]), 3), fmt_count(r["best_step"]), str(r["stopped"])]
+                    for _, r in cap.iterrows()]
             out.append(collapsed(f"The {len(cap)} runs that hit their cap", Block("table", header=[
-                "task", "mixture", "Dp rung", "Df", "seed", "steps", "epochs", "best step", "cap"], rows=rows), len(rows)))
+                "task", "mixture", "model", "method", "Dp rung", "Df", "seed", "steps", "epochs", "best step", "cap"],
+                rows=rows), len(rows)))
     reused = ok["lr_search"].astype(str).str.startswith("seed")
     if results.loc[results["status"] == "ok", "lr"].nunique() > 1 or reused.any():  # a grid was searched
         out.append(Block("p", "Learning rate: each cell's rate chosen from the grid by validation CE "
