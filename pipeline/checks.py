@@ -9,6 +9,7 @@ would make it fail at start or on its first step:
 - processes a task runs vs what the stage can use: only pretraining and finetuning run data-parallel, and a
   GPU per process (tasks_per_node above gpus_per_node puts two ranks on one device);
 - the time limit vs the requeue signal (SLURM's USR1 comes `signal_delay_s` before the limit);
+- the tokens stage's worker processes (`tokens.workers`) vs the CPUs its job is given (`cpus_per_task`);
 - memory per GPU vs `executor.gpu_mem_gb`.
 
 `stage=plan` prints `format_table` and refuses a config with a problem (one line naming the settings to change,
@@ -45,6 +46,7 @@ class Resources:
     gpus_per_node: int = 0
     gres: str | None = None  # a GRES other than whole GPUs (e.g. shard:1): processes may share a GPU
     signal_delay_s: int | None = None
+    cpus: int | None = None  # CPUs one task's job is given (SLURM's cpus_per_task; None: not limited)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,11 @@ def _slurm_problems(cfg: Config, stage: str, r: Resources) -> list[ConfigError]:
             f"executor.signal_delay_s / {r.where}.time_min",
             f"the requeue signal comes {delay} s before a {r.time_min}-minute limit: less than "
             f"{MIN_WORK_SHARE:.0%} of each job would compute; lower signal_delay_s or raise time_min"))
+    if stage == "tokens" and r.cpus is not None and cfg.tokens.workers > r.cpus:
+        out.append(ConfigError(
+            f"tokens.workers / {r.where}.cpus_per_task",
+            f"{cfg.tokens.workers} tokenizer processes in a job of {r.cpus} CPU(s): they would take turns on "
+            f"them, no faster than {r.cpus}; set tokens.workers <= cpus_per_task or give the tokens stage more CPUs"))
     if stage == "pretrain" and r.time_min is not None and not delay and cfg.pretrain.checkpoint_minutes >= r.time_min:
         out.append(ConfigError(
             f"pretrain.checkpoint_minutes / {r.where}.time_min",

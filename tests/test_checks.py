@@ -73,10 +73,11 @@ def test_slurm_executor_refuses_before_the_first_sbatch(tmp_path, fake_sbatch):
      "executor.resources.evaluate.tasks_per_node"),
     (["pretrain.distributed=none"], "pretrain.distributed / executor.resources.pretrain"),
     (["executor.resources.finetune.gpus_per_node=3"], "finetune.batch_size / executor.resources.finetune.gpus_per_node"),
+    (["tokens.workers=9"], "tokens.workers / executor.resources.tokens.cpus_per_task"),  # the job has 8 CPUs
 ])
 def test_each_resource_check_names_its_settings(tmp_path, overrides, key):
     cfg = config(tmp_path, "scale=smoke", "executor=slurm", "pretrain.micro_batch_size=2", *overrides)
-    problems = [str(e) for c in stage_checks(cfg, ["tokenizer", *TRAIN_EVAL, "collect"], memory=False)
+    problems = [str(e) for c in stage_checks(cfg, ["tokenizer", "tokens", *TRAIN_EVAL, "collect"], memory=False)
                 for e in c.problems]
     assert len(problems) == 1 and problems[0].startswith(key + ":"), problems
 

@@ -353,3 +353,46 @@ def test_a_slurm_array_of_workers_then_the_task_writes_the_same_stream(corpus, u
     bad = subprocess.run([sys.executable, "-m", "pipeline.tokens", str(plan), "0", "--worker", "2", "--workers", "2"],
                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--worker must be in 0..1" in bad.stderr
+
+
+def test_the_document_index_is_built_once_when_workers_find_it_missing_together(corpus, tmp_path, monkeypatch):
+    """Two workers (threads here: flock locks an open file, not a process) open the same file's documents at
+    once: one pass over the file builds the index, the other waits for it; both read the file's documents."""
+    import threading
+
+    from pipeline.sources import base
+
+    built = []
+    real = base._write_index
+
+    def slow_write(path, index, chunk=1 << 16):
+        built.append(index)
+        time.sleep(0.5)  # long enough that the other worker arrives while it builds
+        real(path, index, chunk=7)  # chunks of 7: the written index crosses several writes
+
+    monkeypatch.setattr(base, "_write_index", slow_write)
+    docs: list = [None, None]
+
+    def open_docs(i: int) -> None:
+        docs[i] = base.JsonlDocuments(corpus / "en.jsonl", tmp_path / "cache")
+
+    threads = [threading.Thread(target=open_docs, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1
+    with open(corpus / "en.jsonl", encoding="utf-8") as f:
+        texts = [t for t in (json.loads(line)["text"] for line in f) if t]
+    for d in docs:
+        assert len(d) == len(texts) and [d[i] for i in (0, 1, len(d) - 1)] == [texts[0], texts[1], texts[-1]]
+        assert [d[i] for i in range(len(d))] == texts
+    assert not list((tmp_path / "cache" / "sources" / "index").glob("*.tmp"))
+
+
+def test_a_file_without_documents_has_an_empty_index(tmp_path):
+    from pipeline.sources import base
+
+    path = write_jsonl(tmp_path / "empty.jsonl", ["", ""])
+    docs = base.JsonlDocuments(path, tmp_path / "cache")
+    assert len(docs) == 0 and docs.sizes().shape == (0,)

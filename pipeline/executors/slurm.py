@@ -121,7 +121,8 @@ class SlurmOptions:
         return {s: TaskResources(processes=r.ntasks_per_node * r.nodes, gpus=r.gpus_per_node * r.nodes,
                                  where=f"executor.resources.{s}", time_min=r.time_min,
                                  tasks_per_node=r.ntasks_per_node, gpus_per_node=r.gpus_per_node, gres=r.gres,
-                                 signal_delay_s=self.signal_delay_s) for s, r in self.resources.items()}
+                                 signal_delay_s=self.signal_delay_s, cpus=r.cpus_per_task)
+                for s, r in self.resources.items()}
 
 
 def check(cfg: Config) -> None:

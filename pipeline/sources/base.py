@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -77,13 +78,18 @@ class JsonlDocuments:
         self.path = Path(path)
         st = self.path.stat()
         key = hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
-        index = Path(cache) / "sources" / "index" / f"{key}.npy"
+        index = Path(cache) / "sources" / "index" / f"{key}.i64"
         if not index.is_file():
-            _write_index(self.path, index)
-        try:  # (n, 2): byte offset and length of each document's line
-            self.index = np.load(index, mmap_mode="r")
-        except ValueError:  # no document: an empty array cannot be mapped
-            self.index = np.load(index)
+            index.parent.mkdir(parents=True, exist_ok=True)
+            # Several workers (a SLURM array's tasks) may find it missing at once: one builds, the others wait for
+            # it on the lock and read its result instead of each making the same pass over the file.
+            with open(index.with_name(f".{index.name}.lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not index.is_file():
+                    _write_index(self.path, index)
+        # (n, 2) int64: byte offset and length of each document's line, memory-mapped (an empty map is refused)
+        self.index = (np.memmap(index, dtype="<i8", mode="r").reshape(-1, 2) if index.stat().st_size
+                      else np.empty((0, 2), dtype="<i8"))
         self._f = None
 
     def __len__(self) -> int:
@@ -110,27 +116,24 @@ class JsonlDocuments:
 
 
 def _write_index(path: Path, index: Path, chunk: int = 1 << 16) -> None:
-    """One streaming pass over the file: (offset, length) of every line with a non-empty `text`, written
-    atomically (a worker that loses the race to write it only did the same work twice)."""
-    index.parent.mkdir(parents=True, exist_ok=True)
+    """One streaming pass over the file: (offset, length) of every line with a non-empty `text`, as raw
+    little-endian int64 pairs written as they are found (memory stays one chunk, whatever the file's size), then
+    moved into place atomically."""
     tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
-    rows: list[np.ndarray] = []
     buf: list[tuple[int, int]] = []
     off = 0
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip() and json.loads(line)["text"]:
-                buf.append((off, len(line)))
-                if len(buf) >= chunk:
-                    rows.append(np.array(buf, dtype=np.int64))
-                    buf.clear()
-            off += len(line)
-    rows.append(np.array(buf, dtype=np.int64).reshape(-1, 2))
     try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.concatenate(rows))
-            f.flush()
-            os.fsync(f.fileno())
+        with open(path, "rb") as f, open(tmp, "wb") as out:
+            for line in f:
+                if line.strip() and json.loads(line)["text"]:
+                    buf.append((off, len(line)))
+                    if len(buf) >= chunk:
+                        out.write(np.asarray(buf, dtype="<i8").tobytes())
+                        buf.clear()
+                off += len(line)
+            out.write(np.asarray(buf, dtype="<i8").reshape(-1, 2).tobytes())
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, index)
     finally:
         with contextlib.suppress(FileNotFoundError):
