@@ -20,6 +20,7 @@ from pipeline.typed import freeze as _freeze
 from pipeline.typed import to_dict  # noqa: F401 (config.to_dict: used across the package)
 from pipeline.validate import ConfigError  # noqa: F401 (config.ConfigError: imported across the package)
 from pipeline.validate import as_list as _list
+from pipeline.validate import auto_boolean as _auto_bool
 from pipeline.validate import boolean as _bool
 from pipeline.validate import choice as _choice
 from pipeline.validate import get as _get
@@ -102,7 +103,7 @@ class PretrainConfig:
     schedule: str
     warmup_steps: int
     dtype: str
-    compile: bool
+    compile: bool | None  # None: auto (pipeline.precision.resolve_compile)
     checkpoint_minutes: float
     log_every: int
     eval_sequences: int
@@ -138,7 +139,7 @@ class PretrainConfig:
             schedule=_choice(d, "schedule", p, ("constant", "inverse_sqrt")),
             warmup_steps=_num(d, "warmup_steps", p, kind=int, lo=0),
             dtype=_choice(d, "dtype", p, ("auto", "fp32", "bf16")),
-            compile=_bool(d, "compile", p),
+            compile=_auto_bool(d, "compile", p),
             checkpoint_minutes=_num(d, "checkpoint_minutes", p, lo=0, lo_open=True),
             log_every=_num(d, "log_every", p, kind=int, lo=1),
             eval_sequences=_num(d, "eval_sequences", p, kind=int, lo=1),

@@ -131,6 +131,24 @@ def resolve_dtype(requested: str, device: torch.device | str, shape: ProbeShape 
     return dtype, {"requested": "auto", "dtype": dtype, "rule": why, **p}
 
 
+def resolve_compile(requested: bool | None, dtype: str, device: torch.device | str) -> tuple[bool, str]:
+    """Whether pretraining runs its model under torch.compile, and why. `True`/`False` as asked; `None` (auto):
+    on a CPU in bf16, where inductor fuses what eager bf16 leaves as separate casts and fp32 element-wise ops
+    (docs/benchmarks.md: 1.56x eager bf16 for t5_mini, alternating A/B at 1 thread), if a C++ compiler is there
+    for inductor's CPU code; in fp32 compile was no faster than eager once the loss was fused, and on CUDA it has
+    not been measured: off."""
+    if requested is not None:
+        return requested, "forced"
+    if torch.device(device).type != "cpu" or dtype != "bf16":
+        return False, f"auto: off ({torch.device(device).type}, {dtype}: not measured faster)"
+    import shutil
+
+    cxx = next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+    if cxx is None:
+        return False, "auto: off (bf16 on a CPU, but no C++ compiler for inductor on the PATH)"
+    return True, "auto: on (bf16 on a CPU: compiled 1.56x eager in docs/benchmarks.md)"
+
+
 def describe(info: dict[str, Any]) -> str:
     """One line for the task log: the choice, the rule, the probe's numbers where there was one."""
     line = f"precision {info['dtype']} ({info['requested']}: {info['rule']})"

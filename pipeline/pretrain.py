@@ -44,7 +44,7 @@ from pipeline.model import (
     flops_per_token,
     load_model,
 )
-from pipeline.precision import ProbeShape
+from pipeline.precision import ProbeShape, resolve_compile
 from pipeline.span_corruption import corrupt_batch
 from pipeline.study import Mixture
 from pipeline.tokenizer import load_tokenizer, sentinel_ids
@@ -233,7 +233,9 @@ def run(task) -> None:
         log.info("pretrain %s: resuming from %s (step %d, Dp %s)", task.name, resume.name, step, f"{step * tokens_per_step:,}")
     else:
         seed_all(seed)
-    if cfg.compile:
+    use_compile, why = resolve_compile(cfg.compile, rt.dtype, rt.device)
+    log.info("pretrain %s: torch.compile %s (%s)", task.name, "on" if use_compile else "off", why)
+    if use_compile:
         dmodel = torch.compile(dmodel)
 
     flops = flops_per_token(preset, vocab, cfg.inputs_length, targets_len)["per_example"]

@@ -69,6 +69,13 @@ def boolean(d: Mapping[str, Any], key: str, prefix: str, default: Any = dataclas
     return v
 
 
+def auto_boolean(d: Mapping[str, Any], key: str, prefix: str, default: Any = dataclasses.MISSING) -> bool | None:
+    """true, false, or `auto` (None: the code decides)."""
+    v = get(d, key, prefix, default)
+    req(isinstance(v, bool) or v == "auto", key_of(prefix, key), f"must be true, false or auto, got {v!r}")
+    return None if v == "auto" else v
+
+
 def as_list(d: Mapping[str, Any], key: str, prefix: str, default: Any = dataclasses.MISSING) -> list:
     v = get(d, key, prefix, default)
     req(isinstance(v, (list, tuple)), key_of(prefix, key), f"must be a list, got {v!r}")

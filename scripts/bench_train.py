@@ -1,6 +1,6 @@
 """Pretraining throughput in fp32 and in bf16 autocast: our loop (pipeline.pretrain.run) and transformers.Seq2SeqTrainer.
 
-    DS_CACHE=... python scripts/bench_train.py [--steps 60] [--repeats 3] [--compile] [--no-trainer] [scale=desk ...]
+    DS_CACHE=... python scripts/bench_train.py [--steps 60] [--repeats 3] [--no-compile] [--no-trainer] [scale=desk ...]
 
 Both sides train the same model (the scale's preset, built from the same init checkpoint), on the same packed
 span-corruption batches (the mixture sampler's rows, corrupted by pipeline.span_corruption: in our loop's
@@ -9,12 +9,15 @@ constant schedule with warmup), at the same precision: each of fp32 and bf16 aut
 Trainer; our loop's dtype forced). Our loop's tokens/s is its own, logged every 10 steps from the second window on
 (model loading, the rung's evaluation and its checkpoint left out); the Trainer's is `trainer.train()`'s wall
 time. The sides and precisions run in turn, `--repeats` times, alternating, so load elsewhere hits all of them;
-the median counts. `--compile` adds our loop with `pretrain.compile=true` in bf16 (the A/B of torch.compile).
+the median counts. Our loop also runs compiled in bf16 (`pretrain.compile=true`, the A/B of torch.compile; `--no-compile`
+leaves it out).
 
 Prints tokens/s (encoder + decoder tokens) of each, model FLOPs per token (pipeline.model.flops_per_token), the
 matmul peak in each precision and the fraction of it reached (MFU), what `dtype: auto` chooses on this machine
-(pipeline.precision's probe), and last `bf16/fp32 step ratio: X` (our loop's bf16 tokens/s over its fp32 ones);
-on a processor where `auto` keeps fp32 the line says so and why.
+(pipeline.precision's probe), the eager bf16/fp32 ratio, and last `bf16/fp32 step ratio: X`: our loop's bf16
+tokens/s as the pipeline runs it at this scale (its `pretrain.compile`, pipeline.precision.resolve_compile: the desk
+scales' `auto` compiles bf16 on a CPU) over its fp32 ones (eager, as auto runs fp32); on a processor where `auto` keeps fp32 the line
+says so and why.
 """
 
 from __future__ import annotations
@@ -149,13 +152,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="also our loop with torch.compile, in bf16")
+    ap.add_argument("--no-compile", action="store_true", help="leave out our loop with torch.compile in bf16")
     ap.add_argument("--no-trainer", action="store_true", help="our loop only")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (default: the cpu scale)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from pipeline.model import flops_per_token, load_preset
-    from pipeline.precision import ProbeShape, describe, resolve_dtype
+    from pipeline.precision import ProbeShape, describe, resolve_compile, resolve_dtype
 
     plan = build_plan(a.overrides)
     task = next(t for t in plan.tasks if t.stage == "pretrain")
@@ -169,7 +172,7 @@ def main() -> None:
     auto, info = resolve_dtype("auto", "cuda" if CUDA else "cpu", ProbeShape(preset.d_model, preset.d_ff, vocab))
 
     sides = [("ours", d) for d in ("fp32", "bf16")] + ([] if a.no_trainer else [("trainer", d) for d in ("fp32", "bf16")])
-    sides += [("ours+compile", "bf16")] if a.compile else []
+    sides += [] if a.no_compile else [("ours+compile", "bf16")]
     peaks = {d: matmul_peak(dt) for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     tps: dict[tuple[str, str], list[float]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,11 +201,19 @@ def main() -> None:
     if not a.no_trainer:
         for d in ("fp32", "bf16"):
             print(f"ours/Trainer {d}: {med[('ours', d)] / med[('trainer', d)]:.2f}")
-    if a.compile:
+    if not a.no_compile:
         print(f"torch.compile/eager bf16: {med[('ours+compile', 'bf16')] / med[('ours', 'bf16')]:.2f}")
     print(f"dtype auto here: {describe(info)}")
-    ratio = med[("ours", "bf16")] / med[("ours", "fp32")]
+    compiled, why = resolve_compile(cfg["compile"], "bf16", "cuda" if CUDA else "cpu")
+    print(f"pretrain.compile {cfg['compile'] if cfg['compile'] is not None else 'auto'} in bf16 here: "
+          f"{'on' if compiled else 'off'} ({why})")
+    eager = med[("ours", "bf16")] / med[("ours", "fp32")]
+    print(f"bf16/fp32 eager step ratio: {eager:.2f}")
+    bf16 = ("ours+compile", "bf16") if compiled and not a.no_compile else ("ours", "bf16")
+    ratio = med[bf16] / med[("ours", "fp32")]
     print(f"bf16/fp32 step ratio: {ratio:.2f}"
+          + (" (bf16 compiled, as this scale's pretrain.compile runs it; fp32 eager)" if bf16[0] == "ours+compile"
+             else "")
           + ("" if auto == "bf16" else f" (dtype: auto keeps fp32 on this processor: {info['rule']})"))
 
 

@@ -71,7 +71,7 @@ study_s=$(( $(date +%s) - t0 ))
 tail -n 5 "$OUT/study.log"
 
 set +e
-timeout "$BENCH_LIMIT" "$PY" scripts/bench_train.py --steps "$BENCH_STEPS" --repeats "$BENCH_REPEATS" "scale=$SCALE" \
+timeout "$BENCH_LIMIT" "$PY" scripts/bench_train.py --no-compile --steps "$BENCH_STEPS" --repeats "$BENCH_REPEATS" "scale=$SCALE" \
   "paths.artifacts=$WORK/bench-artifacts" > "$OUT/bench_train.txt" 2>&1
 bench_rc=$?
 set -e

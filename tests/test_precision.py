@@ -151,3 +151,32 @@ def test_a_forced_dtype_runs_the_smoke_sweep_and_results_csv_records_it(tmp_path
     assert (df.loc[df["dp"] > 0, "pretrain_dtype"] == dtype).all() and df.loc[df["dp"] == 0, "pretrain_dtype"].isna().all()
     assert f"cells finetuned and evaluated in {dtype}; pretrained in {dtype}" in \
         (tmp_path / "reports" / "en_de" / "report.md").read_text()
+
+
+def test_compile_auto_is_on_only_for_bf16_on_a_cpu_with_a_compiler(monkeypatch):
+    """pretrain.compile: auto compiles where the A/B measured it faster (bf16 on a CPU) and inductor can build
+    (a C++ compiler on the PATH); fp32, CUDA (not measured) and a machine without a compiler run eager."""
+    import shutil
+
+    from pipeline.precision import resolve_compile
+
+    monkeypatch.setattr(shutil, "which", lambda c: "/usr/bin/g++" if c == "g++" else None)
+    assert resolve_compile(None, "bf16", "cpu")[0] is True
+    assert resolve_compile(None, "fp32", "cpu")[0] is False
+    assert resolve_compile(None, "bf16", "cuda")[0] is False
+    assert resolve_compile(True, "fp32", "cpu") == (True, "forced")
+    assert resolve_compile(False, "bf16", "cpu") == (False, "forced")
+    monkeypatch.setattr(shutil, "which", lambda c: None)
+    on, why = resolve_compile(None, "bf16", "cpu")
+    assert on is False and "no C++ compiler" in why
+
+
+def test_compile_setting_is_validated():
+    from conftest import compose
+
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config(compose(["+sweep=en_de"])).pretrain.compile is False  # short runs: not worth a compile
+    assert load_config(compose(["+sweep=en_de", "scale=desk2"])).pretrain.compile is None  # auto
+    with pytest.raises(ConfigError, match="pretrain.compile"):
+        load_config(compose(["+sweep=en_de", "pretrain.compile=sometimes"]))
