@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline import stages
 from pipeline.study import SweepConfig
@@ -114,6 +114,14 @@ class PretrainConfig:
     # whatever the limit, so a ladder that grows past the text resumes the same run.
     max_epochs: float = 1.0
 
+    # Not part of a run's identity (pipeline/plan.py): its length (the schedule does not depend on it, so a longer
+    # ladder resumes the same run), and how it is split over processes, logged, checkpointed, compiled, or limited
+    # (max_epochs: the data of a step does not depend on it, pipeline/mixture.py). Every other field is.
+    RUN_ONLY: ClassVar[frozenset[str]] = frozenset({
+        "dp_ladder", "micro_batch_size", "distributed", "log_every", "checkpoint_minutes", "compile",
+        "activation_checkpointing", "max_epochs"})
+    RUN_ONLY_AT: ClassVar[tuple[tuple[str, Any], ...]] = ()  # (field, value): left out at that value only
+
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> PretrainConfig:
         p = "pretrain"
@@ -187,6 +195,15 @@ class FinetuneConfig:
     # The lrs grid is searched on every seed (per_seed), or on the first seed only and its winner reused for the
     # other seeds of the same (checkpoint, Df, method) (first_seed: those cells are planned once it is finished)
     lr_search: str = "per_seed"
+
+    # Not part of a cell's identity (pipeline/plan.py): the grids, which the planner expands into each cell's own
+    # keys (df, seed, method, lr), which cells a sweep runs (seeds_df_max, lr_search), and how a cell is split over
+    # processes and memory. Every other field is.
+    RUN_ONLY: ClassVar[frozenset[str]] = frozenset({
+        "df_ladder", "seeds", "methods", "lrs", "seeds_df_max", "lr_search", "distributed",
+        "activation_checkpointing", "micro_batch_tokens"})
+    # `auto` precision is left out (what it chose depends on the processor, not the cell); fp32 or bf16 is in
+    RUN_ONLY_AT: ClassVar[tuple[tuple[str, Any], ...]] = (("dtype", "auto"),)
 
     def step_cap(self, pairs: int) -> int:
         """The most optimiser steps a cell of `pairs` training pairs takes (early stopping may take fewer)."""
@@ -518,6 +535,15 @@ def load_config(cfg: Any) -> Config:
         tokens=TokensConfig.parse(d.get("tokens") or {}),
         raw=_freeze(d),
     )
+
+
+def identity(section: Any) -> dict[str, Any]:
+    """A config section's part of a stage's identity (hashed into its directory name): its plain data less the
+    fields its class declares run-only (`RUN_ONLY`, and `RUN_ONLY_AT` at those values)."""
+    cls = type(section)
+    at = dict(cls.RUN_ONLY_AT)
+    return {k: v for k, v in to_dict(section).items()
+            if k not in cls.RUN_ONLY and not (k in at and v == at[k])}
 
 
 def data_config(d: Mapping[str, Any]) -> DataConfig:

@@ -32,8 +32,8 @@ from pipeline.config import DataConfig, EvaluateConfig, TrackingConfig
 from pipeline.distributed import setup_runtime
 from pipeline.model import load_model
 from pipeline.seq2seq import encode_pairs, pad_batch, reference_ce
-from pipeline.tokenizer import load_tokenizer
 from pipeline.typed import Spec
+from pipeline.vocab import load_tokenizer
 
 log = logging.getLogger(__name__)
 TEST_SEED = 20_240_207

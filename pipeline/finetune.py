@@ -41,26 +41,27 @@ from pipeline.distributed import (
 )
 from pipeline.model import ModelPreset, Seq2SeqLoss, load_model
 from pipeline.precision import ProbeShape
-from pipeline.pretrain import checkpoint_for
 from pipeline.seq2seq import EncodedPool, collate, encode_pairs, reference_ce
-from pipeline.tokenizer import load_tokenizer
 from pipeline.tracking import make_tracker
 from pipeline.training import (
     Preempted,
     capture_rng,
+    checkpoint_for,
     checkpoint_meta,
     latest_checkpoint,
+    learning_rate,
     load_training_checkpoint,
-    lr_lambda,
     make_optimizer,
     restore_rng,
     retain,
     save_checkpoint,
     save_training_checkpoint,
     seed_all,
+    set_lr,
     step_dir,
 )
 from pipeline.typed import Spec, to_dict
+from pipeline.vocab import load_tokenizer
 
 log = logging.getLogger(__name__)
 SUBSET_SALT = 104_729  # the nested-subset permutation depends on the seed only, never on Df
@@ -181,8 +182,6 @@ def run(task) -> None:
     else:  # the same loss, its output layer and cross-entropy fused (DDP wraps it whole)
         train_loss = wrap_model(Seq2SeqLoss(model), rt, mode, T5Block, cfg.activation_checkpointing)
     opt = make_optimizer(train_loss.parameters(), "adamw", spec.lr, (0.9, 0.999), cfg.weight_decay)
-    # Set from the step each time (no scheduler state): a resumed cell continues the same curve.
-    lr_at = lr_lambda(cfg.schedule, cfg.warmup_steps, max_steps)
     st: dict[str, Any] = {"step": 0, "best_val": math.inf, "best_step": 0, "bad_evals": 0, "curve": []}
     if resume is not None:
         state = load_training_checkpoint(resume, train_loss, opt)
@@ -223,14 +222,10 @@ def run(task) -> None:
                 if epoch not in batches:
                     batches.clear()
                     batches[epoch] = epoch_batches(lengths, B, spec.seed, epoch)
-                sel = batches[epoch][k]
-                for g in opt.param_groups:
-                    g["lr"] = spec.lr * lr_at(st["step"])
-                loss = _accumulate(train_loss, rt, sel, tr_src, tr_tgt, pad, cfg.micro_batch_tokens)
-                if cfg.grad_clip:
-                    clip_grad_norm(train_loss, cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                # The rate set from the step (no scheduler state): a resumed cell continues the same curve.
+                lr = learning_rate(st["step"], spec.lr, cfg.schedule, cfg.warmup_steps, max_steps)
+                loss = train_step(train_loss, rt, opt, lr, batches[epoch][k], tr_src, tr_tgt, pad,
+                                  cfg.micro_batch_tokens, cfg.grad_clip)
                 st["step"] += 1
                 bar.update(1)
                 stop_signal, = agree(rt, stop.signal or 0)  # one rank's signal stops them all, at the same step
@@ -268,6 +263,20 @@ def run(task) -> None:
         "dtype": rt.dtype, "precision": rt.precision.get("rule"), "pretrain_dtype": _trained_in(ckpt)})
     log.info("%s: best validation CE %.4f at step %d of %d (%s)", task.name, st["best_val"], st["best_step"],
              st["step"], stopped)
+
+
+def train_step(train_loss, rt: Runtime, opt: torch.optim.Optimizer, lr: float, sel: np.ndarray,
+               src: list[list[int]], tgt: list[list[int]], pad: int, micro_batch_tokens: int | None,
+               grad_clip: float) -> torch.Tensor:
+    """One optimizer step on the pairs `sel` at rate `lr`: forward and backward (`_accumulate`), clipping, update.
+    Every finetuning cell trains with it, and so does scripts/desk_search.py. Returns the step's loss."""
+    set_lr(opt, lr)
+    loss = _accumulate(train_loss, rt, sel, src, tgt, pad, micro_batch_tokens)
+    if grad_clip:
+        clip_grad_norm(train_loss, grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
 
 
 def _accumulate(train_loss, rt: Runtime, sel: np.ndarray, src: list[list[int]], tgt: list[list[int]], pad: int,

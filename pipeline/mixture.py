@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import ConfigError
+from pipeline.streams import open_stream
 from pipeline.study import Mixture
-from pipeline.tokens import open_stream
 
 
 class DataExhausted(RuntimeError):

@@ -13,7 +13,9 @@ compute, and raises ConfigError (one line, exit 2).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,10 @@ from pipeline.artifacts import (
     stage_dir,
 )
 from pipeline.budget import CHARS_PER_TOKEN
-from pipeline.config import Config, ConfigError, to_dict
+from pipeline.config import Config, ConfigError, identity, to_dict
 from pipeline.results import Cell, ReadSpec, Scale
 from pipeline.stages import LEVELS, READ_STAGES
-from pipeline.study import Mixture
+from pipeline.study import Mixture, TaskSpec
 from pipeline.typed import Spec
 
 
@@ -92,17 +94,6 @@ def load_plan(path: Path) -> Plan:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _pretrain_identity(cfg: Config) -> dict[str, Any]:
-    """What defines a pretraining run: not its length (the schedule does not depend on it, so a longer
-    ladder resumes the same run), not how it is split over processes or logged."""
-    d = to_dict(cfg.pretrain)
-    # max_epochs is a limit like the ladder: the data of a step does not depend on it (pipeline.mixture)
-    for k in ("dp_ladder", "micro_batch_size", "distributed", "log_every", "checkpoint_minutes", "compile",
-              "activation_checkpointing", "max_epochs"):
-        d.pop(k)
-    return d
-
-
 def seeds_at(cfg: Config, df: int) -> tuple[int, ...]:
     """The finetuning seeds of a Df: all of them, or past `seeds_df_max` the first only (seed variance is
     measured where it is largest and cheapest, at the small Df)."""
@@ -123,16 +114,6 @@ def searched_lr(cells: dict[float, Task]) -> tuple[float, ...]:
         return ()
     ce = {lr: read_json(Path(t.dir) / "finetune.json")["best_val_ce"] for lr, t in cells.items()}
     return (min(ce, key=lambda lr: (ce[lr], list(ce).index(lr))),)
-
-
-def _finetune_identity(cfg: Config) -> dict[str, Any]:
-    d = to_dict(cfg.finetune)
-    for k in ("df_ladder", "seeds", "methods", "lrs", "seeds_df_max", "distributed", "activation_checkpointing",
-              "micro_batch_tokens", "lr_search"):
-        d.pop(k)
-    if d["dtype"] == "auto":  # what auto chose is not the cell's identity (it depends on the processor)
-        d.pop("dtype")
-    return d
 
 
 def precision_record(cfg: Config) -> Path:
@@ -183,71 +164,148 @@ def record_precision(cfg: Config, plan: Plan) -> None:
 
 
 def build_plan(cfg: Config, source: Any) -> Plan:
-    """Expand the sweep into tasks. `source` is a pipeline.sources.Source (for identity and sizes)."""
-    from pipeline.collect import CollectSpec
-    from pipeline.evaluate import EvaluateSpec
-    from pipeline.finetune import FinetuneSpec, Rung
-    from pipeline.mixture import mixture_counts
-    from pipeline.pretrain import InitSpec, PretrainSpec
+    """Expand the sweep into tasks, one builder per stage in pipeline order. `source` is a pipeline.sources.Source
+    (for identity and sizes)."""
     from pipeline.span_corruption import compute_lengths
-    from pipeline.tokenizer import TokenizerSpec
-    from pipeline.tokens import TokensSpec
 
-    art = cfg.paths.artifacts
-    tasks: dict[str, Task] = {}
-    cache = str(cfg.paths.cache)
-
-    def add(stage: str, name: str, deps: list[Task], spec: Spec) -> Task:
-        """A task named by the hash of its spec's identity slice and its inputs' hashes."""
-        d = stage_dir(art, stage, name, spec.config, [dir_hash(Path(x.dir)) for x in deps])
-        t = Task(id=f"{stage}/{d.name}", stage=stage, name=name, dir=str(d), deps=tuple(x.id for x in deps),
-                 spec=spec.to_dict())
-        tasks.setdefault(t.id, t)
-        return tasks[t.id]
-
-    data_id = source.identity()
-    # The vocabulary is learnt from the languages the study reads (its mixtures and its tasks' two sides)
-    tok_slice = {"tokenizer": to_dict(cfg.tokenizer), "data": data_id, "languages": cfg.sweep.languages()}
-    tok = add("tokenizer", f"tok-{cfg.tokenizer.algorithm}{cfg.tokenizer.vocab_size}", [],
-              TokenizerSpec(config=tok_slice, data=cfg.data, cache=cache))
-    tok_dir = str(Path(tok.dir) / "tokenizer")
-
-    raw_len, targets_len = compute_lengths(cfg.pretrain.inputs_length, cfg.pretrain.noise_density,
-                                           cfg.pretrain.mean_noise_span_length)
-    tokens_per_step = cfg.pretrain.batch_size * raw_len
-
-    def steps_for(dp: int) -> int:
-        return math.ceil(dp / tokens_per_step)
-
-    # Languages whose text is tokenized: every mixture's languages and every task's (for upstream losses).
-    langs = cfg.sweep.languages()
-    needed = {lang: 0 for lang in langs}  # tokens each language must supply without repetition
-    ladders: dict[tuple, tuple[int, ...]] = {}
-    for t in cfg.sweep.tasks:
-        ladder = tuple(d for d in cfg.pretrain.dp_ladder if t.dp_max is None or d <= t.dp_max)
-        if not ladder:
-            raise ConfigError(f"sweep.tasks.{t.pair}.dp_max", f"{t.dp_max} is below the smallest rung {cfg.pretrain.dp_ladder[0]}")
-        for m in t.mixtures:
-            key = m.weights
-            ladders[key] = tuple(sorted(set(ladders.get(key, ())) | set(ladder)))
-    for m in cfg.sweep.mixtures():
-        counts = mixture_counts(m, cfg.pretrain.batch_size)
-        top = steps_for(max(ladders[m.weights]))
-        for lang, n in counts.items():
-            needed[lang] = max(needed[lang], top * n * raw_len)
-    tokens = {}
-    for lang in langs:
-        max_tokens = source_max_tokens(source, needed[lang])
-        tokens[lang] = add("tokens", f"tokens-{lang}", [tok], TokensSpec(
-            config={"lang": lang, "data": data_id, "max_tokens": max_tokens, "seed": cfg.seed},
-            lang=lang, tokenizer_dir=tok_dir, data=cfg.data, cache=cache, max_tokens=max_tokens, seed=cfg.seed,
-            tokens=cfg.tokens))
+    b = _Builder(cfg, source, source.identity(), *compute_lengths(
+        cfg.pretrain.inputs_length, cfg.pretrain.noise_density, cfg.pretrain.mean_noise_span_length))
+    tok = _tokenizer_task(b)
+    ladders = task_ladders(cfg)
+    mix_ladders = mixture_ladders(cfg, ladders)
+    needed = _tokens_needed(b, mix_ladders)
+    tokens = _tokens_tasks(b, tok, needed)
     # Data too small for the sweep: refused before any compute, except by stage=plan, which prints the budget
     # anyway (the paper's scale planned against the offline corpus) and says what running it would meet.
+    problems, epochs = _data_problems(cfg, source, tokens, needed)
+    if problems and cfg.stage != "plan":
+        raise problems[0]
+
+    # The data is fine: now the model code (seconds to import) for parameter counts and FLOPs.
+    from pipeline.model import load_preset
+
+    presets = [load_preset(m.as_dict()) for m in cfg.models]
+    precision = sweep_precision(cfg, presets)
+    inits = _init_tasks(b, presets, tok)
+    pretrains = _pretrain_tasks(b, presets, tok, inits, tokens, mix_ladders, precision["pretrain"])
+    cells, deferred = _cell_tasks(b, _points(b, presets, inits, pretrains, ladders), tok, precision["finetune"])
+    collect = _collect_task(b, cells)
+    ordered = sorted(b.tasks.values(), key=_run_order) + [collect, *_fit_report(cfg, collect.id)]
+
+    langs = cfg.sweep.languages()
+    stored = {lang: stored_tokens(source, lang, tokens[lang], needed[lang]) for lang in langs}
+    summary = _summary(cfg, presets, cfg.tokenizer.vocab_size, b.raw_len, b.targets_len, mix_ladders, needed, langs,
+                       source, cells, deferred)
+    summary["data_problems"] = [str(e) for e in problems]
+    summary["precision"] = precision
+    summary["lr_search"] = cfg.finetune.lr_search
+    summary["lr_deferred"] = len(deferred)
+    summary["pretrain_epochs"] = {lang: round(e, 4) for lang, e in epochs.items()}
+    summary["pretrain_max_epochs"] = cfg.pretrain.max_epochs
+    summary["tokens_stored"] = stored
+    return Plan(sweep=cfg.sweep.name, tasks=ordered, cells=cells, summary=summary)
+
+
+@dataclass
+class _Builder:
+    """What every stage's builder reads (the config, the data source and its identity, the pretraining lengths)
+    and the tasks built so far."""
+
+    cfg: Config
+    source: Any
+    data_id: Any
+    raw_len: int  # raw text tokens per pretraining example, before span corruption
+    targets_len: int
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+    @property
+    def cache(self) -> str:
+        return str(self.cfg.paths.cache)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.pretrain.batch_size * self.raw_len
+
+    def steps_for(self, dp: int) -> int:
+        """Pretraining steps of the checkpoint that stands for Dp."""
+        return math.ceil(dp / self.tokens_per_step)
+
+    def add(self, stage: str, name: str, deps: list[Task], spec: Spec) -> Task:
+        """A task named by the hash of its spec's identity slice and its inputs' hashes (once, however often asked)."""
+        d = stage_dir(self.cfg.paths.artifacts, stage, name, spec.config, [dir_hash(Path(x.dir)) for x in deps])
+        t = Task(id=f"{stage}/{d.name}", stage=stage, name=name, dir=str(d), deps=tuple(x.id for x in deps),
+                 spec=spec.to_dict())
+        return self.tasks.setdefault(t.id, t)
+
+
+def task_ladders(cfg: Config) -> dict[str, tuple[int, ...]]:
+    """Each task's Dp ladder (by pair): the sweep's, capped by the task's dp_max."""
+    out = {}
+    for t in cfg.sweep.tasks:
+        out[t.pair] = tuple(d for d in cfg.pretrain.dp_ladder if t.dp_max is None or d <= t.dp_max)
+        if not out[t.pair]:
+            raise ConfigError(f"sweep.tasks.{t.pair}.dp_max", f"{t.dp_max} is below the smallest rung {cfg.pretrain.dp_ladder[0]}")
+    return out
+
+
+def mixture_ladders(cfg: Config, ladders: dict[str, tuple[int, ...]]) -> dict[tuple, tuple[int, ...]]:
+    """Each mixture's pretraining ladder (by its weights): every rung any of its tasks reads."""
+    out: dict[tuple, tuple[int, ...]] = {}
+    for t in cfg.sweep.tasks:
+        for m in t.mixtures:
+            out[m.weights] = tuple(sorted(set(out.get(m.weights, ())) | set(ladders[t.pair])))
+    return out
+
+
+def _tokenizer_dir(tok: Task) -> str:
+    return str(Path(tok.dir) / "tokenizer")
+
+
+def _tokenizer_task(b: _Builder) -> Task:
+    """The vocabulary, learnt from the languages the study reads (its mixtures' and its tasks' two sides)."""
+    from pipeline.tokenizer import TokenizerSpec
+
+    cfg = b.cfg
+    tok_slice = {"tokenizer": to_dict(cfg.tokenizer), "data": b.data_id, "languages": cfg.sweep.languages()}
+    return b.add("tokenizer", f"tok-{cfg.tokenizer.algorithm}{cfg.tokenizer.vocab_size}", [],
+                 TokenizerSpec(config=tok_slice, data=cfg.data, cache=b.cache))
+
+
+def _tokens_needed(b: _Builder, mix_ladders: dict[tuple, tuple[int, ...]]) -> dict[str, int]:
+    """Tokens each language must supply without repetition: the most any mixture's run reads of it."""
+    from pipeline.mixture import mixture_counts
+
+    cfg = b.cfg
+    needed = {lang: 0 for lang in cfg.sweep.languages()}
+    for m in cfg.sweep.mixtures():
+        top = b.steps_for(max(mix_ladders[m.weights]))
+        for lang, n in mixture_counts(m, cfg.pretrain.batch_size).items():
+            needed[lang] = max(needed[lang], top * n * b.raw_len)
+    return needed
+
+
+def _tokens_tasks(b: _Builder, tok: Task, needed: dict[str, int]) -> dict[str, Task]:
+    """One token stream per language the study reads: every mixture's, and every task's (for upstream losses)."""
+    from pipeline.tokens import TokensSpec
+
+    cfg, out = b.cfg, {}
+    for lang in cfg.sweep.languages():
+        max_tokens = source_max_tokens(b.source, needed[lang])
+        out[lang] = b.add("tokens", f"tokens-{lang}", [tok], TokensSpec(
+            config={"lang": lang, "data": b.data_id, "max_tokens": max_tokens, "seed": cfg.seed},
+            lang=lang, tokenizer_dir=_tokenizer_dir(tok), data=cfg.data, cache=b.cache, max_tokens=max_tokens,
+            seed=cfg.seed, tokens=cfg.tokens))
+    return out
+
+
+def _data_problems(cfg: Config, source: Any, tokens: dict[str, Task],
+                   needed: dict[str, int]) -> tuple[list[ConfigError], dict[str, float]]:
+    """What the data cannot give the sweep (too little text for the ladder, a Df larger than a pair's pool), and
+    the passes over each language's unique text the ladder makes."""
     problems: list[ConfigError] = []
-    epochs: dict[str, float] = {}  # passes over each language's unique text the ladder makes
+    epochs: dict[str, float] = {}
     max_epochs = cfg.pretrain.max_epochs
-    for lang in langs:
+    for lang in cfg.sweep.languages():
         unique, exact = unique_tokens(source, lang, tokens[lang])
         if unique:
             epochs[lang] = needed[lang] / unique
@@ -270,106 +328,154 @@ def build_plan(cfg: Config, source: Any) -> Plan:
             problems.append(ConfigError(
                 "finetune.df_ladder",
                 f"Df {cfg.finetune.df_ladder[-1]:,} is larger than the {pool:,} training pairs of {t.pair}"))
-    if problems and cfg.stage != "plan":
-        raise problems[0]
+    return problems, epochs
 
-    # The data is fine: now the model code (seconds to import) for parameter counts and FLOPs.
-    from pipeline.model import load_preset
 
-    presets = [load_preset(m.as_dict()) for m in cfg.models]
+def _init_tasks(b: _Builder, presets: list, tok: Task) -> dict[str, Task]:
+    """The random initialisation of each model: the Dp = 0 baseline and every pretraining run's start."""
+    from pipeline.pretrain import InitSpec
 
-    vocab = cfg.tokenizer.vocab_size
-    precision = sweep_precision(cfg, presets)
-    inits, pretrains = {}, {}
-    pt_id = _pretrain_identity(cfg)
+    seed = b.cfg.seed
+    return {p.name: b.add("init", f"init-{p.name}", [tok], InitSpec(
+        config={"model": dataclasses.asdict(p), "seed": seed}, model=p, seed=seed, tokenizer_dir=_tokenizer_dir(tok)))
+        for p in presets}
+
+
+def _pretrain_tasks(b: _Builder, presets: list, tok: Task, inits: dict[str, Task], tokens: dict[str, Task],
+                    mix_ladders: dict[tuple, tuple[int, ...]], dtype: str) -> dict[tuple, Task]:
+    """One pretraining run per (mixture, model), keyed so; its identity leaves out the ladder and how it runs
+    (PretrainConfig.RUN_ONLY), so a longer ladder resumes the same run."""
+    from pipeline.pretrain import PretrainSpec
+
+    cfg, out = b.cfg, {}
+    pt_id = identity(cfg.pretrain)
     for preset in presets:
         p = dataclasses.asdict(preset)
-        inits[preset.name] = add("init", f"init-{preset.name}", [tok], InitSpec(
-            config={"model": p, "seed": cfg.seed}, model=preset, seed=cfg.seed, tokenizer_dir=tok_dir))
         for m in cfg.sweep.mixtures():
-            val_langs = sorted(set(m.languages) | {lang for t in cfg.sweep.tasks if m in t.mixtures for lang in (t.tgt,)})
-            deps = [tok, inits[preset.name]] + [tokens[lang] for lang in sorted(set(m.languages) | set(val_langs))]
-            pretrains[(m.weights, preset.name)] = add("pretrain", f"pt-{m.name}-{preset.name}", deps, PretrainSpec(
-                config={"model": p, "mixture": m.key(), "pretrain": pt_id, "seed": cfg.seed},
-                model=preset, mixture=m.key(), mixture_name=m.name, pretrain=cfg.pretrain,
-                dp_ladder=ladders[m.weights], seed=cfg.seed, tokenizer_dir=tok_dir, init_dir=inits[preset.name].dir,
-                tracking=cfg.tracking,
-                tokens_dirs={lang: tokens[lang].dir for lang in sorted(set(m.languages) | set(val_langs))},
-                raw_length=raw_len, targets_length=targets_len, dtype=precision["pretrain"]))
+            # its streams: the mixture's languages, and its tasks' targets (held-out losses)
+            langs = sorted(set(m.languages) | {t.tgt for t in cfg.sweep.tasks if m in t.mixtures})
+            out[(m.weights, preset.name)] = b.add(
+                "pretrain", f"pt-{m.name}-{preset.name}", [tok, inits[preset.name], *(tokens[x] for x in langs)],
+                PretrainSpec(
+                    config={"model": p, "mixture": m.key(), "pretrain": pt_id, "seed": cfg.seed},
+                    model=preset, mixture=m.key(), mixture_name=m.name, pretrain=cfg.pretrain,
+                    dp_ladder=mix_ladders[m.weights], seed=cfg.seed, tokenizer_dir=_tokenizer_dir(tok),
+                    init_dir=inits[preset.name].dir, tracking=cfg.tracking,
+                    tokens_dirs={x: tokens[x].dir for x in langs}, raw_length=b.raw_len,
+                    targets_length=b.targets_len, dtype=dtype))
+    return out
 
-    ft_id = _finetune_identity(cfg)
-    cells: list[Cell] = []
-    searched: dict[tuple, dict[float, Task]] = {}  # (pair, model, rung, Df, method) -> the first seed's cell per rate
-    deferred: list[int] = []  # Df of each finetuning run waiting for the first seed's search (lr_search=first_seed)
-    for t in cfg.sweep.tasks:
+
+@dataclass(frozen=True)
+class _Point:
+    """A cell of the grid before its learning rate: (task, model, rung, Df, seed, method)."""
+
+    task: TaskSpec
+    preset: Any  # pipeline.model.ModelPreset
+    mixture: Mixture | None  # None: the Dp = 0 baseline, which belongs to every mixture of its task
+    dp: int
+    parent: Task  # the init or pretraining task whose checkpoint the cell starts from
+    steps: int  # that checkpoint's pretraining steps (0: the init)
+    df: int
+    seed: int
+    method: str
+
+    @property
+    def name(self) -> str:
+        t = self.task
+        return (f"ft-{t.pair}-{self.mixture.name if self.mixture else 'init'}-{self.preset.name}-dp{self.dp}"
+                f"-df{self.df}-s{self.seed}-{self.method}")
+
+    @property
+    def search(self) -> tuple:
+        """What the first seed's rate search is shared over (lr_search=first_seed)."""
+        return (self.task.pair, self.preset.name, self.parent.id, self.dp, self.df, self.method)
+
+    def rows(self, lr: float, tokens_per_step: int, finetune_id: str = "", evaluate_id: str = "",
+             lr_from: int | None = None) -> list[Cell]:
+        """The results table's rows of the cell: one per mixture it stands for."""
+        t = self.task
+        return [Cell(task=t.pair, src=t.src, tgt=t.tgt, mixture=mix.name, alignment=round(mix.alignment(t.src, t.tgt), 6),
+                     model=self.preset.name, dp_rung=self.dp, dp_tokens=self.steps * tokens_per_step,
+                     pretrain_steps=self.steps, df=self.df, seed=self.seed, method=self.method, lr=lr,
+                     finetune_id=finetune_id, evaluate_id=evaluate_id, lr_from=lr_from)
+                for mix in ([self.mixture] if self.mixture else t.mixtures)]
+
+
+def _points(b: _Builder, presets: list, inits: dict[str, Task], pretrains: dict[tuple, Task],
+            ladders: dict[str, tuple[int, ...]]) -> Iterator[_Point]:
+    """Every cell of the sweep but its rate, in the results table's order: per task and model, the baseline and
+    each mixture's rungs, each over the (Df, seed, method) grid."""
+    ft = b.cfg.finetune
+    grid = [(df, seed, method) for df in ft.df_ladder for seed in seeds_at(b.cfg, df) for method in ft.methods]
+    for t in b.cfg.sweep.tasks:
         for preset in presets:
-            rungs: list[tuple[Mixture | None, int, Task]] = [(None, 0, inits[preset.name])]
-            ladder = tuple(d for d in cfg.pretrain.dp_ladder if t.dp_max is None or d <= t.dp_max)
-            for m in t.mixtures:
-                rungs += [(m, dp, pretrains[(m.weights, preset.name)]) for dp in ladder]
-            for m, dp, parent in rungs:
-                steps = steps_for(dp) if dp else 0
-                rung = Rung(parent_dir=parent.dir, dp_rung=dp, steps=steps)
-                for df in cfg.finetune.df_ladder:
-                    for seed in seeds_at(cfg, df):
-                        for method in cfg.finetune.methods:
-                            key = (t.pair, preset.name, parent.id, dp, df, method)
-                            lrs, lr_from = cfg.finetune.lrs, None
-                            if reuse_lr(cfg, seed):
-                                lr_from = cfg.finetune.seeds[0]
-                                lrs = searched_lr(searched[key])
-                                if not lrs:
-                                    deferred.append(df)
-                                    for mix in ([m] if m else list(t.mixtures)):
-                                        cells.append(Cell(
-                                            task=t.pair, src=t.src, tgt=t.tgt, mixture=mix.name,
-                                            alignment=round(mix.alignment(t.src, t.tgt), 6), model=preset.name,
-                                            dp_rung=dp, dp_tokens=steps * tokens_per_step, pretrain_steps=steps,
-                                            df=df, seed=seed, method=method, lr=math.nan, finetune_id="",
-                                            evaluate_id="", lr_from=lr_from))
-                            for lr in lrs:
-                                cell_name = f"ft-{t.pair}-{m.name if m else 'init'}-{preset.name}-dp{dp}-df{df}-s{seed}-{method}"
-                                ft = add("finetune", cell_name, [parent], FinetuneSpec(
-                                    config={"finetune": ft_id, "pair": t.pair,
-                                            "checkpoint": {"dp_rung": dp, "steps": steps}, "df": df, "seed": seed,
-                                            "method": method, "lr": lr, "data": data_id},
-                                    finetune=cfg.finetune, pair=t.pair, src=t.src, tgt=t.tgt, checkpoint=rung, df=df,
-                                    seed=seed, method=method, lr=lr, model=preset, data=cfg.data, cache=cache,
-                                    tokenizer_dir=tok_dir, tracking=cfg.tracking, dtype=precision["finetune"]))
-                                if seed == cfg.finetune.seeds[0]:
-                                    searched.setdefault(key, {})[lr] = ft
-                                ev = add("evaluate", cell_name.replace("ft-", "ev-", 1), [ft], EvaluateSpec(
-                                    config={"evaluate": to_dict(cfg.evaluate), "pair": t.pair, "data": data_id},
-                                    evaluate=cfg.evaluate, pair=t.pair, src=t.src, tgt=t.tgt, finetune_dir=ft.dir,
-                                    task_prefix=cfg.finetune.task_prefix,
-                                    max_source_length=cfg.finetune.max_source_length, data=cfg.data, cache=cache,
-                                    tracking=cfg.tracking))
-                                for mix in ([m] if m else list(t.mixtures)):  # the baseline belongs to every mixture
-                                    cells.append(Cell(
-                                        task=t.pair, src=t.src, tgt=t.tgt, mixture=mix.name,
-                                        alignment=round(mix.alignment(t.src, t.tgt), 6), model=preset.name,
-                                        dp_rung=dp, dp_tokens=steps * tokens_per_step, pretrain_steps=steps, df=df,
-                                        seed=seed, method=method, lr=lr, finetune_id=ft.id, evaluate_id=ev.id,
-                                        lr_from=lr_from))
+            rungs = [(None, 0, inits[preset.name])] + [
+                (m, dp, pretrains[(m.weights, preset.name)]) for m in t.mixtures for dp in ladders[t.pair]]
+            for (m, dp, parent), (df, seed, method) in itertools.product(rungs, grid):
+                yield _Point(t, preset, m, dp, parent, b.steps_for(dp) if dp else 0, df, seed, method)
 
-    evals = [x for x in tasks.values() if x.stage == "evaluate"]
-    collect = Task(id=f"collect/{cfg.sweep.name}", stage="collect", name=f"collect-{cfg.sweep.name}",
-                   dir=str(cfg.paths.reports / cfg.sweep.name), deps=tuple(e.id for e in evals),
-                   spec=CollectSpec(**vars(_read_spec(cfg)), cells=tuple(cells),
-                                    dirs={x.id: x.dir for x in tasks.values() if x.stage in ("finetune", "evaluate")}
-                                    ).to_dict())
-    ordered = sorted(tasks.values(), key=_run_order) + [collect, *_fit_report(cfg, collect.id)]
 
-    stored = {lang: stored_tokens(source, lang, tokens[lang], needed[lang]) for lang in langs}
-    summary = _summary(cfg, presets, vocab, raw_len, targets_len, ladders, needed, langs, source, cells, deferred)
-    summary["data_problems"] = [str(e) for e in problems]
-    summary["precision"] = precision
-    summary["lr_search"] = cfg.finetune.lr_search
-    summary["lr_deferred"] = len(deferred)
-    summary["pretrain_epochs"] = {lang: round(e, 4) for lang, e in epochs.items()}
-    summary["pretrain_max_epochs"] = max_epochs
-    summary["tokens_stored"] = stored
-    return Plan(sweep=cfg.sweep.name, tasks=ordered, cells=cells, summary=summary)
+def _cell_tasks(b: _Builder, points: Iterable[_Point], tok: Task, dtype: str) -> tuple[list[Cell], list[int]]:
+    """Each cell's finetuning and evaluation tasks, one per rate of the grid (or, with lr_search=first_seed, the
+    other seeds' at the rate the first seed's cells chose, once they are finished). Returns the table's cells
+    and the Df of each finetuning run still waiting for that choice."""
+    ft = b.cfg.finetune
+    cells: list[Cell] = []
+    deferred: list[int] = []
+    searched: dict[tuple, dict[float, Task]] = {}  # Point.search -> the first seed's finetuning task per rate
+    for pt in points:
+        lrs, lr_from = ft.lrs, None
+        if reuse_lr(b.cfg, pt.seed):
+            lr_from = ft.seeds[0]
+            lrs = searched_lr(searched[pt.search])
+            if not lrs:
+                deferred.append(pt.df)
+                cells += pt.rows(math.nan, b.tokens_per_step, lr_from=lr_from)
+        for lr in lrs:
+            f = _finetune_task(b, pt, lr, tok, dtype)
+            if pt.seed == ft.seeds[0]:
+                searched.setdefault(pt.search, {})[lr] = f
+            e = _evaluate_task(b, pt, f)
+            cells += pt.rows(lr, b.tokens_per_step, f.id, e.id, lr_from)
+    return cells, deferred
+
+
+def _finetune_task(b: _Builder, pt: _Point, lr: float, tok: Task, dtype: str) -> Task:
+    """A cell's finetuning run; its identity leaves out the grids and how it runs (FinetuneConfig.RUN_ONLY)."""
+    from pipeline.finetune import FinetuneSpec, Rung
+
+    cfg, t = b.cfg, pt.task
+    return b.add("finetune", pt.name, [pt.parent], FinetuneSpec(
+        config={"finetune": identity(cfg.finetune), "pair": t.pair, "checkpoint": {"dp_rung": pt.dp, "steps": pt.steps},
+                "df": pt.df, "seed": pt.seed, "method": pt.method, "lr": lr, "data": b.data_id},
+        finetune=cfg.finetune, pair=t.pair, src=t.src, tgt=t.tgt,
+        checkpoint=Rung(parent_dir=pt.parent.dir, dp_rung=pt.dp, steps=pt.steps), df=pt.df, seed=pt.seed,
+        method=pt.method, lr=lr, model=pt.preset, data=cfg.data, cache=b.cache, tokenizer_dir=_tokenizer_dir(tok),
+        tracking=cfg.tracking, dtype=dtype))
+
+
+def _evaluate_task(b: _Builder, pt: _Point, finetune: Task) -> Task:
+    """The evaluation of a finetuned cell on the pair's test splits."""
+    from pipeline.evaluate import EvaluateSpec
+
+    cfg, t = b.cfg, pt.task
+    return b.add("evaluate", finetune.name.replace("ft-", "ev-", 1), [finetune], EvaluateSpec(
+        config={"evaluate": to_dict(cfg.evaluate), "pair": t.pair, "data": b.data_id},
+        evaluate=cfg.evaluate, pair=t.pair, src=t.src, tgt=t.tgt, finetune_dir=finetune.dir,
+        task_prefix=cfg.finetune.task_prefix, max_source_length=cfg.finetune.max_source_length, data=cfg.data,
+        cache=b.cache, tracking=cfg.tracking))
+
+
+def _collect_task(b: _Builder, cells: list[Cell]) -> Task:
+    """The sweep's results table, from every evaluation (no hash identity: it always reruns)."""
+    from pipeline.collect import CollectSpec
+
+    cfg, tasks = b.cfg, b.tasks.values()
+    return Task(id=f"collect/{cfg.sweep.name}", stage="collect", name=f"collect-{cfg.sweep.name}",
+                dir=str(cfg.paths.reports / cfg.sweep.name), deps=tuple(x.id for x in tasks if x.stage == "evaluate"),
+                spec=CollectSpec(**vars(_read_spec(cfg)), cells=tuple(cells),
+                                 dirs={x.id: x.dir for x in tasks if x.stage in ("finetune", "evaluate")}).to_dict())
 
 
 def _run_order(task: Task) -> tuple:

@@ -3,7 +3,8 @@ packed sequences, a checkpoint each time the Dp ladder is crossed.
 
 Resuming after any kill gives the same weights and loss curve as an uninterrupted run: the batch of a step
 is a pure function of the step (pipeline.mixture), the span-corruption masks of (seed, example index),
-and the optimizer, scheduler and RNG states are restored from the newest intact checkpoint.
+the learning rate of the step (`training.learning_rate`), and the optimizer and RNG states are restored from
+the newest intact checkpoint.
 """
 
 from __future__ import annotations
@@ -46,39 +47,32 @@ from pipeline.model import (
 )
 from pipeline.precision import ProbeShape, resolve_compile
 from pipeline.span_corruption import corrupt_batch
+from pipeline.streams import open_stream
 from pipeline.study import Mixture
-from pipeline.tokenizer import load_tokenizer, sentinel_ids
-from pipeline.tokens import open_stream
 from pipeline.tracking import make_tracker
 from pipeline.training import (
     Preempted,
     capture_rng,
     checkpoint_meta,
+    init_path,
     latest_checkpoint,
+    learning_rate,
     load_training_checkpoint,
     make_optimizer,
-    make_schedule,
     peak_flops,
     restore_rng,
     retain,
     save_checkpoint,
     save_training_checkpoint,
     seed_all,
+    set_lr,
     step_dir,
 )
 from pipeline.typed import Spec, to_dict
+from pipeline.vocab import load_tokenizer, sentinel_ids
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1_000_003  # masks of the held-out sequences: fixed, so every rung is scored on the same inputs
-
-
-def init_path(init_dir: str | Path) -> Path:
-    return Path(init_dir) / "model"
-
-
-def checkpoint_for(parent_dir: str | Path, steps: int) -> Path:
-    """Where the checkpoint a finetuning cell starts from lives: the init (Dp = 0) or a rung of a run."""
-    return init_path(parent_dir) if steps == 0 else step_dir(Path(parent_dir) / "checkpoints", steps)
 
 
 # -------------------------------------------------------------------------------------------- init
@@ -215,15 +209,18 @@ def run(task) -> None:
         log.info("pretrain %s: data-parallel over %d processes (%s, %s), %d of the %d rows of a step each", task.name,
                  rt.world, mode, torch.distributed.get_backend(), per_rank, B)
     opt = make_optimizer(dmodel.parameters(), cfg.optimizer, cfg.lr, cfg.betas, cfg.weight_decay)
-    sched = make_schedule(opt, cfg.schedule, cfg.warmup_steps)
+
+    def lr_at(step: int) -> float:
+        return learning_rate(step, cfg.lr, cfg.schedule, cfg.warmup_steps)
+
     step, history = 0, {}
     # The loss logged every `log_every` steps is the mean over the window since the last log; a resume
     # inside a window restores its partial sum, so the curve equals an uninterrupted run's.
     running = torch.zeros((), device=rt.device)
     n_run = 0
     if resume is not None:
+        # The rate is the step's (a checkpoint of older code also holds a LambdaLR's state: not needed)
         state = load_training_checkpoint(resume, dmodel, opt)
-        sched.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
         step = state["step"]
         history = state.get("rungs", {})
@@ -248,8 +245,7 @@ def run(task) -> None:
         if rt.world > 1:  # the log window's partial loss, averaged over ranks: a resume on any number continues it
             torch.distributed.all_reduce(running)
             running.div_(rt.world)
-        state = {"step": step, "scheduler": sched.state_dict(),
-                 "rng": capture_rng(), "rungs": history, "dp_tokens": step * tokens_per_step,
+        state = {"step": step, "rng": capture_rng(), "rungs": history, "dp_tokens": step * tokens_per_step,
                  "running_loss": running.detach().cpu().clone(), "running_steps": n_run}
         meta = {"step": step, "dp_tokens": step * tokens_per_step, "dp_rung": rung, "mixture": spec.mixture,
                 "model": preset.name, "rung": rung is not None, "upstream": history.get(str(rung)) if rung else None,
@@ -272,6 +268,7 @@ def run(task) -> None:
                 ids = torch.as_tensor(b["input_ids"]).to(rt.device, non_blocking=True)
                 labels = torch.as_tensor(b["labels"]).to(rt.device, non_blocking=True)
                 n_micro = per_rank // micro
+                set_lr(opt, lr_at(step))
                 for i in range(n_micro):
                     sl = slice(i * micro, (i + 1) * micro)
                     with no_sync(dmodel, i < n_micro - 1), rt.autocast():
@@ -283,7 +280,6 @@ def run(task) -> None:
                 if cfg.grad_clip:
                     clip_grad_norm(dmodel, cfg.grad_clip)
                 opt.step()
-                sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 n_run += 1
@@ -295,7 +291,8 @@ def run(task) -> None:
                     dt = time.perf_counter() - t_run
                     loss_v = running.item() / n_run
                     ex_s = n_run * B / dt
-                    row = {"loss": loss_v, "dp_tokens": step * tokens_per_step, "lr": sched.get_last_lr()[0],
+                    # `lr`: the next step's rate, as logged since the schedule was a LambdaLR (its last_lr)
+                    row = {"loss": loss_v, "dp_tokens": step * tokens_per_step, "lr": lr_at(step),
                            "tokens_per_s": ex_s * (cfg.inputs_length + targets_len), "raw_tokens_per_s": ex_s * raw_len}
                     if peak:
                         row["mfu"] = ex_s * flops / (peak * rt.world)

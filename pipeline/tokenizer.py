@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.artifacts import atomic_dir, atomic_write_json
 from pipeline.config import DataConfig, TokenizerConfig
 from pipeline.typed import Spec, from_dict
@@ -93,17 +91,6 @@ def canonical_unigram(tok):
     rest = [[p, round(sc, SCORE_DECIMALS)] for p, sc in rest]
     spec["model"]["vocab"] = head + sorted(rest, key=lambda ps: (-ps[1], ps[0]))
     return Tokenizer.from_str(json.dumps(spec))
-
-
-def sentinel_ids(tokenizer, num_sentinels: int = 100) -> np.ndarray:
-    """ids of <extra_id_0>, <extra_id_1>, ... in that order."""
-    return np.array(tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(num_sentinels)]), dtype=np.int64)
-
-
-def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def _interleave(samples: dict[str, list[str]]) -> Iterator[str]:

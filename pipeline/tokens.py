@@ -34,6 +34,7 @@ import numpy as np
 
 from pipeline.artifacts import atomic_write_json, clean_temporaries, read_json
 from pipeline.config import DataConfig, TokensConfig
+from pipeline.streams import token_dtype
 from pipeline.typed import Spec
 
 log = logging.getLogger(__name__)
@@ -42,55 +43,6 @@ SPLITS = ("train", "validation")
 BATCH_DOCS = 512  # documents a tokenizer call, at most
 BATCH_CHARS = 1 << 20  # characters a tokenizer call, at most: its encodings cost ~100 bytes a token while alive
 PREEMPTED = 3  # a worker process's exit status after committing on a signal
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
-
-
-# ------------------------------------------------------------------------------------------ reading
-
-
-class ShardedStream:
-    """A split's shards read as one flat array: `len()` and `[start:stop]` as on a memory map."""
-
-    def __init__(self, directory: Path, dtype: np.dtype):
-        manifest = read_json(Path(directory) / "manifest.json")
-        self.parts = [np.memmap(Path(directory) / s["file"], dtype=dtype, mode="r", shape=(s["tokens"],))
-                      for s in manifest["shards"] if s["tokens"] > 0]
-        self.ends = np.cumsum([len(p) for p in self.parts], dtype=np.int64)
-        self.dtype = np.dtype(dtype)
-
-    def __len__(self) -> int:
-        return int(self.ends[-1]) if len(self.ends) else 0
-
-    def __getitem__(self, key: slice) -> np.ndarray:
-        if not isinstance(key, slice) or key.step not in (None, 1):
-            raise TypeError("a token stream is read by contiguous slices")
-        start, stop, _ = key.indices(len(self))
-        if stop <= start:
-            return np.zeros(0, dtype=self.dtype)
-        out, pos = [], start
-        i = int(np.searchsorted(self.ends, start, side="right"))
-        while pos < stop:
-            begin = int(self.ends[i - 1]) if i else 0
-            take = min(stop, int(self.ends[i])) - pos
-            out.append(self.parts[i][pos - begin: pos - begin + take])
-            pos += take
-            i += 1
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
-
-def open_stream(path: Path, vocab_size: int) -> np.ndarray | ShardedStream:
-    """`<dir>/<split>.bin` of a tokens directory: the sharded stream in `<dir>/<split>/`, or the single file an
-    older version of this stage wrote."""
-    path, dtype = Path(path), token_dtype(vocab_size)
-    sharded = path.with_suffix("")
-    if (sharded / "manifest.json").is_file():
-        return ShardedStream(sharded, dtype)
-    if path.stat().st_size == 0:
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
 
 
 # ------------------------------------------------------------------------------------------ the spec
@@ -284,7 +236,7 @@ def work(spec: TokensSpec, out: Path, split: str, worker: int = 0, workers: int 
     Returns False when stopped by a signal (positions committed)."""
     from pipeline.distributed import StopFlag
     from pipeline.sources import get_source
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.vocab import load_tokenizer
 
     directory = out / split
     if (directory / "manifest.json").is_file():  # finished (its markers are gone): nothing to redo
@@ -419,8 +371,8 @@ def _run_workers(spec: TokensSpec, out: Path, split: str, stop) -> bool:
 def run(task) -> None:
     from pipeline.distributed import StopFlag
     from pipeline.sources import get_source
-    from pipeline.tokenizer import load_tokenizer
     from pipeline.training import Preempted
+    from pipeline.vocab import load_tokenizer
 
     spec: TokensSpec = task.spec
     out = Path(task.dir)

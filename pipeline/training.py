@@ -2,7 +2,7 @@
 schedule, checkpoints that survive being killed, RNG capture, retention.
 
 A checkpoint is a directory that `T5ForConditionalGeneration.from_pretrained(dir)` and
-`AutoTokenizer.from_pretrained(dir)` load, plus `training_state.pt` (scheduler, RNG, step, data position:
+`AutoTokenizer.from_pretrained(dir)` load, plus `training_state.pt` (RNG, step, data position:
 plain data, read with `torch.load(weights_only=True)`), `sharded/` (model and optimizer state written by
 `torch.distributed.checkpoint`, one file per rank, loadable on any number of processes) and, written last,
 `COMPLETE` (sizes and hashes of every file). A directory without a valid `COMPLETE` is never read as a
@@ -121,28 +121,36 @@ def _fused_adamw_supported() -> bool:
     return (major, minor) >= (2, 4)
 
 
-def lr_lambda(kind: str, warmup: int, total: int | None = None):
-    """Linear warmup, then constant, inverse square root, or linear to 0 at step `total`. The first two do not
-    depend on the run's length, so the checkpoint at any step stands for a run of that length (Isik et al.):
-    pretraining uses those; `linear` is for finetuning, whose length is known when it starts."""
-    warmup = max(0, int(warmup))
-    if kind == "linear" and not total:
+SCHEDULES = ("constant", "inverse_sqrt", "linear")  # what learning_rate knows after its warm-up
+
+
+def learning_rate(step: int, lr: float, schedule: str, warmup: int, total: int | None = None) -> float:
+    """The learning rate of optimizer step `step` (0 is the first): a pure function of the step and the
+    schedule's settings, so a resumed run continues the same curve with no scheduler state to save. Linear
+    warmup over `warmup` steps, then `constant`, `inverse_sqrt`, or `linear` to 0 at step `total`. The first two
+    do not depend on the run's length, so the checkpoint at any step stands for a run of that length (Isik et
+    al.): pretraining uses those; `linear` is for finetuning, whose length is known when it starts. Pretraining,
+    finetuning and scripts/desk_search.py all read it."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+    if schedule == "linear" and not total:
         raise ValueError("the linear schedule needs the run's total steps")
+    warmup = max(0, int(warmup))
+    if warmup and step < warmup:
+        factor = (step + 1) / warmup
+    elif schedule == "inverse_sqrt":
+        factor = math.sqrt(max(warmup, 1)) / math.sqrt(max(step, warmup, 1))
+    elif schedule == "linear":
+        factor = max(0.0, (total - step) / max(total - warmup, 1))
+    else:
+        factor = 1.0
+    return lr * factor
 
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "inverse_sqrt":
-            return math.sqrt(max(warmup, 1)) / math.sqrt(max(step, warmup, 1))
-        if kind == "linear":
-            return max(0.0, (total - step) / max(total - warmup, 1))
-        return 1.0
 
-    return f
-
-
-def make_schedule(opt, kind: str, warmup: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(kind, warmup))
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's rate (before `opt.step()`, from `learning_rate` of the step it takes)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
 
 
 # --------------------------------------------------------------------------------------------- RNG
@@ -266,6 +274,18 @@ def latest_checkpoint(root: Path, deep: bool = True) -> Path | None:
 
 def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step-{step:08d}"
+
+
+def init_path(init_dir: str | Path) -> Path:
+    """The init stage's checkpoint (the Dp = 0 baseline and every pretraining run's start) in its directory."""
+    return Path(init_dir) / "model"
+
+
+def checkpoint_for(parent_dir: str | Path, steps: int) -> Path:
+    """Where the checkpoint a finetuning cell starts from lives: the init (Dp = 0) or a rung of a pretraining run
+    (its directory's `checkpoints/step-*`). Here, beside the checkpoint layout, so finetuning reads pretraining's
+    output without importing the pretraining stage."""
+    return init_path(parent_dir) if steps == 0 else step_dir(Path(parent_dir) / "checkpoints", steps)
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def main() -> None:
     from pipeline.seq2seq import encode_pairs, pad_batch
     from pipeline.model import use_fused_kernels
     from pipeline.sources import get_source
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.vocab import load_tokenizer
 
     plan = build_plan(a.overrides, build=a.checkpoint is None)  # a given checkpoint carries its tokenizer
     best, ev = find_or_finetune(plan, a.checkpoint)

@@ -56,8 +56,9 @@ def main() -> int:
     from pipeline.logs import setup_logging
     from pipeline.plan import Task
     from pipeline.sources import get_source
+    from pipeline.streams import open_stream
     from pipeline.tokenizer import sample_lines, train_tokenizer
-    from pipeline.tokens import TokensSpec, open_stream, run
+    from pipeline.tokens import TokensSpec, run
 
     setup_logging()
     data = DataConfig(source="l10n", languages=(a.lang,), pairs=(),

@@ -105,7 +105,7 @@ def run_trainer(task, steps: int, out: Path, dtype: str) -> float:
     from pipeline.mixture import MixtureSampler, mixture_counts
     from pipeline.span_corruption import corrupt_batch
     from pipeline.study import Mixture
-    from pipeline.tokenizer import load_tokenizer, sentinel_ids
+    from pipeline.vocab import load_tokenizer, sentinel_ids
 
     spec, cfg = task.spec, task.spec["pretrain"]
     tok = load_tokenizer(spec["tokenizer_dir"])
@@ -163,7 +163,7 @@ def main() -> None:
     plan = build_plan(a.overrides)
     task = next(t for t in plan.tasks if t.stage == "pretrain")
     spec, cfg = task.spec, task.spec["pretrain"]
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.vocab import load_tokenizer
 
     vocab = len(load_tokenizer(spec["tokenizer_dir"]))
     preset = load_preset(spec["model"])

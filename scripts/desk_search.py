@@ -8,9 +8,12 @@ before a whole study is sized (docs/results-desk.md records every run).
 Scores, at every evaluation, two held-out sets: the corpus's test set (whole unseen packages) and the in-domain
 set carved from the training pool (pipeline.corpus.indomain), each a fixed sample of `--test-size` pairs.
 `python scripts/desk_search.py --table OUT` prints every run in OUT as a markdown table.
-Writes <out>/<name>.jsonl (one line per evaluation) and prints it; <out>/<name>.pt holds the state at the last
-evaluation, so the same command with a larger --minutes continues the run (the same data order). The pipeline's own pieces do the work
-(tokenizer, model, fused loss, batching, greedy decoding, sacreBLEU), so what wins here is what the stages run.
+Writes <out>/<name>.jsonl (one line per evaluation) and prints it; <out>/<name>-state/step-*/ is the finetuning
+stage's resumable checkpoint at the last evaluations, so the same command with a larger --minutes continues the
+run (the same data order; a run an older version saved as <out>/<name>.pt continues from that). The pipeline's own
+pieces do the work (tokenizer, model, fused loss, batching, the finetuning stage's training step
+`finetune.train_step`, the learning rate `training.learning_rate`, the stages' checkpoints, greedy decoding,
+sacreBLEU), so what wins here is what the stages run.
 """
 
 from __future__ import annotations
@@ -27,12 +30,23 @@ import numpy as np
 import torch
 
 from pipeline.corpus.indomain import indomain_split
+from pipeline.distributed import Runtime
 from pipeline.evaluate import TEST_SEED, decode, generate_ids, score
-from pipeline.finetune import epoch_batches, nested_subset
+from pipeline.finetune import epoch_batches, nested_subset, train_step
 from pipeline.model import ModelPreset, Seq2SeqLoss, build_model, count_params, use_fused_kernels
-from pipeline.seq2seq import collate, encode_pairs, pad_batch, reference_ce
+from pipeline.seq2seq import encode_pairs, pad_batch, reference_ce
 from pipeline.tokenizer import sample_lines, train_tokenizer
-from pipeline.training import make_optimizer
+from pipeline.training import (
+    capture_rng,
+    latest_checkpoint,
+    learning_rate,
+    load_training_checkpoint,
+    make_optimizer,
+    restore_rng,
+    retain,
+    save_training_checkpoint,
+    step_dir,
+)
 
 
 def jsonl(path: Path, key: str | None = None) -> list:
@@ -100,7 +114,6 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--schedule", choices=["constant", "inverse_sqrt"], default="inverse_sqrt")
     ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--df", type=int, default=0, help="training pairs (0: the whole in-domain training pool)")
     ap.add_argument("--minutes", type=float, default=30.0, help="CPU-time budget of training (evaluation excluded)")
     ap.add_argument("--eval-minutes", type=float, default=6.0)
@@ -138,26 +151,28 @@ def main() -> None:
     params = count_params(preset, len(tok))
     loss_fn = Seq2SeqLoss(model)
     opt = make_optimizer(model.parameters(), "adamw", args.lr, (0.9, 0.98), 0.0)
-
-    def lr_at(step: int) -> float:
-        w = max(args.warmup, 1)
-        if step < w:
-            return args.lr * (step + 1) / w
-        return args.lr * (math.sqrt(w / (step + 1)) if args.schedule == "inverse_sqrt" else 1.0)
+    rt = Runtime(device=torch.device("cpu"), dtype="fp32")  # one process on the CPU, as the search is timed
 
     lengths = np.array([len(a) + len(b) for a, b in zip(tr_s, tr_t)])
     spe = math.ceil(len(tr_s) / args.batch)
-    log_path, state_path = args.out / f"{args.name}.jsonl", args.out / f"{args.name}.pt"
+    log_path, state_root = args.out / f"{args.name}.jsonl", args.out / f"{args.name}-state"
+    legacy = args.out / f"{args.name}.pt"  # the state an older desk_search kept, before it used the stages' checkpoints
     step, cpu = 0, 0.0
-    if state_path.exists():  # a longer budget for the same name continues the run where it stopped
-        state = torch.load(state_path, weights_only=False)
+    resume = latest_checkpoint(state_root)
+    if resume is not None:  # a longer budget for the same name continues the run where it stopped
+        state = load_training_checkpoint(resume, loss_fn, opt)
+        restore_rng(state["rng"])
+        step, cpu = state["loop"]["step"], state["loop"]["cpu"]
+    elif legacy.exists():  # read once; its next evaluation writes the checkpoint above
+        state = torch.load(legacy, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         torch.set_rng_state(state["rng"])
         step, cpu = state["step"], state["cpu"]
-        print(f"resuming {args.name} at step {step}, {cpu:.1f} CPU minutes", flush=True)
     else:
         log_path.unlink(missing_ok=True)
+    if step:
+        print(f"resuming {args.name} at step {step}, {cpu:.1f} CPU minutes", flush=True)
     header = {"name": args.name, "args": {k: str(v) for k, v in vars(args).items()}, "params": params,
               "train_pairs": len(tr_s), "train_tokens": int(lengths.sum()), "threads": torch.get_num_threads()}
     print(json.dumps(header), flush=True)
@@ -184,10 +199,9 @@ def main() -> None:
         print(json.dumps(rec, ensure_ascii=False), flush=True)
         with open(log_path, "a") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(), "step": step,
-                    "cpu": cpu_min}, tmp)
-        os.replace(tmp, state_path)
+        save_training_checkpoint(rt, step_dir(state_root, step), loss_fn, opt, None,
+                                 {"rng": capture_rng(), "loop": {"step": step, "cpu": cpu_min}}, {"step": step})
+        retain(state_root)
 
     loss_ema, next_eval = float("nan"), (math.floor(cpu / args.eval_minutes) + 1) * args.eval_minutes
     batches: list[np.ndarray] = []
@@ -196,21 +210,8 @@ def main() -> None:
         if k == 0 or not batches:
             batches = epoch_batches(lengths, args.batch, args.seed, epoch)
         t0 = time.process_time()
-        sel = batches[k]
-        b = collate([tr_s[i] for i in sel], [tr_t[i] for i in sel], tok.pad_token_id)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        if args.label_smoothing:
-            out = model(**b)
-            logits = out.logits.flatten(0, 1)
-            loss = torch.nn.functional.cross_entropy(logits, b["labels"].flatten(), ignore_index=-100,
-                                                     label_smoothing=args.label_smoothing)
-        else:
-            loss = loss_fn(**b).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        lr = learning_rate(step, args.lr, args.schedule, args.warmup)
+        loss = train_step(loss_fn, rt, opt, lr, batches[k], tr_s, tr_t, tok.pad_token_id, None, 1.0)
         step += 1
         cpu += (time.process_time() - t0) / 60
         loss_ema = loss.item() if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * loss.item()

@@ -119,3 +119,62 @@ def test_command_line_gives_one_line_and_exit_2_before_writing(tmp_path, args, w
     assert words in lines[0]
     assert "Traceback" not in r.stderr
     assert not art.exists() and not (tmp_path / "reports").exists()
+
+
+# ------------------------------------------------------------------------------------- identities
+
+# The fields of each section that no stage identity holds, as every finished run so far was named: a change
+# here renames every pretraining run or finetuning cell, so a sweep under way would no longer find its work.
+RUN_ONLY = {
+    "pretrain": {"dp_ladder", "micro_batch_size", "distributed", "log_every", "checkpoint_minutes", "compile",
+                 "activation_checkpointing", "max_epochs"},
+    "finetune": {"df_ladder", "seeds", "methods", "lrs", "seeds_df_max", "distributed", "activation_checkpointing",
+                 "micro_batch_tokens", "lr_search"},
+}
+
+
+def _other(v):
+    """A different value of the same kind (validity does not matter: only the identity reads it)."""
+    import dataclasses
+
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, (int, float)):
+        return v * 2 + 1
+    if isinstance(v, str):
+        return v + "-other"
+    if isinstance(v, tuple):
+        return (*v, *v[:1]) if v else (1,)
+    if v is None:
+        return 1
+    f = dataclasses.fields(v)[0].name
+    return dataclasses.replace(v, **{f: _other(getattr(v, f))})
+
+
+@pytest.mark.parametrize("section", sorted(RUN_ONLY))
+def test_an_identity_leaves_out_exactly_the_declared_run_only_fields(section):
+    import dataclasses
+
+    from pipeline.config import identity
+
+    sec = getattr(load_config(compose(["+sweep=en_de"])), section)
+    cls = type(sec)
+    assert RUN_ONLY[section] == cls.RUN_ONLY
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert names >= cls.RUN_ONLY and {k for k, _ in cls.RUN_ONLY_AT} <= names - cls.RUN_ONLY
+    base = identity(sec)
+    for f in names:
+        changed = identity(dataclasses.replace(sec, **{f: _other(getattr(sec, f))}))
+        assert (changed != base) == (f not in cls.RUN_ONLY), f"{section}.{f}"
+
+
+def test_auto_precision_is_left_out_of_a_cell_identity_and_a_forced_one_is_in():
+    import dataclasses
+
+    from pipeline.config import identity
+
+    cfg = load_config(compose(["+sweep=en_de"]))
+    ft = dataclasses.replace(cfg.finetune, dtype="auto")
+    assert "dtype" not in identity(ft)
+    assert identity(dataclasses.replace(ft, dtype="bf16"))["dtype"] == "bf16"
+    assert identity(dataclasses.replace(cfg.pretrain, dtype="auto"))["dtype"] == "auto"  # as pretraining always had it

@@ -70,7 +70,11 @@ def test_the_new_settings_at_their_defaults_leave_every_run_where_it_was(tmp_pat
     """pretrain.max_epochs is a limit (the data of a step does not depend on it) and lr_search says which cells
     run, not how: neither is part of a run's identity, so existing sweeps find their finished work."""
     _, plan = small_plan(tmp_path)
-    _, other = small_plan(tmp_path, extra=["pretrain.max_epochs=3", "finetune.lr_search=first_seed"])
+    # and nothing else declared run-only (config.py's RUN_ONLY) moves a run: how it is logged, checkpointed, held
+    _, other = small_plan(tmp_path, extra=["pretrain.max_epochs=3", "finetune.lr_search=first_seed",
+                                           "pretrain.log_every=3", "pretrain.checkpoint_minutes=7",
+                                           "pretrain.activation_checkpointing=true",
+                                           "finetune.activation_checkpointing=true", "finetune.micro_batch_tokens=4096"])
     assert [t.dir for t in plan.tasks] == [t.dir for t in other.tasks]
     spec = json.loads(json.dumps(next(t for t in plan.tasks if t.stage == "pretrain").spec))
     assert "max_epochs" not in spec["config"]["pretrain"]

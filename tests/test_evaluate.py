@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def stage(tmp_path_factory):
     """The small en-de plan with its tokenizer and random init built (what evaluation needs around it)."""
     from pipeline.task import execute
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.vocab import load_tokenizer
 
     root = tmp_path_factory.mktemp("ev")
     _, plan = small_plan(root)

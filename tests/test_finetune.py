@@ -61,9 +61,9 @@ def data(task):
     from pathlib import Path
 
     from pipeline.config import data_config
-    from pipeline.pretrain import checkpoint_for
     from pipeline.sources import get_source
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.training import checkpoint_for
+    from pipeline.vocab import load_tokenizer
 
     spec = task.spec
     source = get_source(data_config(spec["data"]), Path(spec["cache"]))
@@ -187,7 +187,7 @@ def test_early_stopping_keeps_the_best_validation_model_not_the_last(plan, tmp_p
 
 
 def test_dp0_baseline_starts_from_the_random_init_checkpoint(plan, tmp_path):
-    from pipeline.pretrain import init_path
+    from pipeline.training import init_path
 
     task = baseline_cell(plan, 64)
     init = first(plan, "init")

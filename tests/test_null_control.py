@@ -18,7 +18,7 @@ from test_training import first, max_abs_diff, run_upto, small_plan, weights, wi
 import pipeline.evaluate as evaluate
 import pipeline.finetune as finetune
 import pipeline.pretrain as pretrain
-from pipeline.pretrain import checkpoint_for, init_path
+from pipeline.training import checkpoint_for, init_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -73,7 +73,7 @@ def test_initial_loss_is_log_vocab_on_real_data(built):
     from pipeline.mixture import MixtureSampler, mixture_counts
     from pipeline.span_corruption import corrupt_batch
     from pipeline.study import Mixture
-    from pipeline.tokenizer import load_tokenizer, sentinel_ids
+    from pipeline.vocab import load_tokenizer, sentinel_ids
 
     spec = built["task"].spec
     tok = load_tokenizer(spec["tokenizer_dir"])
@@ -177,7 +177,7 @@ def test_repeated_text_on_request_trains_past_the_streams_and_each_rung_says_wha
     from pipeline.mixture import DataExhausted, MixtureSampler, mixture_counts
     from pipeline.pretrain import run
     from pipeline.study import Mixture
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.vocab import load_tokenizer
 
     spec = built["task"].spec
     batch, raw = spec["pretrain"]["batch_size"], spec["raw_length"]

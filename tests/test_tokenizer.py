@@ -15,7 +15,7 @@ from conftest import corpus_dir
 from test_training import small_plan
 
 from pipeline.span_corruption import t5_sentinel_ids
-from pipeline.tokenizer import sentinel_ids
+from pipeline.vocab import sentinel_ids
 
 LANGS = ("en", "de", "fr", "ro")
 

@@ -27,7 +27,8 @@ from conftest import ROOT  # noqa: E402
 
 from pipeline.config import DataConfig, TokensConfig, _freeze  # noqa: E402
 from pipeline.plan import Task  # noqa: E402
-from pipeline.tokens import TokensSpec, open_stream  # noqa: E402
+from pipeline.streams import open_stream  # noqa: E402
+from pipeline.tokens import TokensSpec  # noqa: E402
 from pipeline.tokens import run as run_tokens  # noqa: E402
 
 WORDS = random.Random(0)
@@ -89,7 +90,7 @@ def stream_bytes(out: Path, split: str = "train") -> bytes:
 
 def reference(root: Path, texts_file: Path | None = None, max_tokens: int | None = None, seed: int = 0) -> bytes:
     """The stream as the unsharded stage wrote it."""
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.vocab import load_tokenizer
 
     tok = load_tokenizer(root / "tok")
     with open(texts_file or root / "en.jsonl", encoding="utf-8") as f:
@@ -156,7 +157,7 @@ def test_a_stream_source_is_read_file_by_file_with_its_document_limit(corpus, tm
     spec = TokensSpec(config={}, lang="de", tokenizer_dir=str(corpus / "tok"), data=hub, cache=str(tmp_path / "c"),
                       max_tokens=None, seed=0, tokens=TokensConfig(shard_mb=0.05, commit_seconds=0.0))
     from pipeline.sources import get_source
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.vocab import load_tokenizer
 
     source = get_source(hub, tmp_path / "c")
     assert len(source.text_files("de")) == 2  # mC4's files are the shards

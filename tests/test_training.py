@@ -26,11 +26,12 @@ from pipeline.training import (
     STATE,
     capture_rng,
     latest_checkpoint,
-    lr_lambda,
+    learning_rate,
     make_optimizer,
     prune_states,
     restore_rng,
     save_checkpoint,
+    set_lr,
     step_dir,
     verify_checkpoint,
 )
@@ -256,18 +257,70 @@ def test_saving_over_an_existing_checkpoint_replaces_it_whole(tmp_path):
 
 
 def test_schedules_do_not_depend_on_run_length():
-    const, isqrt = lr_lambda("constant", 4), lr_lambda("inverse_sqrt", 4)
+    def const(s):
+        return learning_rate(s, 1.0, "constant", 4)
+
+    def isqrt(s):
+        return learning_rate(s, 1.0, "inverse_sqrt", 4)
+
     assert [const(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert isqrt(3) == 1.0 and isqrt(4) == 1.0 and isqrt(16) == pytest.approx(0.5)
-    assert lr_lambda("constant", 0)(0) == 1.0
+    assert learning_rate(0, 1.0, "constant", 0) == 1.0
+    assert learning_rate(7, 3e-3, "inverse_sqrt", 4, total=10) == learning_rate(7, 3e-3, "inverse_sqrt", 4)
 
 
 def test_linear_schedule_warms_up_then_reaches_zero_at_the_last_step():
-    lin = lr_lambda("linear", 2, total=10)
-    assert [lin(s) for s in range(11)] == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0])
-    assert lin(12) == 0.0
+    lin = [learning_rate(s, 1.0, "linear", 2, total=10) for s in range(13)]
+    assert lin == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="total steps"):
-        lr_lambda("linear", 2)
+        learning_rate(0, 1.0, "linear", 2)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        learning_rate(0, 1.0, "cosine", 2)
+
+
+def _lr_lambda_ca28798(kind: str, warmup: int, total: int | None = None):
+    """The schedule factor as pretraining (a LambdaLR) and finetuning (set from the step) computed it until the
+    one learning-rate function replaced both (main at ca28798), kept here verbatim as the reference."""
+    import math
+
+    warmup = max(0, int(warmup))
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "inverse_sqrt":
+            return math.sqrt(max(warmup, 1)) / math.sqrt(max(step, warmup, 1))
+        if kind == "linear":
+            return max(0.0, (total - step) / max(total - warmup, 1))
+        return 1.0
+
+    return f
+
+
+@pytest.mark.parametrize("schedule,warmup,total", [
+    ("constant", 0, None), ("constant", 7, None), ("inverse_sqrt", 0, None), ("inverse_sqrt", 1, None),
+    ("inverse_sqrt", 7, None), ("inverse_sqrt", 1000, None), ("linear", 0, 50), ("linear", 7, 50), ("linear", 3, 1)])
+def test_the_rate_of_every_step_is_the_one_the_stages_trained_with_before(schedule, warmup, total):
+    """Pretraining's old LambdaLR (stepped after each update) and finetuning's old rate set from the step gave
+    every step the rate `learning_rate` gives it, to the bit: a run resumed by this code continues its curve
+    exactly, and a rate one step off anywhere fails here."""
+    lr, steps = 3e-3, range(1200 if warmup == 1000 else 60)
+    new = [learning_rate(s, lr, schedule, warmup, total) for s in steps]
+    f = _lr_lambda_ca28798(schedule, warmup, total)
+    assert new == [lr * f(s) for s in steps]  # finetuning's old rate
+    if schedule == "linear":
+        return  # pretraining never ran the linear schedule
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)  # pretraining's old loop: the rate in effect at opt.step()
+    old = []
+    for _ in steps:
+        old.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert new == old
+    set_lr(opt, new[5])
+    assert opt.param_groups[0]["lr"] == new[5]
 
 
 def test_adamw_is_fused_on_cpu_and_steps_like_the_foreach_one():
