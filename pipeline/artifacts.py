@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.validate import ConfigError
+
 STATUS = "status.json"
 
 
@@ -224,8 +226,6 @@ def check_writable(directory: Path, key: str) -> None:
 
     The nearest existing ancestor is probed by creating (and removing) a file in it: permission bits say
     nothing to root, a read-only mount or a pseudo-filesystem (/sys, /proc) refuses root too."""
-    from pipeline.config import ConfigError
-
     d = Path(directory)
     probe = d
     while not probe.exists() and not probe.is_symlink():

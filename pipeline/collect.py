@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_text, dir_hash, read_json, read_status
-from pipeline.results import COLUMNS, Cell, ReadSpec
+from pipeline.metrics import METRICS
+from pipeline.results import Cell, ReadSpec, columns
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
     f = read_json(ft / "finetune.json")
     ft_st = read_status(ft) or {}
     p = m.get("precisions") or [None] * 4
+    # every declared metric (pipeline.metrics); one an older evaluation did not compute is left empty
+    row.update({name: m.get(name) for name in METRICS})
     row.update({
-        "bleu": m["bleu"], "chrf": m["chrf"], "ce": m["ce"], "bp": m["bp"], "p1": p[0], "p2": p[1], "p3": p[2],
+        "bp": m["bp"], "p1": p[0], "p2": p[1], "p3": p[2],
         "p4": p[3], "sys_len": m["sys_len"], "ref_len": m["ref_len"], "gen_len": m["gen_len_mean"],
         "n_test": m["n_test"], "bleu_signature": m["bleu_signature"], "test_split": m.get("test_split", "test"),
         "df_tokens_source": f["df_tokens"]["source"], "df_tokens_target": f["df_tokens"]["target"],
@@ -69,8 +72,7 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
     row["ft_epochs"] = f.get("epochs")
     other = m.get("other")
     if other:  # the second held-out split, scored beside the first
-        row.update({"other_split": other["test_split"], "other_bleu": other["bleu"], "other_chrf": other["chrf"],
-                    "other_ce": other["ce"]})
+        row.update({"other_split": other["test_split"], **{f"other_{name}": other.get(name) for name in METRICS}})
     meta = _checkpoint_meta(f["checkpoint"])
     if meta:
         params = meta.get("params") or {}
@@ -131,7 +133,7 @@ def chosen_lr(df: pd.DataFrame) -> pd.Series:
 
 def collect(cells: list[Cell], dirs: dict[str, str]) -> pd.DataFrame:
     rows = [_cell_row(c, dirs) for c in cells]
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=columns())
     df["selected"] = select_lr(df)
     df["lr_chosen"] = chosen_lr(df)
     # A cell planned at one rate with no rate of its own to choose from says so (a grid of one, or reused)

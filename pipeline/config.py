@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline import stages
+from pipeline.data_sources import SOURCES
+from pipeline.metrics import METRICS, curve_metrics
 from pipeline.study import SweepConfig
 from pipeline.typed import freeze as _freeze
 from pipeline.typed import to_dict  # noqa: F401 (config.to_dict: used across the package)
@@ -31,7 +33,6 @@ from pipeline.validate import num as _num
 from pipeline.validate import req as _req
 
 FF_TYPES = ("gated-gelu", "relu")
-SOURCES = ("l10n", "hub", "local")
 EXECUTORS = ("local", "slurm")
 TRACKERS = ("none", "wandb")
 # Held-out splits a stage may read: whole unseen packages (every source), or the training packages' own domains
@@ -313,9 +314,6 @@ class EvaluateConfig:
         )
 
 
-CURVE_METRICS = ("bleu", "ce")  # the metrics fitted per (mixture, Df) curve, each by its own law
-
-
 @dataclass(frozen=True)
 class FitConfig:
     holdout_largest: int
@@ -324,9 +322,10 @@ class FitConfig:
     ce_delta: float
     interval: str = "laplace"  # how the fits' intervals are made (pipeline.scaling.fit.INTERVALS)
     level: float = 0.9
-    # the law fitted to each metric's curve against Dp (a name in pipeline.scaling.LAWS taking one input)
-    bleu_law: str = "bleu_log"
-    ce_law: str = "power"
+    # the law fitted to each metric's curve against Dp (a name in pipeline.scaling.LAWS taking one input); the
+    # default is the metric's declared law (pipeline/metrics.py)
+    bleu_law: str = METRICS["bleu"].law
+    ce_law: str = METRICS["ce"].law
     # a law "holds" on a curve when its mean held-out relative error is at most this (the misalignment
     # verdict and the report's sentences)
     good_rel_err: float = 0.1
@@ -335,10 +334,24 @@ class FitConfig:
     length_ratio_flag: float = 0.1
 
     def curve_laws(self) -> tuple[tuple[str, str, float], ...]:
-        """(metric, law, Huber delta) of every per-curve fit: the one place the fit stage, the misalignment
-        verdict and the methods table read which law goes with which metric."""
-        laws = {"bleu": (self.bleu_law, self.bleu_delta), "ce": (self.ce_law, self.ce_delta)}
-        return tuple((m, *laws[m]) for m in CURVE_METRICS)
+        """(metric, law, Huber delta) of every per-curve fit, in the registry's order (pipeline.metrics): the
+        metric's declared law and delta, or this config's `<metric>_law` / `<metric>_delta` where it has that
+        field; a delta declared nowhere is the law's own. The one place the fit stage, the misalignment verdict,
+        the methods table and the report read which law goes with which metric."""
+        out = []
+        for name in curve_metrics():
+            law = getattr(self, f"{name}_law", METRICS[name].law)
+            delta = getattr(self, f"{name}_delta", METRICS[name].delta)
+            if delta is None:
+                from pipeline.scaling.laws import LAWS  # the law's own delta (imported late: it loads torch)
+
+                delta = LAWS[law].delta
+            out.append((name, law, delta))
+        return tuple(out)
+
+    def curve_law(self, metric: str) -> tuple[str, float]:
+        """The law and Huber delta fitted to one metric's curves (its row of `curve_laws`)."""
+        return next((law, delta) for m, law, delta in self.curve_laws() if m == metric)
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> FitConfig:
@@ -351,8 +364,8 @@ class FitConfig:
             ce_delta=_num(d, "ce_delta", p, lo=0, lo_open=True),
             interval=_choice(d, "interval", p, _intervals(), "laplace"),
             level=_num(d, "level", p, lo=0, hi=0.999, lo_open=True, default=0.9),
-            bleu_law=_choice(d, "bleu_law", p, _curve_laws(), "bleu_log"),
-            ce_law=_choice(d, "ce_law", p, _curve_laws(), "power"),
+            bleu_law=_choice(d, "bleu_law", p, _curve_laws(), cls.bleu_law),
+            ce_law=_choice(d, "ce_law", p, _curve_laws(), cls.ce_law),
             good_rel_err=_num(d, "good_rel_err", p, lo=0, lo_open=True, default=0.1),
             length_ratio_flag=_num(d, "length_ratio_flag", p, lo=0, lo_open=True, default=0.1),
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from pipeline import greedy
 from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json
 from pipeline.config import DataConfig, EvaluateConfig, TrackingConfig
 from pipeline.distributed import setup_runtime
+from pipeline.metrics import METRICS
 from pipeline.model import load_model
 from pipeline.seq2seq import encode_pairs, pad_batch, reference_ce
 from pipeline.typed import Spec
@@ -149,6 +150,23 @@ def score(hyps: list[str], refs: list[str], tokenize: str) -> dict[str, Any]:
             "chrf": c.score, "chrf_signature": str(chrf.get_signature())}
 
 
+# The computation of each metric declared in pipeline.metrics that `score` and the reference CE do not give:
+# name -> f(sources, hypotheses, references) -> its corpus-level value on the split. A new metric is its
+# declaration there and its function here (docs/ARCHITECTURE.md, "How to add a metric").
+Scorer = Callable[[Sequence[str], Sequence[str], Sequence[str]], float]
+SCORERS: dict[str, Scorer] = {}
+
+
+def measure(sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """The SCORERS' metrics of one split's outputs."""
+    return {name: float(f(sources, hyps, refs)) for name, f in SCORERS.items()}
+
+
+def unmeasured(metrics: dict[str, Any]) -> list[str]:
+    """The declared metrics (pipeline.metrics) a split's metrics lack: declared with no computation here."""
+    return [name for name in METRICS if name not in metrics]
+
+
 @dataclass(frozen=True)
 class EvaluateSpec(Spec):
     config: dict[str, Any]  # identity: evaluate settings, pair, data identity
@@ -209,7 +227,7 @@ def score_split(model, tokenizer, source, spec: EvaluateSpec, split: str,
     hyps = decode(tokenizer, pad_batch(gen, tokenizer.pad_token_id))
     t_gen = time.time() - t0 - t_ce
     refs = [r[tgt] for r in rows]
-    metrics = score(hyps, refs, cfg.bleu_tokenize)
+    metrics = score(hyps, refs, cfg.bleu_tokenize) | measure([r[src] for r in rows], hyps, refs)
     gen_len = [len(g) for g in gen]
     hit = [tokenizer.eos_token_id not in g for g in gen]
     ran = [runaway(h, r, c, cfg.runaway_ratio, cfg.runaway_repeats) for h, r, c in zip(hyps, refs, hit)]
@@ -222,6 +240,10 @@ def score_split(model, tokenizer, source, spec: EvaluateSpec, split: str,
         "seconds_ce": t_ce, "seconds_generate": t_gen, "sentences_per_s": len(rows) / max(t_gen, 1e-9),
         "device": str(rt.device), "dtype": rt.dtype,
     })
+    missing = unmeasured(metrics)
+    if missing:
+        raise RuntimeError(f"metric(s) {', '.join(missing)} declared in pipeline.metrics but not computed: add "
+                           "the computation to pipeline.evaluate.SCORERS")
     return metrics, rows, hyps
 
 

@@ -28,56 +28,27 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text
-from pipeline.config import CURVE_METRICS, FitConfig
-from pipeline.results import REQUIRED, ReadSpec, ResultsError, is_ok, load_results  # noqa: F401 (fit.load_results: its old home)
+from pipeline.config import FitConfig
+from pipeline.metrics import corr_metrics, curve_metrics
+from pipeline.results import (  # noqa: F401 (fit.load_results: its old home)
+    GROUP,
+    UPSTREAM,
+    ReadSpec,
+    ResultsError,
+    excluded,
+    is_ok,
+    load_results,
+    seed_means,
+    usable,
+)
 from pipeline.tracking import make_tracker, read_stage_run_id
 from pipeline.typed import to_dict
 
 log = logging.getLogger(__name__)
 
-GROUP = ["task", "mixture", "model", "method", "df"]
 MIN_DF_FOR_JOINT = 3
 MIN_MODELS_FOR_SIZE = 2
-# seed_means column of each upstream loss, and its name in fits.csv / correlations.csv
-UPSTREAM = {"mixture": "upstream", "tgt": "upstream_tgt"}
-CORR_METRICS = ("bleu", "chrf", "ce")
 REFERENCE_METHOD = "full"
-
-
-def usable(df: pd.DataFrame) -> pd.DataFrame:
-    """Evaluated, selected (learning-rate grid) rows with finite metrics; the rest is reported, not fitted."""
-    return df[_exclusion(df).isna()].copy()
-
-
-def _exclusion(df: pd.DataFrame) -> pd.Series:
-    """Why each row is left out of the fits (NaN: it is used)."""
-    why = pd.Series(np.nan, index=df.index, dtype=object)
-    # later assignments win: a failed status explains its missing metrics better than "bleu is NaN" would
-    for c in ("df", "dp", "ce", "bleu"):
-        why[~np.isfinite(pd.to_numeric(df[c], errors="coerce"))] = f"{c} is not a finite number"
-    why[~df["selected"]] = "not selected (another learning rate had the better validation CE)"
-    bad = df["status"] != "ok"
-    why[bad] = "status " + df.loc[bad, "status"].astype(str)
-    return why
-
-
-def excluded(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows `usable` leaves out, each with the reason; listed in the report, never silently dropped."""
-    why = _exclusion(df)
-    cols = [c for c in ("task", "mixture", "model", "method", "dp", "df", "seed") if c in df.columns]
-    out = df.loc[why.notna(), cols].copy()
-    out["why"] = why[why.notna()]
-    return out
-
-
-def seed_means(df: pd.DataFrame) -> pd.DataFrame:
-    """One point per Dp: the mean over seeds, with its spread."""
-    agg = df.groupby([*GROUP, "dp"], dropna=False).agg(
-        bleu=("bleu", "mean"), bleu_sd=("bleu", "std"), ce=("ce", "mean"), ce_sd=("ce", "std"),
-        chrf=("chrf", "mean"), n_seeds=("bleu", "size"), alignment=("alignment", "first"),
-        params=("params", "first"), upstream=("upstream_loss_mixture", "mean"),
-        upstream_tgt=("upstream_loss_tgt", "mean")).reset_index()
-    return agg.sort_values([*GROUP, "dp"])
 
 
 def _holdout_mask(n: int, k: int) -> np.ndarray:
@@ -161,6 +132,7 @@ def fit_table(df: pd.DataFrame, fit_cfg: FitConfig) -> tuple[pd.DataFrame, list[
     pts = seed_means(usable(df))
     rows = []
     hold = fit_cfg.holdout_largest
+    bleu_law, bleu_delta = fit_cfg.curve_law("bleu")  # the misalignment verdict refits BLEU by the same law
     for key, g in pts.groupby(GROUP, dropna=False):
         meta = {**dict(zip(GROUP, key)), "alignment": float(g["alignment"].iloc[0])}
         base = g[g["dp"] == 0]
@@ -176,8 +148,7 @@ def fit_table(df: pd.DataFrame, fit_cfg: FitConfig) -> tuple[pd.DataFrame, list[
         curve = g[g["dp"] > 0]
         n_fit = max(len(curve) - hold, 1)
         verdict = misalignment(curve["dp"].to_numpy(float), curve["bleu"].to_numpy(float), curve["ce"].to_numpy(float),
-                               n_fit=n_fit, max_rel_err=fit_cfg.good_rel_err, law=fit_cfg.bleu_law,
-                               delta=fit_cfg.bleu_delta)
+                               n_fit=n_fit, max_rel_err=fit_cfg.good_rel_err, law=bleu_law, delta=bleu_delta)
         records.append({**meta, "metric": "verdict", "law": "misalignment", **_as_dict(verdict)})
     for rec in _joint_fits(pts, fit_cfg):
         records.append(rec)
@@ -292,7 +263,7 @@ def correlation_table(df: pd.DataFrame, bootstrap: int, seed: int = 0) -> pd.Dat
     pooled = pts.assign(mixture="all", df="all")
     for g_key, g in [*pts.groupby(GROUP, dropna=False), *pooled.groupby(GROUP, dropna=False)]:
         for up, col in UPSTREAM.items():
-            for metric in CORR_METRICS:
+            for metric in corr_metrics():
                 rows.append({**dict(zip(GROUP, g_key)), "upstream": up, "metric": metric,
                              **correlation(g[col].to_numpy(float), g[metric].to_numpy(float), bootstrap, seed)})
     cols = [*GROUP, "upstream", "metric", "n", "pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo",
@@ -317,7 +288,7 @@ def method_table(df: pd.DataFrame, fits: pd.DataFrame, fit_cfg: FitConfig) -> pd
             a = g[g["method"] == ref].set_index("dp")
             b = g[g["method"] == method].set_index("dp")
             common = sorted(set(a.index) & set(b.index))
-            for metric in CURVE_METRICS:
+            for metric in curve_metrics():
                 row = {**dict(zip(["task", "mixture", "model", "df"], key)), "metric": metric, "method": method,
                        "reference": ref, "n_dp": len(common)}
                 d = pd.Series({dp: b.at[dp, metric] - a.at[dp, metric] for dp in common}, dtype=float).dropna()

@@ -1,7 +1,8 @@
-"""The results table (`results.csv`): its columns, what an older table is given for a column it lacks, and how
-it is read. One schema for the stage that writes it (collect) and the stages that read it (fit, report);
-docs/ARCHITECTURE.md explains each column. A new metric column is added here (COLUMNS, and DEFAULTS when
-the fitter or the report reads it) and filled in `collect._cell_row`."""
+"""The results table (`results.csv`): its columns, what an older table is given for a column it lacks, how it
+is read, and its reading rules (which rows are fitted, why the others are left out, one point per Dp over the
+seeds). One schema for the stage that writes it (collect) and the stages and libraries that read it (fit,
+report); docs/ARCHITECTURE.md explains each column. The metric columns come from the metric registry
+(pipeline/metrics.py): a new metric is declared there, not here."""
 
 from __future__ import annotations
 
@@ -13,38 +14,50 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import FitConfig, TrackingConfig
+from pipeline.metrics import METRICS, required_metrics
 from pipeline.typed import Spec
 
-# The table's columns, in the order collect writes them. Old tables may lack later ones.
-COLUMNS = [
-    "task", "src", "tgt", "mixture", "alignment", "model", "params", "params_non_embedding",
-    "dp", "dp_rung", "pretrain_steps", "df", "df_tokens", "df_tokens_source", "df_tokens_target",
-    "seed", "method", "lr", "selected",
-    "test_split", "bleu", "chrf", "ce", "bp", "p1", "p2", "p3", "p4", "sys_len", "ref_len", "gen_len", "n_test",
-    "other_split", "other_bleu", "other_chrf", "other_ce",
-    "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
-    "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
-    "dtype", "pretrain_dtype",  # the precision the cell was finetuned and evaluated in; its checkpoint's pretraining
-    # the training controls: stopped by a cap (not by early stopping), epochs finetuned, the rate chosen for the
-    # cell and on which seed's search, what the rung's pretraining read (unique tokens among Dp, epochs)
-    "hit_cap", "ft_epochs", "lr_chosen", "lr_search", "pt_unique_tokens", "pt_epochs",
-    "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
-    # decoding: does BLEU measure translation? output/reference length (sacreBLEU's sys_len / ref_len), the share
-    # of runaway outputs and the count that hit the generation cap (pipeline.evaluate), the beam size
-    "len_ratio", "runaway", "gen_at_cap", "num_beams",
-]
-# Without these a table cannot be fitted; every other column a reader uses has a default below.
-REQUIRED = ["task", "mixture", "model", "dp", "df", "bleu", "ce", "status"]
-DEFAULTS: dict[str, Any] = {
-    "method": "full", "seed": 0, "selected": True, "alignment": np.nan, "src": None, "tgt": None, "chrf": np.nan,
-    "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan, "reason": "",
-    "test_split": "test", "other_split": None, "other_bleu": np.nan, "other_chrf": np.nan, "other_ce": np.nan,
-    "len_ratio": np.nan, "runaway": np.nan,
-    "dtype": None, "pretrain_dtype": None,
-    # the training controls (older tables: unknown)
-    "hit_cap": np.nan, "ft_epochs": np.nan, "lr_chosen": np.nan, "lr_search": None, "pt_unique_tokens": np.nan,
-    "pt_epochs": np.nan,
-}
+
+def columns() -> list[str]:
+    """The table's columns, in the order collect writes them (each declared metric after `test_split`, and the
+    second split's `other_<metric>` after `other_split`). Old tables may lack later ones."""
+    return [
+        "task", "src", "tgt", "mixture", "alignment", "model", "params", "params_non_embedding",
+        "dp", "dp_rung", "pretrain_steps", "df", "df_tokens", "df_tokens_source", "df_tokens_target",
+        "seed", "method", "lr", "selected",
+        "test_split", *METRICS, "bp", "p1", "p2", "p3", "p4", "sys_len", "ref_len", "gen_len", "n_test",
+        "other_split", *(f"other_{m}" for m in METRICS),
+        "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
+        "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
+        "dtype", "pretrain_dtype",  # the precision the cell was finetuned and evaluated in; its checkpoint's pretraining
+        # the training controls: stopped by a cap (not by early stopping), epochs finetuned, the rate chosen for the
+        # cell and on which seed's search, what the rung's pretraining read (unique tokens among Dp, epochs)
+        "hit_cap", "ft_epochs", "lr_chosen", "lr_search", "pt_unique_tokens", "pt_epochs",
+        "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
+        # decoding: does BLEU measure translation? output/reference length (sacreBLEU's sys_len / ref_len), the share
+        # of runaway outputs and the count that hit the generation cap (pipeline.evaluate), the beam size
+        "len_ratio", "runaway", "gen_at_cap", "num_beams",
+    ]
+
+
+def required() -> list[str]:
+    """Without these a table cannot be fitted; every other column a reader uses has a default (`defaults`)."""
+    return ["task", "mixture", "model", "dp", "df", *required_metrics(), "status"]
+
+
+def defaults() -> dict[str, Any]:
+    """What a table written before a column existed is given for it."""
+    return {
+        "method": "full", "seed": 0, "selected": True, "alignment": np.nan, "src": None, "tgt": None,
+        **{m: np.nan for m in METRICS if m not in required_metrics()},
+        "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan, "reason": "",
+        "test_split": "test", "other_split": None, **{f"other_{m}": np.nan for m in METRICS},
+        "len_ratio": np.nan, "runaway": np.nan,
+        "dtype": None, "pretrain_dtype": None,
+        # the training controls (older tables: unknown)
+        "hit_cap": np.nan, "ft_epochs": np.nan, "lr_chosen": np.nan, "lr_search": None, "pt_unique_tokens": np.nan,
+        "pt_epochs": np.nan,
+    }
 
 
 @dataclass(frozen=True)
@@ -79,15 +92,64 @@ def load_results(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path}: cannot read the results table ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    missing = [c for c in REQUIRED if c not in df.columns]
+    need = required()
+    missing = [c for c in need if c not in df.columns]
     if missing:
-        raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}; a results table has {', '.join(REQUIRED)}")
-    for k, v in DEFAULTS.items():
+        raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}; a results table has {', '.join(need)}")
+    fill = defaults()
+    for k, v in fill.items():
         if k not in df.columns:
             df[k] = v
-    df["method"] = df["method"].fillna(DEFAULTS["method"])
+    df["method"] = df["method"].fillna(fill["method"])
     df["selected"] = df["selected"].astype(str).str.lower().isin(["true", "1"])
     return df
+
+
+# ------------------------------------------------------------------------------ reading rules
+
+GROUP = ["task", "mixture", "model", "method", "df"]  # one curve against Dp
+# seed_means column of each upstream loss, and its name in fits.csv / correlations.csv
+UPSTREAM = {"mixture": "upstream", "tgt": "upstream_tgt"}
+
+
+def usable(df: pd.DataFrame) -> pd.DataFrame:
+    """Evaluated, selected (learning-rate grid) rows with finite metrics; the rest is reported, not fitted."""
+    return df[_exclusion(df).isna()].copy()
+
+
+def _exclusion(df: pd.DataFrame) -> pd.Series:
+    """Why each row is left out of the fits (NaN: it is used)."""
+    why = pd.Series(np.nan, index=df.index, dtype=object)
+    # later assignments win: a failed status explains its missing metrics better than "bleu is NaN" would, and
+    # the first required metric's reason wins over the others'
+    for c in ("df", "dp", *reversed(required_metrics())):
+        why[~np.isfinite(pd.to_numeric(df[c], errors="coerce"))] = f"{c} is not a finite number"
+    why[~df["selected"]] = "not selected (another learning rate had the better validation CE)"
+    bad = df["status"] != "ok"
+    why[bad] = "status " + df.loc[bad, "status"].astype(str)
+    return why
+
+
+def excluded(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows `usable` leaves out, each with the reason; listed in the report, never silently dropped."""
+    why = _exclusion(df)
+    cols = [c for c in ("task", "mixture", "model", "method", "dp", "df", "seed") if c in df.columns]
+    out = df.loc[why.notna(), cols].copy()
+    out["why"] = why[why.notna()]
+    return out
+
+
+def seed_means(df: pd.DataFrame) -> pd.DataFrame:
+    """One point per Dp: each metric over the seeds as its declaration says (pipeline.metrics), with its spread
+    `<metric>_sd`, the number of seeds, and the upstream losses."""
+    per_metric = {}
+    for m in METRICS.values():
+        per_metric |= {m.name: (m.name, m.seeds), f"{m.name}_sd": (m.name, "std")}
+    agg = df.groupby([*GROUP, "dp"], dropna=False).agg(
+        **per_metric, n_seeds=("status", "size"), alignment=("alignment", "first"),
+        params=("params", "first"), upstream=("upstream_loss_mixture", "mean"),
+        upstream_tgt=("upstream_loss_tgt", "mean")).reset_index()
+    return agg.sort_values([*GROUP, "dp"])
 
 
 @dataclass(frozen=True)

@@ -271,18 +271,18 @@ RUNGS = (0, *(16384 * 2**k for k in range(6)))  # smoke holds the largest rung o
 
 def results_table(path: Path, dps=RUNGS, **set_values) -> Path:
     """A results table as collect writes it: two mixtures, one Df, BLEU rising and CE falling with Dp."""
-    from pipeline.collect import COLUMNS
+    from pipeline.results import columns
 
     rows = []
     for mix, align in (("en50_de50", 1.0), ("en100", 0.7)):
         for dp in dps:
             u = math.log1p(dp / 8192)
-            rows.append({c: None for c in COLUMNS} | {
+            rows.append({c: None for c in columns()} | {
                 "task": "en-de", "src": "en", "tgt": "de", "mixture": mix, "alignment": align, "model": "t5_tiny",
                 "params": 552_000, "dp": dp, "dp_rung": dp, "df": 200, "seed": 0, "method": "full", "lr": 1e-3,
                 "selected": True, "bleu": 2.0 + 1.5 * u * align, "chrf": 10.0 + u, "ce": 3.0 + 4.0 / (1 + u * align),
                 "bp": 1.0, "gen_len": 9.0, "finetune_steps": 30, "status": "ok", "reason": ""})
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=columns())
     for col, (where, value) in set_values.items():
         df.loc[where(df), col] = value
     df.to_csv(path, index=False)

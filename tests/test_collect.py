@@ -22,7 +22,7 @@ from pipeline.collect import CollectSpec
 from pipeline.config import FitConfig, TrackingConfig
 from pipeline.evaluate import score, write_outputs
 from pipeline.plan import Cell
-from pipeline.results import Scale
+from pipeline.results import Scale, columns
 
 N = 32
 REFS = ["Die Datei wurde nicht gefunden.", "Öffnen Sie das Menü Bearbeiten."]
@@ -79,7 +79,7 @@ def test_missing_and_failed_cells_keep_their_row_and_reason(tmp_path, capsys):
     # cells[4]: nothing at all
     collect.run(collect_task(cells, dirs, tmp_path / "r"))
     t = read_table(tmp_path / "r")
-    assert list(t.columns) == collect.COLUMNS and len(t) == 5
+    assert list(t.columns) == columns() and len(t) == 5
     assert list(t["status"]) == ["ok", "ok", "failed", "failed", "missing"]
     assert t["reason"][2] == "evaluate failed: RuntimeError: out of memory"
     assert t["reason"][3] == "finetune failed: ValueError: bad batch"
@@ -178,7 +178,7 @@ def test_racing_collects_leave_a_complete_parseable_table_at_every_moment(tmp_pa
     while any(p.is_alive() for p in procs):
         if (reports / "results.csv").exists():
             t = read_table(reports)
-            assert len(t) == N and (t["status"] == "ok").all() and list(t.columns) == collect.COLUMNS
+            assert len(t) == N and (t["status"] == "ok").all() and list(t.columns) == columns()
             reads += 1
     for p in procs:
         p.join()

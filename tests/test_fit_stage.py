@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.collect import COLUMNS
 from pipeline.config import FitConfig
-from pipeline.fit import correlation, correlation_table, excluded, fit_table, load_results, method_table
+from pipeline.fit import correlation, correlation_table, fit_table, method_table
+from pipeline.results import columns, excluded, load_results
 
 CFG = FitConfig(holdout_largest=2, bootstrap=0, bleu_delta=0.1, ce_delta=1e-3)
 DP = [2.0**k for k in range(16, 23)]  # 7 rungs: 5 fitted, 2 held out
@@ -74,7 +74,7 @@ def synthetic_results(models=("t5_tiny",), methods=("full",), dfs=(1000, 4000), 
                             "git_sha": "0123abcd", "status": "ok", "reason": "", "finetune_steps": 100,
                             "len_ratio": 0.9 + 0.05 * i, "runaway": 0.01 * i,
                         })
-    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=columns())
 
 
 def _fits(df: pd.DataFrame, **cfg) -> tuple[pd.DataFrame, list[dict]]:

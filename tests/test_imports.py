@@ -1,10 +1,12 @@
-"""The package's imports run one way: no module imports, even lazily inside a function, a module that imports
-it back (directly or through others). A circle means a low layer depends on a high one (as task.py once did on
-the CLI for its logging set-up)."""
+"""The package's imports run one way, down its layers: no module imports, even lazily inside a function, a module of
+a higher layer (LAYERS, bottom to top), nor one that imports it back (a circle: as task.py once did on the CLI for
+its logging set-up). `pipeline/scaling/` is a leaf library: it imports nothing of the package outside itself."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pipeline
@@ -94,3 +96,94 @@ def test_no_import_circle_in_the_package():
 
 def test_logs_is_a_stdlib_leaf():
     assert import_graph()["pipeline.logs"] == set()
+
+
+# The package's layers, bottom to top: a module may import its own layer and those below it, never one above. An
+# entry is a module or a package (every module in it). Derived from the code; docs/ARCHITECTURE.md draws it.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    # stdlib-level pieces and the registries everything reads (each stage, metric and data source once)
+    ("foundations", ("pipeline", "pipeline.logs", "pipeline.typed", "pipeline.validate", "pipeline.stages",
+                     "pipeline.metrics", "pipeline.data_sources")),
+    # libraries that import nothing of the package: the fitter, the significance tests
+    ("libraries", ("pipeline.scaling", "pipeline.significance")),
+    ("files", ("pipeline.artifacts", "pipeline.tracking")),
+    ("config", ("pipeline.study", "pipeline.config")),
+    # where text comes from, and the table the read-only stages share
+    ("data", ("pipeline.sources", "pipeline.corpus", "pipeline.results")),
+    ("model", ("pipeline.precision", "pipeline.model", "pipeline.span_corruption", "pipeline.greedy",
+               "pipeline.memory", "pipeline.distributed", "pipeline.seq2seq")),
+    ("training", ("pipeline.training", "pipeline.tokenizer", "pipeline.tokens", "pipeline.mixture")),
+    # the stages, in pipeline order: a stage may use an earlier one, never a later one
+    ("pretrain", ("pipeline.pretrain",)),
+    ("finetune", ("pipeline.finetune",)),
+    ("evaluate", ("pipeline.evaluate",)),
+    ("collect", ("pipeline.collect",)),
+    ("fit", ("pipeline.fit",)),
+    ("report", ("pipeline.report",)),
+    # planning: what a sweep costs, whether its jobs fit, the DAG
+    ("plan", ("pipeline.budget", "pipeline.checks", "pipeline.plan")),
+    ("running", ("pipeline.task", "pipeline.progress", "pipeline.executors", "pipeline.run", "pipeline.__main__")),
+]
+
+
+def layer_of(module: str, layers=LAYERS) -> int | None:
+    """The index of the layer holding `module`: the longest entry that is it or a package above it (the root
+    package's entry, `pipeline`, is its __init__ alone)."""
+    best: tuple[int, int] | None = None
+    for i, (_, entries) in enumerate(layers):
+        for e in entries:
+            inside = module == e or ("." in e and module.startswith(e + "."))
+            if inside and (best is None or len(e) > best[1]):
+                best = (i, len(e))
+    return None if best is None else best[0]
+
+
+def upward_imports(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """Every import from a lower layer to a higher one, as `a (layer) -> b (layer)`."""
+    out = []
+    for a, deps in sorted(graph.items()):
+        la = layer_of(a, layers)
+        for b in sorted(deps):
+            lb = layer_of(b, layers)
+            if la is not None and lb is not None and lb > la:
+                out.append(f"{a} ({layers[la][0]}) -> {b} ({layers[lb][0]})")
+    return out
+
+
+def test_the_layer_checker_flags_an_import_running_up():
+    graph = import_graph()
+    assert upward_imports({"pipeline.artifacts": {"pipeline.validate"}}) == []
+    planted = {**graph, "pipeline.artifacts": graph["pipeline.artifacts"] | {"pipeline.config"}}
+    assert upward_imports(planted) == ["pipeline.artifacts (files) -> pipeline.config (config)"]
+    # a package's entry covers its modules, a module's own entry wins over its package's
+    assert upward_imports({"pipeline.scaling.backtest": {"pipeline.fit"}}) == [
+        "pipeline.scaling.backtest (libraries) -> pipeline.fit (fit)"]
+    assert layer_of("pipeline.report.fmt") == layer_of("pipeline.report") and layer_of("pipeline.nowhere") is None
+    assert layer_of("pipeline") == 0
+    two = [("low", ("pipeline.x.y",)), ("high", ("pipeline.x",))]
+    assert layer_of("pipeline.x.y.z", two) == 0 and layer_of("pipeline.x.w", two) == 1
+    assert upward_imports({"pipeline.x.y": {"pipeline.x.w"}}, two) == ["pipeline.x.y (low) -> pipeline.x.w (high)"]
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(m for m in import_graph() if layer_of(m) is None)
+    assert not missing, f"modules in no layer of tests/test_imports.py::LAYERS (place them): {', '.join(missing)}"
+
+
+def test_no_import_runs_up_the_layers():
+    bad = upward_imports(import_graph())
+    assert not bad, "imports running up the layers: " + "; ".join(bad)
+
+
+def test_scaling_is_a_leaf_library():
+    """pipeline.scaling imports nothing of the package outside itself, lazily or not, and runs alone: importing
+    every one of its modules loads no other pipeline module."""
+    graph = import_graph()
+    outside = {f"{a} -> {b}" for a, deps in graph.items() if a.startswith("pipeline.scaling")
+               for b in deps if not b.startswith("pipeline.scaling")}
+    assert not outside, f"pipeline.scaling imports the package: {sorted(outside)}"
+    modules = sorted(m for m in graph if m.startswith("pipeline.scaling") and m != "pipeline.scaling.__main__")
+    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('pipeline.') and not m.startswith('pipeline.scaling')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

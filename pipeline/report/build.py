@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text
-from pipeline.fit import excluded, seed_means, usable
+from pipeline.metrics import METRICS
 from pipeline.report.document import Block, to_html, to_markdown
 from pipeline.report.figures import Figure, plot_bleu_vs_ce, plot_task, render
-from pipeline.report.fmt import LAW_TITLES, fmt, fmt_g, law_formula
+from pipeline.report.fmt import fmt, fmt_g, law_formula
 from pipeline.report.questions import question_methods, question_size, question_upstream
 from pipeline.report.tables import (
     cells_section,
@@ -36,7 +36,7 @@ from pipeline.report.tables import (
     significance_section,
 )
 from pipeline.report.verdicts import verdicts
-from pipeline.results import ReadSpec, is_ok
+from pipeline.results import ReadSpec, excluded, is_ok, seed_means, usable
 from pipeline.scaling.calibration import interval_note
 
 
@@ -82,9 +82,9 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
     body.append(Block("h2", "Fitted laws"))
     body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); Dp in "
                            "raw text tokens. " + interval_note(spec.fit.interval, spec.fit.level,
-                                                               (spec.fit.bleu_law, spec.fit.ce_law))))
+                                                               tuple(law for _, law, _ in spec.fit.curve_laws()))))
     for metric, law, delta in spec.fit.curve_laws():
-        body.append(Block("h3", f"{LAW_TITLES[metric]}: {law_formula(law, metric)}, Huber δ = {fmt_g(delta)}"))
+        body.append(Block("h3", f"{METRICS[metric].title}: {law_formula(law, metric)}, Huber δ = {fmt_g(delta)}"))
         body.append(fit_table(fits_df, law, param_names(fits_df, law)))
         body += flag_list(fits_df, law)
     if (fits_df["x"].astype(str) == "dp,df").any():

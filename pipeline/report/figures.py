@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_write_bytes
-from pipeline.config import CURVE_METRICS
+from pipeline.metrics import METRICS, curve_metrics
 from pipeline.report.fmt import CE_LABEL, DP_LABEL, METRIC, UP_LABEL, finite, fmt_tokens, plain_reason
 
 
@@ -178,11 +178,13 @@ def plot_task(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Pa
     mixes = list(dict.fromkeys(pts["mixture"]))
     dfs = sorted(pts["df"].unique())
     colors = plt.cm.viridis(np.linspace(0.05, 0.85, max(len(dfs), 2)))
-    fig, axes = plt.subplots(len(mixes), 2, figsize=(10, 3.6 * len(mixes) + 1.2), squeeze=False)
+    metrics = curve_metrics()
+    fig, axes = plt.subplots(len(mixes), len(metrics), figsize=(5 * len(metrics), 3.6 * len(mixes) + 1.2),
+                             squeeze=False)
     for i, mix in enumerate(mixes):
         g = pts[pts["mixture"] == mix]
         align = g["alignment"].iloc[0]
-        for j, (metric, label) in enumerate((("bleu", "BLEU"), ("ce", CE_LABEL))):
+        for j, (metric, label) in enumerate((m, METRICS[m].axis) for m in metrics):
             ax, recs = axes[i][j], []
             for c, df_ in zip(colors, dfs):
                 d = g[(g["df"] == df_) & (g["dp"] > 0)].sort_values("dp")
@@ -320,14 +322,17 @@ def plot_methods(task: str, pts: pd.DataFrame, path: Path, model: str) -> None:
     methods = sorted(pts["method"].unique(), key=lambda m: (m != "full", m))
     dfs = sorted(pts["df"].unique())
     styles = ["-", "--", "-.", ":"] * 4
-    fig, axes = plt.subplots(len(mixes), 3, figsize=(14, 3.6 * len(mixes) + 1.2), squeeze=False)
+    metrics = curve_metrics()
+    gap_ax = len(metrics)  # the last column: the CE gap
+    fig, axes = plt.subplots(len(mixes), gap_ax + 1, figsize=(14 * (gap_ax + 1) / 3, 3.6 * len(mixes) + 1.2),
+                             squeeze=False)
     for i, mix in enumerate(mixes):
         g = pts[pts["mixture"] == mix]
         for k, method in enumerate(methods):
             for ls, d in zip(styles, dfs):
                 s = g[(g["method"] == method) & (g["df"] == d)].sort_values("dp")
                 pos = s[s["dp"] > 0]
-                for j, metric in enumerate(CURVE_METRICS):
+                for j, metric in enumerate(metrics):
                     axes[i][j].plot(pos["dp"], pos[metric], ls, marker="o", ms=4, color=f"C{k}")
                     base = s[s["dp"] == 0]
                     if len(base):  # Dp = 0 cannot sit on a log axis: a marker at the left edge
@@ -337,15 +342,16 @@ def plot_methods(task: str, pts: pd.DataFrame, path: Path, model: str) -> None:
                     ref = g[(g["method"] == methods[0]) & (g["df"] == d)].set_index("dp")["ce"]
                     gap = (s.set_index("dp")["ce"] - ref).dropna()
                     gp = gap[gap.index > 0]
-                    axes[i][2].plot(gp.index, gp.values, ls, marker="o", ms=4, color=f"C{k}")
+                    axes[i][gap_ax].plot(gp.index, gp.values, ls, marker="o", ms=4, color=f"C{k}")
                     if 0 in gap.index:
-                        axes[i][2].plot([gp.index.min() / 2 if len(gp) else 1], [gap.loc[0]], "<", color=f"C{k}",
+                        axes[i][gap_ax].plot([gp.index.min() / 2 if len(gp) else 1], [gap.loc[0]], "<", color=f"C{k}",
                                         ms=7)
-        axes[i][2].axhline(0, color="black", lw=0.8)
+        axes[i][gap_ax].axhline(0, color="black", lw=0.8)
         align = g["alignment"].iloc[0]
-        for j, (label, what) in enumerate((("BLEU", "BLEU"), (CE_LABEL, "CE"),
-                                           (f"CE gap to {methods[0]} (nats/token)", f"CE, method − {methods[0]}"))):
-            _style_dp_axis(axes[i][j], label, f"{mix} (alignment {align:.2f}) · {what}", bleu=j == 0)
+        for j, (label, what, metric) in enumerate([*((METRICS[m].axis, METRICS[m].label, m) for m in metrics),
+                                                   (f"CE gap to {methods[0]} (nats/token)",
+                                                    f"CE, method − {methods[0]}", None)]):
+            _style_dp_axis(axes[i][j], label, f"{mix} (alignment {align:.2f}) · {what}", bleu=metric == "bleu")
     legend = [Line2D([], [], color=f"C{k}", label=m) for k, m in enumerate(methods)]
     legend += [Line2D([], [], ls=ls, color="gray", label=f"Df = {d:,}") for ls, d in zip(styles, dfs)]
     legend += [Line2D([], [], marker="<", ls="", color="gray", label="no pretraining (Dp = 0), drawn at the left edge")]

@@ -1,26 +1,43 @@
 """How the report prints numbers and names things: significant digits, counts, percentages, intervals, token
-counts, and the axis labels and metric names every other module of the report uses. The bottom floor of the
-package: it imports nothing from the rest of it."""
+counts, and the axis labels and metric names every other module of the report uses (the metrics' and the data
+sources' own from their registries). The bottom floor of the package: it imports nothing from the rest of it."""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-DATA_NOTES = {
-    "l10n": "the offline corpus built from the translations in Debian packages (software UI and help text, "
-            "median 7-8 words a sentence); BLEU here is not comparable with WMT newstest numbers",
-    "hub": "mC4 (allenai/c4) for pretraining and WMT (en-de WMT17, en-fr WMT15, en-ro WMT16) for finetuning and test",
-    "local": "the user's own files (data=local)",
-}
+from pipeline.data_sources import SOURCES
+from pipeline.metrics import METRICS
+
+DATA_NOTES = {name: s.description for name, s in SOURCES.items()}  # what each data source's corpus is
 DP_LABEL = "pretraining data Dp (raw text tokens, log scale)"
-CE_LABEL = "downstream cross-entropy (nats/token)"
+CE_LABEL = METRICS["ce"].axis
 UP_LABEL = {"mixture": "upstream loss on the pretraining mixture (nats/token)",
             "tgt": "upstream loss on target-language text (nats/token)"}
-METRIC = {"bleu": "BLEU", "ce": "CE", "chrf": "chrF", "upstream": "upstream loss"}
+
+
+class _MetricNames(Mapping[str, str]):
+    """A metric's name as the report prints it: the registry's label (pipeline.metrics, looked up when asked, so
+    a metric declared there is named with no edit here), and the upstream loss."""
+
+    OTHER = {"upstream": "upstream loss"}
+
+    def __getitem__(self, metric: str) -> str:
+        return METRICS[metric].label if metric in METRICS else self.OTHER[metric]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*METRICS, *self.OTHER])
+
+    def __len__(self) -> int:
+        return len(METRICS) + len(self.OTHER)
+
+
+METRIC = _MetricNames()
 
 
 # The report's names of the default per-curve laws (fit.bleu_law, fit.ce_law); any other law is named after
@@ -28,7 +45,6 @@ METRIC = {"bleu": "BLEU", "ce": "CE", "chrf": "chrF", "upstream": "upstream loss
 LAW_NAMES = {("bleu", "bleu_log"): "BLEU log-law", ("ce", "power"): "CE power law"}
 LAW_FORMULAS = {("bleu", "bleu_log"): "f(Dp) = (log(A·Dp^α))^β (Isik et al. Eq. 1)",
                 ("ce", "power"): "L(Dp) = E + A/Dp^α (Isik et al. Eq. 3)"}
-LAW_TITLES = {"bleu": "BLEU", "ce": "Cross-entropy"}
 
 
 def law_name(law: Any, metric: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import CURVE_METRICS
+from pipeline.metrics import corr_metrics, curve_metrics
 from pipeline.report.document import Block, collapsed
 from pipeline.report.figures import Figure, plot_methods, plot_sizes, plot_upstream
 from pipeline.report.fmt import (
@@ -74,9 +74,9 @@ def question_upstream(pts: pd.DataFrame, fits_df: pd.DataFrame, corr: pd.DataFra
         keys = ["task", "model", "method", "mixture", "df", "upstream"]
         for key, c in corr.groupby(keys, sort=False):
             rows.append([*(str(k) for k in key[:4]), fmt_df(key[4]), str(key[5]), fmt_count(c["n"].iloc[0]),
-                         *(_corr_cell(c, m, k) for m in ("bleu", "chrf", "ce") for k in ("pearson", "spearman"))])
+                         *(_corr_cell(c, m, k) for m in corr_metrics() for k in ("pearson", "spearman"))])
         table = Block("table", header=["task", "model", "method", "mixture", "Df", "upstream loss", "points",
-                                       "BLEU r", "BLEU ρ", "chrF r", "chrF ρ", "CE r", "CE ρ"], rows=rows)
+                                       *(f"{METRIC[m]} {k}" for m in corr_metrics() for k in ("r", "ρ"))], rows=rows)
         q.blocks.append(collapsed(f"Correlations per curve and pooled ({len(rows)} rows)", table, len(rows)))
         per_curve, pooled = corr_verdicts(corr)
         q.summary += per_curve
@@ -156,7 +156,7 @@ def question_size(pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str,
         blocks.append(Block("h3", "The laws side by side, per size"))
         blocks.append(Block("p", "Exponent α and held-out relative error of each per-curve law, one column pair a size "
                                  f"({', '.join(models)}, smallest first)."))
-        for metric in CURVE_METRICS:
+        for metric in curve_metrics():
             f = curve_fits(fits_df, metric)
             if f.empty:
                 continue

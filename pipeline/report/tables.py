@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import git_sha
-from pipeline.config import CURVE_METRICS
-from pipeline.fit import excluded
+from pipeline.metrics import METRICS, curve_metrics
 from pipeline.report.document import Block, collapsed
 from pipeline.report.fmt import (
     DATA_NOTES,
@@ -26,7 +25,7 @@ from pipeline.report.fmt import (
     num,
     plain_reason,
 )
-from pipeline.results import ReadSpec, is_ok
+from pipeline.results import ReadSpec, excluded, is_ok
 
 
 def curve_fits(fits_df: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -152,7 +151,7 @@ def inputs(x: str, v: Any) -> str:
 def fit_counts(results: pd.DataFrame, fits_df: pd.DataFrame) -> str:
     """The state of the study in one sentence: how many cells, how many laws fitted."""
     n_ok = int((results["status"] == "ok").sum())
-    groups = [(f, law_name(f["law"].iloc[0], m)) for m in CURVE_METRICS if len(f := curve_fits(fits_df, m))]
+    groups = [(f, law_name(f["law"].iloc[0], m)) for m in curve_metrics() if len(f := curve_fits(fits_df, m))]
     for law, x, name in (("two_stage", None, "two-stage route"), ("joint", "dp,df", "joint (Dp, Df) law"),
                          ("chinchilla", None, "Chinchilla law across sizes"), ("joint", "params,df", "joint (N, Df) law")):
         f = fits_df[fits_df["law"] == law]
@@ -182,14 +181,23 @@ def holdout_table(fits: list[dict[str, Any]]) -> Block:
 
 
 def cells_table(ok_rows: pd.DataFrame) -> Block:
-    """Every evaluated cell with its metrics."""
-    cols = ["task", "mixture", "model", "method", "dp", "df", "seed", "bleu", "chrf", "ce", "bp", "gen_len",
+    """Every evaluated cell with its metrics (each declared metric, printed to its digits)."""
+    cols = ["task", "mixture", "model", "method", "dp", "df", "seed", *METRICS, "bp", "gen_len",
             "len_ratio", "runaway", "upstream_loss_mixture", "finetune_steps"]
     counts = {"dp", "df", "seed", "finetune_steps"}
-    rows = [[str(r[c]) if isinstance(r[c], str) else fmt_count(r[c]) if c in counts else fmt(num(r.get(c)))
-             for c in cols] for _, r in ok_rows.sort_values(["task", "mixture", "model", "method", "df", "dp"]).iterrows()]
-    table = Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed", "BLEU", "chrF", "CE", "BP",
-                                   "gen. length", "length ratio", "runaway share", "upstream loss", "finetune steps"],
+
+    def cell(r: pd.Series, c: str) -> str:
+        if isinstance(r[c], str):
+            return str(r[c])
+        if c in counts:
+            return fmt_count(r[c])
+        return fmt(num(r.get(c)), METRICS[c].digits) if c in METRICS else fmt(num(r.get(c)))
+
+    rows = [[cell(r, c) for c in cols]
+            for _, r in ok_rows.sort_values(["task", "mixture", "model", "method", "df", "dp"]).iterrows()]
+    table = Block("table", header=["task", "mixture", "model", "method", "Dp", "Df", "seed",
+                                   *(m.label for m in METRICS.values()), "BP", "gen. length", "length ratio",
+                                   "runaway share", "upstream loss", "finetune steps"],
                   rows=rows)
     return collapsed(f"Every evaluated cell ({len(rows)} rows)", table, len(rows))
 

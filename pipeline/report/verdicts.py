@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.config import CURVE_METRICS, FitConfig
+from pipeline.config import FitConfig
+from pipeline.metrics import METRICS, curve_metrics
 from pipeline.report.figures import records
 from pipeline.report.fmt import (
     METRIC,
@@ -176,7 +177,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
         out.append(f"BLEU stays below {BLEU_FLOOR:g} in every cell (at most {fmt(top, 3)}): the models do not translate "
                    f"yet at this scale, so BLEU's ups and downs are noise; read the cross-entropy, or run a larger "
                    f"scale.")
-    for metric in CURVE_METRICS:
+    for metric in curve_metrics():
         out += _law_status(f, metric, n_curves)
     for mix, gm in g.groupby("mixture", sort=False):
         bl = curve_fits(f[f["mixture"] == mix], "bleu")
@@ -220,7 +221,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                      + (f" (rung-to-rung changes beyond the noise of the {steps[2]})" if steps is not None else "")
                      + ", for {where}: CE is a misleading proxy there.")
         elif not r.get("bleu_fit_ok"):
-            s = f"CE keeps falling with Dp while BLEU follows no {law_name(fit_cfg.bleu_law, 'bleu')} (see above), for {{where}}."
+            s = f"CE keeps falling with Dp while BLEU follows no {law_name(fit_cfg.curve_law('bleu')[0], 'bleu')} (see above), for {{where}}."
         else:
             s = (f"CE keeps falling with Dp while the BLEU law misses the held-out Dp by more than {good_err:.0%}, "
                  "for {where}.")
@@ -330,7 +331,7 @@ def corr_verdicts(corr: pd.DataFrame) -> tuple[list[str], list[str]]:
             reasons = sorted({str(r) for r in c["reason"].dropna()})
             out.append(f"{name}: undefined on every curve ({'; '.join(reasons)}).")
             continue
-        sign = 1 if metric == "ce" else -1
+        sign = -1 if METRICS[metric].higher_is_better else 1  # a better model has a lower upstream loss
         good = int((sign * v >= MONOTONE_RHO).sum())
         out.append(f"{name}: Spearman ρ from {fmt(v.min(), 3)} to {fmt(v.max(), 3)} (median {fmt(v.median(), 3)}) over "
                    f"{len(v)} curves; {good} of {len(v)} show the expected monotone relation (ρ {'≥ ' if sign > 0 else '≤ −'}{MONOTONE_RHO:g}).")

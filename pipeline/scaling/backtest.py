@@ -1,6 +1,6 @@
 """Backtest: how often does a fit's prediction interval cover the larger runs it never saw?
 
-Every case fits a law on the smaller runs of a published dataset (or of one of our results tables) and
+Every case fits a law on the smaller runs of a published dataset (or of one of our sweeps' fits) and
 predicts the larger ones: the runs within EXTRAPOLATION× of the largest are held out, so every prediction is an
 extrapolation of up to that factor. Per (dataset, law): the share of held-out points inside their `level`
 prediction interval (the interval a measurement there falls in, FitResult.band(observed=True)) and the median
@@ -10,7 +10,7 @@ relative error. `python -m pipeline.scaling backtest` prints the table; docs/fit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pandas as pd
 
 from .calibration import law_label
 from .fit import fit
-from .laws import TWO_STAGE_LINKS
+from .laws import LAWS, TWO_STAGE_LINKS
 
 EXTRAPOLATION = 8.0  # hold out the runs within this factor of the largest
 GORDON_MIN_BYTES = 5242880  # the authors' own cut: smaller training sets are below the law's range
@@ -108,20 +108,19 @@ def apple(root: Path) -> Iterator[Case]:
                 yield Case("apple2025 DCLM", "two_stage", col, x, y2, hold2, {"link": link})
 
 
-def results_table(path: Path, holdout_largest: int = 2) -> Iterator[Case]:
-    """One of our sweeps' results.csv: BLEU and CE against Dp per curve, the fit stage's grouping and split
-    (its ladders are too short for the 8× rule: the largest `holdout_largest` rungs are held out)."""
-    from pipeline.fit import GROUP, load_results, seed_means, usable
-
-    pts = seed_means(usable(load_results(path)))
-    pts = pts[pts.dp > 0]
-    label = f"ours: {path.parent.name or path.name}"
-    for key, g in pts.groupby(GROUP, dropna=False):
-        x = g.dp.to_numpy(float)
-        name = "/".join(map(str, key))
-        hold = np.arange(len(x)) >= len(x) - holdout_largest
-        yield Case(label, "bleu_log", name, x, g.bleu.to_numpy(float), hold)
-        yield Case(label, "power", name, x, g.ce.to_numpy(float), hold)
+def fit_records(records: list[dict], label: str) -> Iterator[Case]:
+    """The per-curve fits of one of our sweeps, as the fit stage writes them (fits.json): every record of a
+    one-input law with its points, refitted on the same points with the same held-out ones (the fit stage holds
+    out the largest `fit.holdout_largest` rungs: our ladders are too short for the 8× rule). The two-stage
+    routes and the laws of two inputs are left out."""
+    for rec in records:
+        law, pts = rec.get("law"), rec.get("points") or {}
+        if law not in LAWS or LAWS[law].nx != 1 or not pts.get("x"):
+            continue
+        x = np.asarray(pts["x"], dtype=float)
+        hold = np.asarray(pts.get("holdout") or [False] * len(x), dtype=bool)
+        name = "/".join(str(rec.get(k)) for k in ("task", "mixture", "model", "method", "df"))
+        yield Case(label, law, name, x, np.asarray(pts["y"], dtype=float), hold)
 
 
 PUBLISHED = (gordon, chinchilla, gadre, apple)
@@ -137,11 +136,11 @@ def default_data() -> Path:
     return next((r for r in roots if r.is_dir()), roots[-1])
 
 
-def cases(root: Path, results: list[Path]) -> Iterator[Case]:
+def cases(root: Path, ours: Iterable[Case] = ()) -> Iterator[Case]:
+    """Every published dataset's cases, then the caller's own (e.g. `fit_records` of a sweep's fits.json)."""
     for source in PUBLISHED:
         yield from source(root)
-    for path in results:
-        yield from results_table(path)
+    yield from ours
 
 
 def run(all_cases: list[Case], level: float = 0.9) -> pd.DataFrame:

@@ -6,7 +6,7 @@
     python -m pipeline.scaling predict --fits reports/en_de/fits.json --at dp=1e9 [--target bleu=25] \\
         [--select law=bleu_log --select mixture=en50_de50] [--json]
     python -m pipeline.scaling predict --csv FILE --law bleu_log --x dp --y bleu --at dp=1e9 [--target bleu=25]
-    python -m pipeline.scaling backtest [--data DIR] [--results results.csv ...] [--level 0.9] [--out points.csv]
+    python -m pipeline.scaling backtest [--data DIR] [--fits reports/en_de/fits.json ...] [--level 0.9] [--out points.csv]
 
 Exit status: 0 done, 1 the fit could not be made / no fit to predict from (the reason is printed), 2 bad input
 (one line on stderr).
@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON object per prediction")
     b = sub.add_parser("backtest", help="coverage of the prediction intervals on published data")
     b.add_argument("--data", default=str(backtest.default_data()), help="the shared data folder")
-    b.add_argument("--results", action="append", default=[], help="a results.csv of our own sweeps")
+    b.add_argument("--fits", action="append", default=[],
+                   help="a fits.json of one of our sweeps (the fit stage's): its per-curve fits are backtested too")
     b.add_argument("--level", type=float, default=0.9)
     b.add_argument("--out", help="write every held-out point to this CSV")
     b.add_argument("--record", action="store_true",
@@ -268,11 +269,16 @@ def _backtest(a: argparse.Namespace) -> int:
     root = Path(a.data)
     if not root.is_dir():
         raise BadInput(f"--data {root} is not a folder (the shared data: chinchilla/, nmt-gordon2021/, ...)")
-    results = [Path(r) for r in a.results]
-    missing = [str(r) for r in results if not r.is_file()]
-    if missing:
-        raise BadInput(f"--results: no such file: {', '.join(missing)}")
-    points = backtest.run(list(backtest.cases(root, results)), a.level)
+    ours = []
+    for f in map(Path, a.fits):
+        try:
+            recs = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise BadInput(f"cannot read --fits {f}: {e}".splitlines()[0]) from e
+        if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+            raise BadInput(f"--fits {f} is not a fits.json of the fit stage (a list of fit records)")
+        ours += list(backtest.fit_records(recs, f"ours: {f.parent.name or f.name}"))
+    points = backtest.run(list(backtest.cases(root, ours)), a.level)
     if a.out:
         points.to_csv(a.out, index=False)
     table = backtest.summary(points)

@@ -1,4 +1,5 @@
-"""Where text comes from: one interface (`Source`), three implementations.
+"""Where text comes from: one interface (`Source`), an implementation per source listed in
+pipeline/data_sources.py (the one list of them):
 
 - `l10n` (default): the offline corpus that scripts/build_corpus.py builds from Debian's translations into
   `<cache>/l10n/{manifest.json, mono/<lang>.jsonl, pairs/<src>-<tgt>/<split>.jsonl}`.
@@ -13,24 +14,28 @@ stored as de-en serves en-de too.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from pipeline.config import ConfigError, DataConfig
+from pipeline.data_sources import SOURCES
 from pipeline.sources.base import SPLITS, TEXT_SPLITS, Source, as_pairs
 from pipeline.sources.hub import HubSource
 from pipeline.sources.l10n import L10nSource
 from pipeline.sources.local import LocalSource, check_jsonl
 
 __all__ = ["SPLITS", "TEXT_SPLITS", "HubSource", "L10nSource", "LocalSource", "Source", "as_pairs", "check_jsonl",
-           "get_source"]
+           "get_source", "reader"]
 
-_SOURCES = {"l10n": L10nSource, "hub": HubSource, "local": LocalSource}
+
+def reader(name: str) -> type[Source]:
+    """The Source class of a listed data source (pipeline.data_sources)."""
+    if name not in SOURCES:
+        raise ConfigError("data.source", f"unknown value {name!r}; allowed: {', '.join(SOURCES)}")
+    module, _, cls = SOURCES[name].reader.partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def get_source(data: DataConfig, cache: Path) -> Source:
     """The source named by `data.source`; reads nothing until asked."""
-    try:
-        cls = _SOURCES[data.source]
-    except KeyError:
-        raise ConfigError("data.source", f"unknown value {data.source!r}; allowed: {', '.join(_SOURCES)}") from None
-    return cls(data, Path(cache))
+    return reader(data.source)(data, Path(cache))
