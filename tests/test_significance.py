@@ -330,9 +330,36 @@ def test_seeds_and_sentences_reads_like_the_bootstrap_on_real_bleu():
         seeds_bleu(weak[:1], strong, refs)
 
 
-@pytest.mark.parametrize("p, text", [(0.04995, "0.04995"), (0.0496, "0.0496"), (0.05, "0.050"), (0.0504, "0.050"),
+@pytest.mark.parametrize("p, text", [(0.04995, "0.04995"), (0.0496, "0.0496"), (0.05, "0.050"), (0.0501, "0.050"),
+                                     (0.0504, "0.050"),
                                      (0.051, "0.051"), (0.002, "0.002"), (0.0004, "< 0.001"), (1.0, "1.000")])
 def test_p_values_print_so_the_rule_can_be_read_off_them(p, text):
     assert p_text(p) == text and p_is(p) == ("p " if p < 1e-3 else "p = ") + text
     shown = float(text.lstrip("< "))
     assert (shown < ALPHA) == (p < ALPHA)
+
+
+def test_a_rank_correlation_over_a_handful_of_rungs_carries_its_exact_permutation_p():
+    from pipeline.significance import rank_test
+
+    x = np.arange(5.0)
+    # over 5 rungs: ρ = -1 has p = 1/120; ρ = -0.9 (one swap) p = 5/120 < 0.05; ρ = -0.8 p = 8/120 and ρ = -0.7
+    # p = 14/120, both above 0.05 however close to a hard -0.8 threshold they sit
+    for y, rho, p in (([5, 4, 3, 2, 1], -1.0, 1 / 120), ([5, 4, 3, 1, 2], -0.9, 5 / 120),
+                      ([5, 3, 4, 1, 2], -0.8, 8 / 120), ([5, 4, 2, 1, 3], -0.7, 14 / 120)):
+        t = rank_test(x, np.array(y, float))
+        assert t.rho == pytest.approx(rho) and t.p_neg == pytest.approx(p) and t.exact and t.n == 5
+        assert t.p_pos == pytest.approx(rank_test(x, -np.array(y, float)).p_neg)
+    # against brute force over every pairing, with ties, and a non-finite point dropped
+    from itertools import permutations
+
+    from scipy.stats import spearmanr
+
+    y = np.array([2.0, 1.0, 1.0, 3.0, 0.5, 2.5])
+    t = rank_test(np.r_[x, 5.0, 6.0], np.r_[y, np.nan])
+    null = np.array([spearmanr(np.r_[x, 5.0], y[list(o)]).statistic for o in permutations(range(6))])
+    assert t.n == 6 and t.rho == pytest.approx(spearmanr(np.r_[x, 5.0], y).statistic)
+    assert t.p_neg == pytest.approx((null <= t.rho + 1e-9).mean()) and t.p_pos == pytest.approx((null >= t.rho - 1e-9).mean())
+    big = rank_test(np.arange(12.0), np.arange(12.0)[::-1])  # beyond exact enumeration: sampled, (k + 1)/(N + 1)
+    assert not big.exact and big.rho == -1 and big.p_neg == pytest.approx(1 / 20_001)
+    assert np.isnan(rank_test([1, 2], [2, 1]).p_neg) and np.isnan(rank_test(x, np.ones(5)).rho)
