@@ -852,15 +852,15 @@ def test_the_headline_says_the_scale_the_tested_bleu_difference_its_noise_and_wh
     text = headline(results, _pts(), fits, _comp(), _spec()).text
     assert text.startswith("**What the study shows.** At desk scale (t5_mini, 3.39M parameters, full finetuning; "
                            "Dp up to 2M tokens, Df up to 4,000 pairs; 12 of 13 cells evaluated)")
-    assert "pretraining lowers BLEU beyond the noise of the test sentences at the largest Df" in text
-    assert "en50_de50 3.00 → 2.00 (-1.00 [-1.40, -0.60], p = 0.001)" in text
+    assert ("pretraining lowers BLEU beyond the noise of the test sentences: at the largest Df and Dp (4,000 pairs, 2M "
+            "tokens) against none, en50_de50 -1.00 BLEU [-1.40, -0.60], p = 0.001; en100 -1.00 BLEU") in text
     assert "paired bootstrap over 2,000 sentences, 95% intervals; one seed a side, so training randomness" in text
-    assert ("changes from no pretraining to the largest Dp by -0.600 (en50_de50) and -0.600 (en100) at Df = 1,000 and "
-            "by +0.200 (en50_de50) and +0.200 (en100) at Df = 4,000 nats a token (seed means; descriptive, no test)"
-            ": pretraining helps the cross-entropy with little finetuning data, not with the most.") in text
-    assert "the BLEU log-law stands on 0 of 4 curves (4 not fitted (BLEU falls as Dp grows over the fit points))" in text
-    assert "the CE power law stands on 0 of 4 curves (4 fitted but flagged: 4 with α < 0: rises without bound)" in text
-    assert text.endswith("no law here is fit to extrapolate from.") and "stands on 4" not in text
+    assert ("From no pretraining to the largest Dp, the cross-entropy (seed means; descriptive, no test) changes by "
+            "-0.600 (en50_de50) and -0.600 (en100) nats a token at Df = 1,000 and by +0.200 (en50_de50) and +0.200 "
+            "(en100) at Df = 4,000: pretraining helps it with little finetuning data, not with the most.") in text
+    assert "the BLEU log-law stands on 0 of 4 curves (4 not fitted: BLEU falls as Dp grows over the fit points)" in text
+    assert "the CE power law on 0 of 4 curves (4 fitted but flagged: 4 with α < 0 (rises without bound))" in text
+    assert text.endswith("none is fit to extrapolate from.") and "on 4 of" not in text
     inside = headline(results, _pts(), fits, _comp(significant=False), _spec()).text
     assert "pretraining moves BLEU by no more than the noise of the test sentences" in inside
     floor = headline(results, _pts(bleu_scale=0.1), fits, _comp(), _spec("cpu")).text

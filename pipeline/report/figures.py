@@ -156,7 +156,7 @@ def _legend_keys(extra: list[tuple[str, dict]] | None = None) -> list:
             Line2D([], [], marker="o", ls="", mfc="white", color="gray", label="held-out point"),
             Line2D([], [], ls="-", color="gray", label="fitted law (band: 90% interval)"),
             Line2D([], [], ls="--", color="gray", label="law extrapolated"),
-            Line2D([], [], ls="-.", color="gray", alpha=0.4, label="flagged law: does not stand (no band)"),
+            Line2D([], [], ls="-.", color="gray", alpha=0.4, label="flagged law (does not stand)"),
             Line2D([], [], ls=":", color="gray", label="no pretraining (Dp = 0)")]
     return keys + [Line2D([], [], label=label, **kw) for label, kw in (extra or [])]
 
@@ -218,7 +218,8 @@ def plot_task(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Pa
             _style_dp_axis(ax, label, f"{mix} (alignment {align:.2f}) · {METRIC[metric]}", bleu=metric == "bleu")
             _no_fit_note(ax, _dp_fit_reasons(recs, metric))
     handles = [h for h in axes[0][0].get_legend_handles_labels()[0]]
-    _save(fig, path, handles + _legend_keys(), f"{task} · {model} · {method} finetuning: BLEU and CE against Dp")
+    _save(fig, path, handles + _legend_keys(), f"{task} · {model} · {method} finetuning: BLEU and CE against Dp",
+          ncol=4)
 
 
 def plot_bleu_vs_ce(task: str, pts: pd.DataFrame, path: Path, model: str, method: str) -> None:

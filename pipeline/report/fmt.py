@@ -135,7 +135,7 @@ def plain_reason(reason: Any, metric: str = "") -> str:
 # fitted rising (α < 0 rises without bound), a parameter the points leave unbounded (E at its limit with A
 # unbounded is one), a term of the law at its limit. Other flags (near-collinear parameters, an interval spanning
 # orders of magnitude, an uncalibrated interval) leave the curve standing and name parameters it does not pin down.
-BREAKS_CURVE = {"rises without bound": "α < 0: rises without bound", "not bounded by the data":
+BREAKS_CURVE = {"rises without bound": "α < 0 (rises without bound)", "not bounded by the data":
                 "a parameter the points do not bound", "are not identified": "a term at its limit"}
 
 

@@ -66,12 +66,11 @@ def _bleu(scope: str, g: pd.DataFrame, comp: pd.DataFrame | None, task: str, mod
         c = comparison(comp, "pretraining", task, model, method, d, mixture_b=mix)
         if c is not None:
             tests.append(c)
-            parts.append(f"{mix} {fmt(float(c['bleu_a']), 3)} → {fmt(float(c['bleu_b']), 3)} ({float(c['delta']):+.2f} "
-                         f"[{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], {p_is(c['p_value'])}"
-                         f"{length_flag(c, flag)})")
+            parts.append(f"{mix} {float(c['delta']):+.2f} BLEU [{float(c['delta_lo']):+.2f}, "
+                         f"{float(c['delta_hi']):+.2f}], {p_is(c['p_value'])}{length_flag(c, flag)}")
         elif (gm["dp"] == 0).any() and (gm["dp"] > 0).any():
             a, b = float(gm.loc[gm["dp"] == 0, "bleu"].iloc[0]), float(gm.sort_values("dp")["bleu"].iloc[-1])
-            parts.append(f"{mix} {fmt(a, 3)} → {fmt(b, 3)} ({b - a:+.2f}, untested)")
+            parts.append(f"{mix} {b - a:+.2f} BLEU (untested)")
     if not parts:
         return f"{scope}, BLEU reaches {fmt(top, 3)}; no curve has both a Dp = 0 and a pretrained cell to compare."
     sig = [is_ok(c["significant"]) for c in tests]
@@ -91,8 +90,8 @@ def _bleu(scope: str, g: pd.DataFrame, comp: pd.DataFrame | None, task: str, mod
     only = ("; one seed a side, so training randomness is not covered" if tests
             and all(noise_of(c) == NOISE_TEST for c in tests) else "")
     rung = max((float(c["dp_rung_b"]) for c in tests), default=float(g["dp"].max()))
-    return (f"{scope}, {verb} at the largest Df: from no pretraining to Dp = {fmt_tokens(rung)} tokens at Df = "
-            f"{fmt(int(d))}, BLEU goes " + "; ".join(parts) + (f" ({how}, 95% intervals{only})" if how else "") + ".")
+    return (f"{scope}, {verb}: at the largest Df and Dp ({fmt(int(d))} pairs, {fmt_tokens(rung)} tokens) against none, "
+            + "; ".join(parts) + (f" ({how}, 95% intervals{only})" if how else "") + ".")
 
 
 def _ce(g: pd.DataFrame) -> str:
@@ -108,17 +107,18 @@ def _ce(g: pd.DataFrame) -> str:
         return ""
     said = [" and ".join(f"{v:+.3f} ({mix})" for mix, v in ch.items()) + f" at Df = {fmt(int(d))}"
             for d, ch in at.items()]
+    said[0] = said[0].replace(" at Df", " nats a token at Df", 1)
     first, last = list(at.values())[0], list(at.values())[-1]
     if len(at) == 2 and all(v < 0 for v in first.values()) and all(v >= 0 for v in last.values()):
-        reading = ": pretraining helps the cross-entropy with little finetuning data, not with the most"
+        reading = ": pretraining helps it with little finetuning data, not with the most"
     elif all(v < 0 for ch in at.values() for v in ch.values()):
-        reading = ": pretraining lowers the cross-entropy at " + ("both ends of the Df ladder" if len(at) == 2 else "this Df")
+        reading = ": pretraining lowers it at " + ("both ends of the Df ladder" if len(at) == 2 else "this Df")
     elif all(v > 0 for ch in at.values() for v in ch.values()):
-        reading = ": pretraining raises the cross-entropy at " + ("both ends of the Df ladder" if len(at) == 2 else "this Df")
+        reading = ": pretraining raises it at " + ("both ends of the Df ladder" if len(at) == 2 else "this Df")
     else:
         reading = ""
-    return ("The cross-entropy, which moves where BLEU cannot, changes from no pretraining to the largest Dp by "
-            + " and by ".join(said) + f" nats a token (seed means; descriptive, no test){reading}.")
+    return ("From no pretraining to the largest Dp, the cross-entropy (seed means; descriptive, no test) changes by "
+            + " and by ".join(said) + f"{reading}.")
 
 
 def _laws(f: pd.DataFrame) -> str:
@@ -130,7 +130,8 @@ def _laws(f: pd.DataFrame) -> str:
         if c.empty:
             continue
         ok, stands = c["ok"].map(is_ok), standing(c)
-        s = f"the {law_name(c['law'].iloc[0], metric)} stands on {int(stands.sum())} of {len(c)} curves"
+        s = (f"the {law_name(c['law'].iloc[0], metric)} " + ("on" if parts else "stands on")
+             + f" {int(stands.sum())} of {len(c)} curves")
         more = []
         if stands.any():
             worst = c.loc[stands, "holdout_mre"].max()
@@ -143,11 +144,11 @@ def _laws(f: pd.DataFrame) -> str:
         failed = c[~ok]
         if len(failed):
             reasons = pd.Series([plain_reason(r, metric) for r in failed["reason"]]).value_counts()
-            more.append(f"{len(failed)} not fitted ({reasons.index[0]}"
-                        + (f" on {reasons.iloc[0]}" if len(reasons) > 1 else "") + ")")
+            more.append(f"{len(failed)} not fitted: {reasons.index[0]}"
+                        + (f" on {reasons.iloc[0]}" if len(reasons) > 1 else ""))
         parts.append(s + (f" ({'; '.join(more)})" if more else ""))
     if not parts:
         return ""
     none = not standing(pd.concat([curve_fits(f, m) for m in CURVE_METRICS])).any()
     return ("Of the per-curve laws, " + and_list(parts)
-            + (": no law here is fit to extrapolate from." if none else "."))
+            + (": none is fit to extrapolate from." if none else "."))
