@@ -236,7 +236,8 @@ def test_every_reading_names_its_noise_and_flags_a_length_gap():
     from pipeline.report.tables import significance_section
     from pipeline.report.verdicts import sig_brief, sig_text
 
-    base = {"kind": "pretraining", "task": "en-de", "df": 100, "mixture_a": "en50_de50", "dp_rung_a": 0,
+    base = {"kind": "pretraining", "task": "en-de", "model": "t5_tiny", "method": "full", "df": 100,
+            "mixture_a": "en50_de50", "dp_rung_a": 0,
             "mixture_b": "en50_de50", "dp_rung_b": 2048, "bleu_a": 1.0, "bleu_b": 1.6, "delta": 0.6, "delta_lo": 0.1,
             "delta_hi": 1.1, "p_value": 0.04995, "significant": True, "n": 2000, "resamples": 1000, "seeds": "0+1"}
     seeds = pd.Series(base | {"noise": NOISE_SEEDS, "t_df": 1.7, "len_ratio_a": 0.98, "len_ratio_b": 1.42})
@@ -249,8 +250,9 @@ def test_every_reading_names_its_noise_and_flags_a_length_gap():
     blocks = significance_section(pd.DataFrame([seeds.to_dict(), base | {"kind": "rung"}]), 0.1)
     para, table = blocks[1].text, blocks[2].children[0]
     assert "seeds + test sentences" in para and "test sentences only" in para and "1 comparison(s)" in para
-    assert table.rows[0][7] == "0.04995" and table.rows[0][9] == NOISE_SEEDS and table.rows[0][10].endswith("⚠")
-    assert table.rows[1][9] == NOISE_TEST and table.rows[1][10] == "—"
+    assert table.rows[0][2:4] == ["t5_tiny", "full"]  # with several models or methods a row names its own
+    assert table.rows[0][9] == "0.04995" and table.rows[0][11] == NOISE_SEEDS and table.rows[0][12].endswith("⚠")
+    assert table.rows[1][11] == NOISE_TEST and table.rows[1][12] == "—"
 
 
 def test_rung_steps_count_the_changes_beyond_the_noise_along_a_curve():
