@@ -65,7 +65,7 @@ def numbers(cell: str) -> list[tuple[float, float]]:
 
 
 # a number in running text: not a digit of a name (t5_mini, en50_de50); token counts as fmt_tokens writes them
-TEXT_NUMBER = re.compile(r"(?<![\w.])([-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?)([kMB%]?)(?!\w)")
+TEXT_NUMBER = re.compile(r"(?<![\w.])([-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?)([kMB%]?)(?!\w)")
 
 
 def headline_numbers(text: str) -> list[tuple[str, tuple[float, float]]]:

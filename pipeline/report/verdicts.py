@@ -314,7 +314,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                 drops.append((d, float(c["ce"].iloc[-1] - c[c["dp"] == 0]["ce"].iloc[0])))
         if drops:
             out.append(f"**{mix}**: from no pretraining to the largest Dp, CE changes by "
-                       + ", ".join(f"{v:+.3f} at Df = {fmt(int(d))}" for d, v in drops) + " (nats a token).")
+                       + ", ".join(f"{v:+.3f} at Df = {fmt(int(d))}" for d, v in drops) + " (nats a token; seed means, no test: descriptive).")
     # Alignment: which mixture wins at the largest Dp, per Df.
     if g["mixture"].nunique() >= 2:
         for d in dfs:
