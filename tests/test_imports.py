@@ -108,8 +108,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("libraries", ("pipeline.scaling", "pipeline.significance")),
     ("files", ("pipeline.artifacts", "pipeline.tracking")),
     ("config", ("pipeline.study", "pipeline.config")),
-    # where text comes from, and the table the read-only stages share
-    ("data", ("pipeline.sources", "pipeline.corpus", "pipeline.results")),
+    # where text comes from, how it is read as tokens (vocabulary, streams), and the table the read-only stages share
+    ("data", ("pipeline.sources", "pipeline.corpus", "pipeline.vocab", "pipeline.streams", "pipeline.results")),
     ("model", ("pipeline.precision", "pipeline.model", "pipeline.span_corruption", "pipeline.greedy",
                "pipeline.memory", "pipeline.distributed", "pipeline.seq2seq")),
     ("training", ("pipeline.training", "pipeline.tokenizer", "pipeline.tokens", "pipeline.mixture")),

@@ -19,6 +19,7 @@ from test_fit_stage import DP, synthetic_results
 from pipeline import fit, report
 from pipeline.config import load_config
 from pipeline.plan import build_read_plan
+from pipeline.results import GROUP, seed_means, usable
 from pipeline.task import typed
 
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
@@ -64,6 +65,20 @@ def numbers(cell: str) -> list[tuple[float, float]]:
     return [shown(t) for t in NUMBER.findall(cell)]
 
 
+# a number in running text: not a digit of a name (t5_mini, en50_de50); token counts as fmt_tokens writes them
+TEXT_NUMBER = re.compile(r"(?<![\w.])([-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?)([kMB%]?)(?!\w)")
+
+
+def headline_numbers(text: str) -> list[tuple[str, tuple[float, float]]]:
+    """(token, (value, half a unit of its last digit)) of every number in a sentence."""
+    out = []
+    for m in TEXT_NUMBER.finditer(text):
+        v, half = shown(m.group(1))
+        scale = {"k": 1e3, "M": 1e6, "B": 1e9, "%": 0.01, "": 1.0}[m.group(2)]
+        out.append((m.group(0), (v * scale, half * scale)))
+    return out
+
+
 def finite(v) -> bool:
     try:
         return math.isfinite(float(v))
@@ -82,8 +97,10 @@ class Checker:
         self.results = fit.load_results(results)
         self.fits, self.corr, self.methods = (read(out / n) for n in ("fits.csv", "correlations.csv", "methods.csv"))
         self.records = json.loads((out / "fits.json").read_text())
-        comp = out / "comparisons.csv"  # written by collect beside the report; absent for a table copied alone
-        self.comparisons = pd.read_csv(comp) if comp.exists() else pd.DataFrame()
+        # written by collect beside the results table (the report reads it there); absent for a table copied alone
+        comp = next((p for p in (Path(results).with_name("comparisons.csv"), out / "comparisons.csv") if p.exists()),
+                    None)
+        self.comparisons = pd.read_csv(comp) if comp is not None else pd.DataFrame()
         self.errors: list[str] = []
         self.checked = 0
 
@@ -152,11 +169,45 @@ class Checker:
                 self.errors.append(f"{w}: a column the checker does not know")
 
     def check(self, md: str) -> None:
+        self.headline(md)
         for ctx, bold, header, rows in tables(md):
             for i, cells in enumerate(rows):
                 row = dict(zip(header, cells))
                 where = f"{ctx} / {bold} row {i}"
                 self.table_row(where, ctx, bold, header, row)
+
+    def headline(self, md: str) -> None:
+        """Every number of the headline paragraph is a number of the sources at the precision shown: a comparison's
+        (BLEU levels, difference, interval, p, sentences, rung), a seed mean's (BLEU, CE, Dp, Df, parameters) or a
+        CE change along a curve, a fit's held-out error, a count, or a threshold the text names."""
+        from pipeline.report.headline import LEAD
+        from pipeline.report.verdicts import BLEU_FLOOR
+        from pipeline.significance import ALPHA
+
+        para = next((line for line in md.splitlines() if line.startswith(f"**{LEAD}**")), None)
+        if para is None:
+            return self.errors.append("no headline paragraph")
+        para = para.replace("p < 0.001", "p below its floor")  # a bound, not a number of the sources
+        pts = seed_means(usable(self.results))
+        values = [BLEU_FLOOR, ALPHA, 0.95, *pts[["bleu", "ce", "dp", "df", "params"]].to_numpy(float).ravel()]
+        for _, g in pts.groupby(GROUP):
+            base = g[g["dp"] == 0]
+            if len(base):
+                values += list(g["ce"].to_numpy(float) - float(base["ce"].iloc[0]))
+                values += list(g["bleu"].to_numpy(float) - float(base["bleu"].iloc[0]))
+        if len(self.comparisons):
+            cols = ["bleu_a", "bleu_b", "delta", "delta_lo", "delta_hi", "p_value", "n", "dp_rung_b"]
+            values += list(self.comparisons[cols].to_numpy(float).ravel())
+        if "holdout_mre" in self.fits:
+            values += list(pd.to_numeric(self.fits["holdout_mre"], errors="coerce"))
+        values = np.array([v for v in values if finite(v)])
+        counts = max(len(self.results), len(self.fits))
+        for token, (g, half) in headline_numbers(para):
+            self.checked += 1
+            if float(g).is_integer() and "." not in token and token[-1].isdigit() and 0 <= g <= counts:
+                continue  # a count
+            if not (np.abs(values - g) <= half * 1.001 + 1e-12).any():
+                self.errors.append(f"headline: {token} is no number of the sources")
 
     def table_row(self, where: str, ctx: str, bold: str, header: list[str], row: dict[str, str]) -> None:
         law = {"BLEU:": ("bleu_log", "dp"), "Cross-entropy:": ("power", "dp"), "Joint law L(Dp, Df)": ("joint", "dp,df"),
@@ -196,8 +247,7 @@ class Checker:
             self.errors.append(f"{where}: a table the checker does not know: {header}")
 
     def comparison(self, where: str, row: dict[str, str]) -> None:
-        """A row of the significance table is one of comparisons.csv's, every number printed from it (the table
-        names no model or method: some row of that kind, task, Df and sides must match all of them)."""
+        """A row of the significance table is one of comparisons.csv's, every number printed from it."""
         from pipeline.report.fmt import fmt, fmt_df, fmt_tokens
         from pipeline.significance import p_text
 
@@ -207,11 +257,12 @@ class Checker:
             return f"{mixture} Dp {fmt_tokens(dp) if dp else '0'}"
 
         for _, r in self.comparisons.iterrows():
-            printed = [str(r["kind"]), str(r["task"]), fmt_df(r["df"]), side(r["mixture_a"], r["dp_rung_a"]),
+            printed = [str(r["kind"]), str(r["task"]), str(r["model"]), str(r["method"]), fmt_df(r["df"]),
+                       side(r["mixture_a"], r["dp_rung_a"]),
                        side(r["mixture_b"], r["dp_rung_b"]), f"{fmt(r['bleu_a'], 3)} → {fmt(r['bleu_b'], 3)}",
                        f"{r['delta']:+.2f} [{r['delta_lo']:+.2f}, {r['delta_hi']:+.2f}]", p_text(r["p_value"]),
                        "yes" if str(r["significant"]).lower() == "true" else "no"]
-            names = ["kind", "task", "Df", "a", "b", "BLEU a → b", "Δ [95% CI]", "p", "significant"]
+            names = ["kind", "task", "model", "method", "Df", "a", "b", "BLEU a → b", "Δ [95% CI]", "p", "significant"]
             if [row[n] for n in names] == printed:
                 return
         self.errors.append(f"{where}: {row} is no row of comparisons.csv as printed")
@@ -479,7 +530,7 @@ KEYS = ("task", "mixture", "model", "method", "Df", "upstream loss", "law", "why
 
 
 def test_header_states_scale_corpus_signature_and_sha(study):
-    head = (study / "report.md").read_text().split("## Summary")[0]
+    head = (study / "report.md").read_text().split("## Findings")[0]
     assert "**Scale: smoke**" in head and "toy-scale" in head
     assert "Debian packages" in head
     assert f"sacreBLEU signature: {SIGNATURE}" in head
@@ -501,7 +552,7 @@ def test_failed_fits_and_left_out_cells_are_said(study):
     assert "0 missing" not in cells and "1 missing, 1 failed" in cells
     assert "evaluate failed: out of memory" in cells and "no evaluate directory" in cells
     # verdicts come before the long tables, which are collapsed
-    assert md.index("## Summary") < md.index("## Fitted laws") < md.index("## Appendix")
+    assert md.index("## Findings") < md.index("## Question 1") < md.index("## Fitted laws") < md.index("## Appendix")
     assert md.index("<details>") > md.index("## Question 1")
 
 
@@ -532,7 +583,7 @@ def test_degenerate_tables_give_a_report_that_says_what_is_missing(tmp_path, kin
     _degenerate(kind).to_csv(tmp_path / "results.csv", index=False)
     out = run_fit_and_report(tmp_path / "results.csv", tmp_path / "reports", "fit.bootstrap=0")
     md = (out / "report.md").read_text()
-    assert "## Summary" in md and "## Cells" in md
+    assert "## Findings" in md and "## Cells" in md
     said = {"mixture_without_dp": "bleu is not a finite number", "only_baseline": "too few points",
             "one_dp": "too few points", "df_not_a_number": "df is not a finite number",
             "no_ce": "ce is not a finite number", "all_failed": "finetune diverged"}[kind]
@@ -647,10 +698,11 @@ def test_a_curve_that_does_not_translate_is_said_so_while_the_others_are_read(tm
         assert "BLEU measures translation only at Df = 4,000, so it cannot tell" in line
 
 
-def test_whether_bleu_and_ce_move_together_is_said_per_curve_with_its_rank_correlation(tmp_path):
+def test_whether_bleu_and_ce_move_together_is_said_per_curve_with_its_rank_test(tmp_path):
     # the desk study's two findings on curves that translate: at one Df BLEU falls with Dp while CE barely moves
-    # and ranks the rungs otherwise (no proxy); at the other both get worse together. Neither is a "CE falls while
-    # BLEU does not" flag, and both must still be read.
+    # and ranks the rungs otherwise; at the other both get worse together. Neither is a "CE falls while BLEU does
+    # not" flag, and both must still be read, each with its exact permutation test: over 6 rungs ρ = -1 is beyond
+    # chance (p = 1/720), ρ = -0.09 is not, and is said to be descriptive, not "apart".
     from scipy.stats import spearmanr
 
     df = synthetic_results(dp=DP[:6], dfs=(1000, 4000), mixtures=("en50_de50",), bleu_law=False)
@@ -663,10 +715,12 @@ def test_whether_bleu_and_ce_move_together_is_said_per_curve_with_its_rank_corre
     rho = {d: spearmanr(np.linspace(3.0, 1.5, 6), ce).statistic for d, ce in ces.items()}
     assert rho[4000] == pytest.approx(-1.0) and rho[1000] > -0.8
     together = [line for line in md.splitlines() if line.startswith("- BLEU and CE move together across Dp")]
-    apart = [line for line in md.splitlines() if line.startswith("- BLEU and CE do not move together across Dp")]
-    assert len(together) == 1 and f"en50_de50 at Df = 4,000 (ρ = {rho[4000]:+.2f})" in together[0], together
-    assert len(apart) == 1 and f"en50_de50 at Df = 1,000 (ρ = {rho[1000]:+.2f})" in apart[0], apart
-    assert "Df = 1,000" not in together[0] and "Df = 4,000" not in apart[0]
+    unknown = [line for line in md.splitlines() if line.startswith("- Whether BLEU and CE move together")]
+    assert len(together) == 1 and (f"en50_de50 at Df = 4,000 (ρ = {rho[4000]:+.2f} over 6 rungs, exact permutation "
+                                   "p = 0.001)") in together[0], together
+    assert len(unknown) == 1 and f"en50_de50 at Df = 1,000 (ρ = {rho[1000]:+.2f} over 6 rungs" in unknown[0], unknown
+    assert "descriptive" in unknown[0] and "do not move together" not in md
+    assert "Df = 1,000" not in together[0] and "Df = 4,000" not in unknown[0]
     assert "misleading proxy" not in md  # CE does not keep falling on either curve: no flag
 
 
@@ -728,3 +782,136 @@ def test_the_training_controls_say_which_runs_hit_their_cap_the_chosen_rates_and
                                                         "ft_epochs"])
     old.to_csv(tmp_path / "old.csv")
     assert controls_section(load_results(tmp_path / "old.csv").query("lr == 0.001")) == []
+
+
+# ------------------------------------------------------------------------------ the headline and claims
+
+
+def test_the_headline_leads_with_the_dp_figure_and_every_number_in_it_is_a_source_number(study):
+    from pipeline.report.headline import LEAD
+
+    md = (study / "report.md").read_text()
+    lines = md.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith(f"**{LEAD}**"))
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    first_img = next(i for i, line in enumerate(lines) if line.startswith("!["))
+    assert lines[0].startswith("# ") and head < first_img < first_table and head < lines.index("## Findings")
+    assert lines[first_img].endswith("_t5_tiny_full_dp.png)")  # the Dp figure of the study's first read
+    assert "At smoke scale (t5_tiny" in lines[head] and lines[head].count(". ") >= 2
+    c = Checker(study, study.parent.parent / "results.csv")
+    c.headline(md)
+    assert not c.errors and c.checked >= 8, (c.errors, c.checked)
+    # one altered digit in the headline is caught
+    token = next(t for t, _ in headline_numbers(lines[head]) if "." in t)
+    digit = list(re.finditer(r"\d", token))[-1]
+    bad = token[:digit.start()] + str((int(digit.group()) + 3) % 10) + token[digit.end():]
+    c.errors = []
+    c.headline(md.replace(lines[head], lines[head].replace(token, bad, 1)))
+    assert c.errors, (token, bad)
+    # in the HTML the headline and the figure come before any table or folded section; the tables are folded
+    page = (study / "report.html").read_text()
+    assert page.index(LEAD) < page.index("<img class='lead'") < min(page.index("<table"), page.index("<details"))
+    assert page.count("<details class='section'>") >= 5
+
+
+def _spec(scale: str = "desk"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(scale=SimpleNamespace(name=scale), fit=SimpleNamespace(length_ratio_flag=0.2))
+
+
+def _pts(bleu_scale: float = 1.0) -> pd.DataFrame:
+    rows = []
+    for mix in ("en50_de50", "en100"):
+        for df_, ce in ((1000, (5.0, 4.6, 4.4)), (4000, (4.0, 4.1, 4.2))):
+            for dp, b, c in zip((0, 1e6, 2e6), (3.0, 2.4, 2.0), ce):
+                rows.append({"task": "en-de", "model": "t5_mini", "method": "full", "mixture": mix, "df": df_, "dp": dp,
+                             "bleu": b * bleu_scale, "ce": c, "params": 3.39e6, "alignment": 1.0})
+    return pd.DataFrame(rows)
+
+
+def _comp(significant: bool = True) -> pd.DataFrame:
+    return pd.DataFrame([{"kind": "pretraining", "task": "en-de", "model": "t5_mini", "method": "full", "df": 4000,
+                          "mixture_a": mix, "dp_rung_a": 0, "mixture_b": mix, "dp_rung_b": 2_000_000, "seeds": "0",
+                          "bleu_a": 3.0, "bleu_b": 2.0, "delta": -1.0, "delta_lo": -1.4, "delta_hi": -0.6,
+                          "p_value": 0.001 if significant else 0.3, "significant": significant, "n": 2000,
+                          "resamples": 1000, "noise": "test sentences", "len_ratio_a": 1.0, "len_ratio_b": 1.05}
+                         for mix in ("en50_de50", "en100")])
+
+
+def test_the_headline_says_the_scale_the_tested_bleu_difference_its_noise_and_which_laws_stand():
+    from pipeline.report.headline import headline
+
+    results = pd.DataFrame({"status": ["ok"] * 12 + ["failed"]})
+    fits = pd.DataFrame([
+        {"task": "en-de", "model": "t5_mini", "method": "full", "mixture": m, "df": d, "metric": metric, "law": law,
+         "x": "dp", "ok": ok_, "reason": reason, "flags": flags, "holdout_mre": 0.02}
+        for m in ("en50_de50", "en100") for d in (1000, 4000) for metric, law, ok_, reason, flags in (
+            ("bleu", "bleu_log", False, "BLEU falls as Dp grows over the fit points", ""),
+            ("ce", "power", True, None, "alpha = -0.05 < 0: the term grows with its input instead of decaying, so the "
+                                        "law rises without bound as it extrapolates"))])
+    text = headline(results, _pts(), fits, _comp(), _spec()).text
+    assert text.startswith("**What the study shows.** At desk scale (t5_mini, 3.39M parameters, full finetuning; "
+                           "Dp up to 2M tokens, Df up to 4,000 pairs; 12 of 13 cells evaluated)")
+    assert ("pretraining lowers BLEU beyond the noise of the test sentences: at the largest Df and Dp (4,000 pairs, 2M "
+            "tokens) against none, en50_de50 -1.00 BLEU [-1.40, -0.60], p = 0.001; en100 -1.00 BLEU") in text
+    assert "paired bootstrap over 2,000 sentences, 95% intervals; one seed a side, so training randomness" in text
+    assert ("From no pretraining to the largest Dp, the cross-entropy (seed means; descriptive, no test) changes by "
+            "-0.600 (en50_de50) and -0.600 (en100) nats a token at Df = 1,000 and by +0.200 (en50_de50) and +0.200 "
+            "(en100) at Df = 4,000: pretraining helps it with little finetuning data, not with the most.") in text
+    assert "the BLEU log-law stands on 0 of 4 curves (4 not fitted: BLEU falls as Dp grows over the fit points)" in text
+    assert "the CE power law on 0 of 4 curves (4 fitted but flagged: 4 with α < 0 (rises without bound))" in text
+    assert text.endswith("none is fit to extrapolate from.") and "on 4 of" not in text
+    inside = headline(results, _pts(), fits, _comp(significant=False), _spec()).text
+    assert "pretraining moves BLEU by no more than the noise of the test sentences" in inside
+    floor = headline(results, _pts(bleu_scale=0.1), fits, _comp(), _spec("cpu")).text
+    assert "At cpu scale" in floor and "the models do not translate yet: BLEU stays below 1 in every cell" in floor
+
+
+def test_a_flagged_fit_is_drawn_faded_without_a_band_and_never_said_to_stand():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from pipeline.report.document import to_markdown
+    from pipeline.report.figures import _draw_law, law_style
+    from pipeline.report.tables import fit_counts, flag_list
+
+    rising = "alpha = -1.04 < 0: the term grows with its input instead of decaying, so the law rises without bound"
+    unbounded = "A is not bounded by the data (its 90% interval is unbounded)"
+    collinear = "e and a are near-collinear (correlation -0.99997): the data pin down a combination of them, not each"
+    x = np.geomspace(1e6, 8e6, 20)
+    rec = {"ok": True, "curve": {"x": list(x), "y": list(4 + 0.01 * np.log(x)), "lo": list(3.9 + 0.01 * np.log(x)),
+                                 "hi": list(4.1 + 0.01 * np.log(x))},
+           "points": {"x": [1e6, 2e6, 4e6, 8e6], "y": [4.14, 4.15, 4.15, 4.16], "holdout": [False] * 3 + [True]}}
+    for flags, stands in (([], True), ([collinear], True), ([rising], False), ([unbounded], False)):
+        style = law_style({**rec, "flags": flags})
+        assert style["band"] is stands and (style["alpha"] == 1.0) is stands and (style["fit"] == "-") is stands
+        fig, ax = plt.subplots()
+        _draw_law(ax, {**rec, "flags": flags}, "C0", np.array([1e6, 2e6, 4e6, 8e6]))
+        assert any(isinstance(c, PolyCollection) for c in ax.collections) is stands
+        assert {ln.get_alpha() or 1.0 for ln in ax.lines} == ({1.0} if stands else {0.4})
+        plt.close(fig)
+    fits = pd.DataFrame([{"task": "en-de", "model": "m", "method": "full", "mixture": "en100", "df": d, "metric": "ce",
+                          "law": "power", "x": "dp", "ok": True, "reason": None, "flags": f}
+                         for d, f in ((1000, rising + "; " + unbounded), (2000, collinear))])
+    text = to_markdown(flag_list(fits, "power"))
+    broken, fine = text.split("The curve stands")
+    assert "does not stand" in broken and "Df = 1,000" in broken and "Df = 2,000" not in broken
+    assert "Df = 2,000" in fine and "still stand" not in text
+    assert "the CE power law on 2 of 2 (1 flagged: the curve does not stand)" in fit_counts(
+        pd.DataFrame({"status": ["ok"]}), fits)
+
+
+def test_the_significance_table_names_model_and_method(study):
+    rows = [(ctx, header) for ctx, _, header, _ in tables((study / "report.md").read_text()) if "Δ [95% CI]" in header]
+    assert all(header[:5] == ["kind", "task", "model", "method", "Df"] for _, header in rows)
+    from pipeline.report.tables import significance_section
+
+    comp = _comp()
+    comp.loc[1, ["model", "method"]] = ["t5_tiny", "lora"]
+    table = significance_section(comp)[-1].children[0]
+    assert table.header[:5] == ["kind", "task", "model", "method", "Df"]
+    assert [r[2:4] for r in table.rows] == [["t5_mini", "full"], ["t5_tiny", "lora"]]

@@ -236,7 +236,8 @@ def test_every_reading_names_its_noise_and_flags_a_length_gap():
     from pipeline.report.tables import significance_section
     from pipeline.report.verdicts import sig_brief, sig_text
 
-    base = {"kind": "pretraining", "task": "en-de", "df": 100, "mixture_a": "en50_de50", "dp_rung_a": 0,
+    base = {"kind": "pretraining", "task": "en-de", "model": "t5_tiny", "method": "full", "df": 100,
+            "mixture_a": "en50_de50", "dp_rung_a": 0,
             "mixture_b": "en50_de50", "dp_rung_b": 2048, "bleu_a": 1.0, "bleu_b": 1.6, "delta": 0.6, "delta_lo": 0.1,
             "delta_hi": 1.1, "p_value": 0.04995, "significant": True, "n": 2000, "resamples": 1000, "seeds": "0+1"}
     seeds = pd.Series(base | {"noise": NOISE_SEEDS, "t_df": 1.7, "len_ratio_a": 0.98, "len_ratio_b": 1.42})
@@ -249,8 +250,9 @@ def test_every_reading_names_its_noise_and_flags_a_length_gap():
     blocks = significance_section(pd.DataFrame([seeds.to_dict(), base | {"kind": "rung"}]), 0.1)
     para, table = blocks[1].text, blocks[2].children[0]
     assert "seeds + test sentences" in para and "test sentences only" in para and "1 comparison(s)" in para
-    assert table.rows[0][7] == "0.04995" and table.rows[0][9] == NOISE_SEEDS and table.rows[0][10].endswith("⚠")
-    assert table.rows[1][9] == NOISE_TEST and table.rows[1][10] == "—"
+    assert table.rows[0][2:4] == ["t5_tiny", "full"]  # with several models or methods a row names its own
+    assert table.rows[0][9] == "0.04995" and table.rows[0][11] == NOISE_SEEDS and table.rows[0][12].endswith("⚠")
+    assert table.rows[1][11] == NOISE_TEST and table.rows[1][12] == "—"
 
 
 def test_rung_steps_count_the_changes_beyond_the_noise_along_a_curve():
@@ -330,9 +332,36 @@ def test_seeds_and_sentences_reads_like_the_bootstrap_on_real_bleu():
         seeds_bleu(weak[:1], strong, refs)
 
 
-@pytest.mark.parametrize("p, text", [(0.04995, "0.04995"), (0.0496, "0.0496"), (0.05, "0.050"), (0.0504, "0.050"),
+@pytest.mark.parametrize("p, text", [(0.04995, "0.04995"), (0.0496, "0.0496"), (0.05, "0.050"), (0.0501, "0.050"),
+                                     (0.0504, "0.050"),
                                      (0.051, "0.051"), (0.002, "0.002"), (0.0004, "< 0.001"), (1.0, "1.000")])
 def test_p_values_print_so_the_rule_can_be_read_off_them(p, text):
     assert p_text(p) == text and p_is(p) == ("p " if p < 1e-3 else "p = ") + text
     shown = float(text.lstrip("< "))
     assert (shown < ALPHA) == (p < ALPHA)
+
+
+def test_a_rank_correlation_over_a_handful_of_rungs_carries_its_exact_permutation_p():
+    from pipeline.significance import rank_test
+
+    x = np.arange(5.0)
+    # over 5 rungs: ρ = -1 has p = 1/120; ρ = -0.9 (one swap) p = 5/120 < 0.05; ρ = -0.8 p = 8/120 and ρ = -0.7
+    # p = 14/120, both above 0.05 however close to a hard -0.8 threshold they sit
+    for y, rho, p in (([5, 4, 3, 2, 1], -1.0, 1 / 120), ([5, 4, 3, 1, 2], -0.9, 5 / 120),
+                      ([5, 3, 4, 1, 2], -0.8, 8 / 120), ([5, 4, 2, 1, 3], -0.7, 14 / 120)):
+        t = rank_test(x, np.array(y, float))
+        assert t.rho == pytest.approx(rho) and t.p_neg == pytest.approx(p) and t.exact and t.n == 5
+        assert t.p_pos == pytest.approx(rank_test(x, -np.array(y, float)).p_neg)
+    # against brute force over every pairing, with ties, and a non-finite point dropped
+    from itertools import permutations
+
+    from scipy.stats import spearmanr
+
+    y = np.array([2.0, 1.0, 1.0, 3.0, 0.5, 2.5])
+    t = rank_test(np.r_[x, 5.0, 6.0], np.r_[y, np.nan])
+    null = np.array([spearmanr(np.r_[x, 5.0], y[list(o)]).statistic for o in permutations(range(6))])
+    assert t.n == 6 and t.rho == pytest.approx(spearmanr(np.r_[x, 5.0], y).statistic)
+    assert t.p_neg == pytest.approx((null <= t.rho + 1e-9).mean()) and t.p_pos == pytest.approx((null >= t.rho - 1e-9).mean())
+    big = rank_test(np.arange(12.0), np.arange(12.0)[::-1])  # beyond exact enumeration: sampled, (k + 1)/(N + 1)
+    assert not big.exact and big.rho == -1 and big.p_neg == pytest.approx(1 / 20_001)
+    assert np.isnan(rank_test([1, 2], [2, 1]).p_neg) and np.isnan(rank_test(x, np.ones(5)).rho)

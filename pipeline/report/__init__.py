@@ -6,6 +6,7 @@
     tables     the tables that are not a question's (header, cells, fitted laws, appendix)
     verdicts   sentences generated from the numbers
     questions  the three question sections, each returning its blocks, summary sentences and figures
+    headline   the report's first paragraph: what the study shows, in three sentences with their tests
     build      `build` (blocks + figure specs) and `run`, the stage
 """
 

@@ -19,9 +19,10 @@ import pandas as pd
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text
 from pipeline.metrics import METRICS
-from pipeline.report.document import Block, to_html, to_markdown
+from pipeline.report.document import Block, sections, to_html, to_markdown
 from pipeline.report.figures import Figure, plot_bleu_vs_ce, plot_task, render
 from pipeline.report.fmt import fmt, fmt_g, law_formula
+from pipeline.report.headline import headline, primary
 from pipeline.report.questions import question_methods, question_size, question_upstream
 from pipeline.report.tables import (
     cells_section,
@@ -49,8 +50,9 @@ class Report:
 def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], spec: ReadSpec,
           results_name: str = "results.csv", corr: pd.DataFrame | None = None,
           methods: pd.DataFrame | None = None, comp: pd.DataFrame | None = None) -> Report:
-    """The report as blocks, read top down: verdicts and key tables first, figures and the three questions,
-    then the long per-point tables (collapsed); and the figures those blocks show, not drawn yet."""
+    """The report as blocks, read top down: the finding in three sentences (headline), the Dp figure it reads,
+    what was run, the findings per (task, model, method) and per question, the other figures; then the tables,
+    fit flags and methods, each a section folded away in the HTML. And the figures those blocks show, not drawn."""
     corr = pd.DataFrame() if corr is None else corr
     methods = pd.DataFrame() if methods is None else methods
     if "x" not in fits_df.columns:  # fits.csv from before the question laws: every law was in Dp
@@ -59,71 +61,68 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
     pts = seed_means(ok_rows)
     figures: list[Figure] = []
     models = list(dict.fromkeys(pts.sort_values("params")["model"])) or sorted(results["model"].dropna().unique())
-    summary = [Block("h2", "Summary"), Block("p", fit_counts(results, fits_df))]
-    for task in dict.fromkeys(pts["task"]):
-        for model in models:
-            for method in sorted(pts["method"].unique()):
-                sel = pts[(pts["model"] == model) & (pts["method"] == method)]
-                if sel.empty:
-                    continue
-                summary.append(Block("p", f"**{task} · {model} · {method}**"))
-                summary.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method, spec.fit, comp)
-                                     or ["Nothing to conclude yet."]))
-    if pts.empty:
-        summary.append(Block("p", "No evaluated cells yet: nothing to conclude."))
-
-    body = [Block("h2", "Mixtures and alignment")]
-    al = results.drop_duplicates(["task", "mixture"])[["task", "mixture", "alignment"]]
-    body.append(Block("p", "Alignment score A = P_src·P_dest + 0.7·P_src + 0.8·P_dest (Isik et al., Eq. 2), "
-                           "computed from each mixture's language weights."))
-    body.append(Block("table", header=["task", "mixture", "alignment"],
-                      rows=[[str(r["task"]), str(r["mixture"]), fmt(r["alignment"])] for _, r in al.iterrows()]))
-
-    body.append(Block("h2", "Fitted laws"))
-    body.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); Dp in "
-                           "raw text tokens. " + interval_note(spec.fit.interval, spec.fit.level,
-                                                               tuple(law for _, law, _ in spec.fit.curve_laws()))))
-    for metric, law, delta in spec.fit.curve_laws():
-        body.append(Block("h3", f"{METRICS[metric].title}: {law_formula(law, metric)}, Huber δ = {fmt_g(delta)}"))
-        body.append(fit_table(fits_df, law, param_names(fits_df, law)))
-        body += flag_list(fits_df, law)
-    if (fits_df["x"].astype(str) == "dp,df").any():
-        body.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
-        body.append(fit_table(fits_df, "joint", param_names(fits_df, "joint", "dp,df"), x="dp,df"))
-
-    body.append(Block("h2", "Figures"))
-    if pts.empty:
-        body.append(Block("p", "No figures: no cell was evaluated."))
+    findings = [Block("h2", "Findings"), Block("p", fit_counts(results, fits_df))]
+    shown = [Block("h2", "Figures")]
+    lead = primary(pts) if not pts.empty else None
+    lead_fig: list[Block] = []
     for task in dict.fromkeys(pts["task"]):
         for model in models:
             for method in sorted(pts["method"].unique()):
                 sel = pts[(pts["task"] == task) & (pts["model"] == model) & (pts["method"] == method)]
                 if sel.empty:
                     continue
+                findings.append(Block("p", f"**{task} · {model} · {method}**"))
+                findings.append(Block("list", items=verdicts(task, sel, fits_df, fits, model, method, spec.fit, comp)
+                                      or ["Nothing to conclude yet."]))
                 tag = f"{task}_{model}_{method}"
                 args = dict(task=task, pts=sel, model=model, method=method)
                 figures += [Figure(f"fig_{tag}_dp.png", plot_task, {**args, "fits": fits}),
                             Figure(f"fig_{tag}_bleu_vs_ce.png", plot_bleu_vs_ce, args)]
-                body.append(Block("img", f"{task} · {model} · {method}: BLEU and cross-entropy against Dp, one colour "
-                                         "per Df", path=figures[-2].name))
-                body.append(Block("img", f"{task} · {model} · {method}: BLEU against cross-entropy (Isik et al. Fig. 5)",
-                                  path=figures[-1].name))
+                dp_fig = Block("img", f"{task} · {model} · {method}: BLEU and cross-entropy against Dp, one colour "
+                                      "per Df", path=figures[-2].name, lead=(task, model, method) == lead)
+                (lead_fig if dp_fig.lead else shown).append(dp_fig)
+                shown.append(Block("img", f"{task} · {model} · {method}: BLEU against cross-entropy (Isik et al. "
+                                          "Fig. 5)", path=figures[-1].name))
+    if pts.empty:
+        findings.append(Block("p", "No evaluated cells yet: nothing to conclude."))
+        shown.append(Block("p", "No figures: no cell was evaluated."))
 
+    questions: list[Block] = []
     if not pts.empty:
         for title, q in (("Question 1: upstream loss → downstream", question_upstream(pts, fits_df, corr)),
                          ("Question 2: model size", question_size(pts, fits_df, fits)),
                          ("Question 3: finetuning method", question_methods(pts, methods))):
-            body += q.blocks
+            questions += q.blocks
             figures += q.figures
             if q.summary:
-                summary += [Block("p", f"**{title}** (details below)"), Block("list", items=q.summary)]
+                findings += [Block("p", f"**{title}** (details below)"), Block("list", items=q.summary)]
 
-    body += significance_section(comp, spec.fit.length_ratio_flag)
+    laws = [Block("h2", "Fitted laws")]
+    laws.append(Block("p", "Fitted on the smaller Dp rungs, scored on the largest held out (extrapolation); Dp in "
+                           "raw text tokens. " + interval_note(spec.fit.interval, spec.fit.level,
+                                                               tuple(law for _, law, _ in spec.fit.curve_laws()))))
+    for metric, law, delta in spec.fit.curve_laws():
+        laws.append(Block("h3", f"{METRICS[metric].title}: {law_formula(law, metric)}, Huber δ = {fmt_g(delta)}"))
+        laws.append(fit_table(fits_df, law, param_names(fits_df, law)))
+        laws += flag_list(fits_df, law)
+    if (fits_df["x"].astype(str) == "dp,df").any():
+        laws.append(Block("h3", "Joint law L(Dp, Df) = A·Dp^−α·Df^−β + E (Zhang et al. 2024), cross-entropy"))
+        laws.append(fit_table(fits_df, "joint", param_names(fits_df, "joint", "dp,df"), x="dp,df"))
+
+    al = results.drop_duplicates(["task", "mixture"])[["task", "mixture", "alignment"]]
+    mixtures = [Block("h2", "Mixtures and alignment"),
+                Block("p", "Alignment score A = P_src·P_dest + 0.7·P_src + 0.8·P_dest (Isik et al., Eq. 2), "
+                           "computed from each mixture's language weights."),
+                Block("table", header=["task", "mixture", "alignment"],
+                      rows=[[str(r["task"]), str(r["mixture"]), fmt(r["alignment"])] for _, r in al.iterrows()])]
     appendix = [Block("h2", "Appendix: the per-point tables"),
                 Block("h3", "Held-out extrapolation, per point"), holdout_table(fits),
                 Block("h3", "All evaluated cells"), cells_table(ok_rows)]
-    head = [Block("h1", f"Downstream scaling report — sweep `{spec.sweep}`"), header(results, spec, results_name)]
-    return Report(head + summary + cells_section(results) + controls_section(results) + body + appendix, figures)
+    top = [Block("h1", f"Downstream scaling report — sweep `{spec.sweep}`"),
+           headline(results, pts, fits_df, comp, spec), *lead_fig, header(results, spec, results_name)]
+    details = (questions + significance_section(comp, spec.fit.length_ratio_flag) + laws + cells_section(results)
+               + controls_section(results) + mixtures + appendix)
+    return Report(top + findings + shown + sections(details), figures)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

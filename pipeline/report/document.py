@@ -15,17 +15,32 @@ LONG = 12  # tables with more rows than this are collapsed in the HTML (and on G
 
 @dataclass
 class Block:
-    kind: str  # h1 h2 h3 p list table img note details
+    kind: str  # h1 h2 h3 p list table img note details section
     text: str = ""
     items: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     path: str = ""
-    children: list[Block] = field(default_factory=list)  # details: collapsed until clicked (GitHub renders it too)
+    children: list[Block] = field(default_factory=list)  # details, section: the blocks they fold
+    lead: bool = False  # img: the report's first figure, sized to share the first screen with the headline
 
 
 def details(summary: str, blocks: list[Block]) -> Block:
     return Block("details", summary, children=blocks)
+
+
+def sections(blocks: list[Block]) -> list[Block]:
+    """Each h2 and the blocks up to the next one as a `section`: a heading in the markdown, a heading that
+    folds its blocks away until clicked in the HTML (where the reader first wants the findings, not the tables)."""
+    out: list[Block] = []
+    for b in blocks:
+        if b.kind == "h2":
+            out.append(Block("section", b.text))
+        elif out and out[-1].kind == "section":
+            out[-1].children.append(b)
+        else:
+            out.append(b)
+    return out
 
 
 def collapsed(summary: str, block: Block, n: int) -> Block:
@@ -51,6 +66,8 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append(f"![{b.text}]({b.path})")
         elif b.kind == "details":
             out.append(f"<details><summary>{html.escape(b.text)}</summary>\n\n{to_markdown(b.children)}\n</details>")
+        elif b.kind == "section":
+            out.append(f"## {b.text}\n\n{to_markdown(b.children)}")
         out.append("")
     return "\n".join(out)
 
@@ -69,6 +86,8 @@ def to_html(blocks: list[Block], directory: Path, title: str) -> str:
            "blockquote{border-left:4px solid #c60;margin:1em 0;padding:.3em 1em;background:#fff7ef}"
            "img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .2em}")
     css += "details{margin:.6em 0}summary{cursor:pointer;color:#345;font-weight:600}"
+    css += ("details.section>summary h2{display:inline;font-size:1.25em;margin:0}details.section{border-top:1px solid "
+            "#ddd;padding-top:.3em}img.lead{max-height:66vh;width:auto}h1{font-size:1.6em;margin:.2em 0 .4em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{css}</style></head><body>\n{_html_blocks(blocks, directory)}\n</body></html>")
 
@@ -90,9 +109,13 @@ def _html_blocks(blocks: list[Block], directory: Path) -> str:
                        + "</table>")
         elif b.kind == "img":
             data = base64.b64encode((directory / b.path).read_bytes()).decode()
-            out.append(f"<figure><img alt='{html.escape(b.text)}' src='data:image/png;base64,{data}'>"
+            lead = " class='lead'" if b.lead else ""
+            out.append(f"<figure><img{lead} alt='{html.escape(b.text)}' src='data:image/png;base64,{data}'>"
                        f"<figcaption>{_inline(b.text)}</figcaption></figure>")
         elif b.kind == "details":
             out.append(f"<details><summary>{_inline(b.text)}</summary>{_html_blocks(b.children, directory)}</details>")
+        elif b.kind == "section":
+            out.append(f"<details class='section'><summary><h2>{_inline(b.text)}</h2></summary>"
+                       f"{_html_blocks(b.children, directory)}</details>")
     return "\n".join(out)
 

@@ -17,7 +17,16 @@ import pandas as pd
 
 from pipeline.artifacts import atomic_write_bytes
 from pipeline.metrics import METRICS, curve_metrics
-from pipeline.report.fmt import CE_LABEL, DP_LABEL, METRIC, UP_LABEL, finite, fmt_tokens, plain_reason
+from pipeline.report.fmt import (
+    CE_LABEL,
+    DP_LABEL,
+    METRIC,
+    UP_LABEL,
+    breaking_flags,
+    finite,
+    fmt_tokens,
+    plain_reason,
+)
 
 
 @dataclass(frozen=True)
@@ -46,11 +55,21 @@ def _plt():
     return plt
 
 
+def law_style(rec: dict[str, Any]) -> dict[str, Any]:
+    """How a fitted law is drawn: a curve that stands solid over its fit points, dashed beyond, with its band; a
+    flagged one (fmt.breaking_flags: α < 0, a parameter the points do not bound) dash-dotted and faded over the
+    whole range, without a band, so it is not read as a law."""
+    if breaking_flags(rec.get("flags")):
+        return {"fit": "-.", "beyond": "-.", "alpha": 0.4, "lw": 1.2, "band": False}
+    return {"fit": "-", "beyond": "--", "alpha": 1.0, "lw": 1.5, "band": True}
+
+
 def _draw_law(ax, rec: dict[str, Any] | None, color, x_pts: np.ndarray) -> None:
-    """A fitted law through its fit points (solid), extended over the held-out ones and one rung beyond
-    (dashed), with its interval band; nothing when the fit failed."""
+    """A fitted law through its fit points, extended over the held-out ones and one rung beyond, with its
+    interval band, in `law_style`; nothing when the fit failed."""
     if not rec or not rec.get("ok") or not (rec.get("curve") or {}).get("y") or not len(x_pts):
         return
+    style = law_style(rec)
     cx, cy = np.array(rec["curve"]["x"]), np.array(rec["curve"]["y"], dtype=float)
     hold = np.array((rec.get("points") or {}).get("holdout") or [], dtype=bool)
     fit_x = np.array((rec.get("points") or {}).get("x") or x_pts, dtype=float)
@@ -65,9 +84,9 @@ def _draw_law(ax, rec: dict[str, Any] | None, color, x_pts: np.ndarray) -> None:
         window = (ys.min() - 2 * span, ys.max() + 2 * span)
         cy = np.where((cy >= window[0]) & (cy <= window[1]), cy, np.nan)
     inside, beyond = (cx >= x_pts.min()) & (cx <= last_fit), (cx >= last_fit) & (cx <= end)
-    ax.plot(cx[inside], cy[inside], "-", color=color, lw=1.5)
-    ax.plot(cx[beyond], cy[beyond], "--", color=color, lw=1.5)
-    if "lo" in rec["curve"]:
+    for part, ls in ((inside, style["fit"]), (beyond, style["beyond"])):
+        ax.plot(cx[part], cy[part], ls, color=color, lw=style["lw"], alpha=style["alpha"])
+    if style["band"] and "lo" in rec["curve"]:
         lo, hi = np.array(rec["curve"]["lo"], dtype=float), np.array(rec["curve"]["hi"], dtype=float)
         if len(ys):
             lo, hi = np.clip(lo, *window), np.clip(hi, *window)
@@ -137,6 +156,7 @@ def _legend_keys(extra: list[tuple[str, dict]] | None = None) -> list:
             Line2D([], [], marker="o", ls="", mfc="white", color="gray", label="held-out point"),
             Line2D([], [], ls="-", color="gray", label="fitted law (band: 90% interval)"),
             Line2D([], [], ls="--", color="gray", label="law extrapolated"),
+            Line2D([], [], ls="-.", color="gray", alpha=0.4, label="flagged law (does not stand)"),
             Line2D([], [], ls=":", color="gray", label="no pretraining (Dp = 0)")]
     return keys + [Line2D([], [], label=label, **kw) for label, kw in (extra or [])]
 
@@ -200,7 +220,8 @@ def plot_task(task: str, pts: pd.DataFrame, fits: list[dict[str, Any]], path: Pa
             _style_dp_axis(ax, label, f"{mix} (alignment {align:.2f}) · {METRIC[metric]}", bleu=metric == "bleu")
             _no_fit_note(ax, _dp_fit_reasons(recs, metric))
     handles = [h for h in axes[0][0].get_legend_handles_labels()[0]]
-    _save(fig, path, handles + _legend_keys(), f"{task} · {model} · {method} finetuning: BLEU and CE against Dp")
+    _save(fig, path, handles + _legend_keys(), f"{task} · {model} · {method} finetuning: BLEU and CE against Dp",
+          ncol=4)
 
 
 def plot_bleu_vs_ce(task: str, pts: pd.DataFrame, path: Path, model: str, method: str) -> None:
@@ -345,7 +366,7 @@ def plot_methods(task: str, pts: pd.DataFrame, path: Path, model: str) -> None:
                     axes[i][gap_ax].plot(gp.index, gp.values, ls, marker="o", ms=4, color=f"C{k}")
                     if 0 in gap.index:
                         axes[i][gap_ax].plot([gp.index.min() / 2 if len(gp) else 1], [gap.loc[0]], "<", color=f"C{k}",
-                                        ms=7)
+                                             ms=7)
         axes[i][gap_ax].axhline(0, color="black", lw=0.8)
         align = g["alignment"].iloc[0]
         for j, (label, what, metric) in enumerate([*((METRICS[m].axis, METRICS[m].label, m) for m in metrics),

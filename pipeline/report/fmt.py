@@ -147,6 +147,21 @@ def plain_reason(reason: Any, metric: str = "") -> str:
     return r
 
 
+# The identifiability flags (pipeline.scaling.flags) under which a fitted curve does not stand: a decaying law
+# fitted rising (α < 0 rises without bound), a parameter the points leave unbounded (E at its limit with A
+# unbounded is one), a term of the law at its limit. Other flags (near-collinear parameters, an interval spanning
+# orders of magnitude, an uncalibrated interval) leave the curve standing and name parameters it does not pin down.
+BREAKS_CURVE = {"rises without bound": "α < 0 (rises without bound)", "not bounded by the data":
+                "a parameter the points do not bound", "are not identified": "a term at its limit"}
+
+
+def breaking_flags(flags: Any) -> list[str]:
+    """Why a fitted curve does not stand, in short words (BREAKS_CURVE), from its flags (a list, as in
+    fits.json, or fits.csv's '; '-joined string); empty when it stands."""
+    items = flags if isinstance(flags, list) else str(flags).split("; ") if isinstance(flags, str) else []
+    return list(dict.fromkeys(why for f in items for key, why in BREAKS_CURVE.items() if key in f))
+
+
 def and_list(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 

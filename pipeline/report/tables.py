@@ -14,6 +14,7 @@ from pipeline.metrics import METRICS, curve_metrics
 from pipeline.report.document import Block, collapsed
 from pipeline.report.fmt import (
     DATA_NOTES,
+    breaking_flags,
     finite,
     fmt,
     fmt_ci,
@@ -35,13 +36,26 @@ def curve_fits(fits_df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def flag_list(fits_df: pd.DataFrame, law: str) -> list[Block]:
-    """The identifiability flags of one law's fits (fits.csv `flags`): the curves stand, these parameters not."""
+    """The identifiability flags of one law's fits (fits.csv `flags`): first the fits whose curve does not stand
+    (fmt.breaking_flags; drawn faded, without a band), then those whose curve stands but some parameters not."""
     if "flags" not in fits_df:
         return []
     sel = fits_df[(fits_df["law"] == law) & fits_df["ok"].map(is_ok) & fits_df["flags"].fillna("").astype(bool)]
-    items = [f"{r['mixture']}, Df = {fmt_df(r['df'])}: {r['flags']}." for _, r in sel.iterrows()]
-    return [Block("p", "Not identified by these points (the curve and its predictions still stand):"),
-            Block("list", items=items)] if items else []
+    broken = sel["flags"].map(breaking_flags).astype(bool)
+    out = []
+    for rows, intro in ((sel[broken], "Fitted, but the curve does not stand (drawn faded and dash-dotted, without a "
+                                      "band; its parameters and predictions are not to be read):"),
+                        (sel[~broken], "The curve stands within its points; these parameters are not pinned down:")):
+        if len(rows):
+            out += [Block("p", intro), Block("list", items=[f"{r['mixture']}, Df = {fmt_df(r['df'])}: {r['flags']}."
+                                                            for _, r in rows.iterrows()])]
+    return out
+
+
+def standing(fits: pd.DataFrame) -> pd.Series:
+    """Which rows of fits.csv are fitted and stand (no flag that breaks the curve)."""
+    flags = fits["flags"] if "flags" in fits else pd.Series("", index=fits.index)
+    return fits["ok"].map(is_ok) & ~flags.fillna("").map(breaking_flags).astype(bool)
 
 
 def fit_table(fits_df: pd.DataFrame, law: str, names: list[str], x: str | None = None) -> Block:
@@ -159,7 +173,9 @@ def fit_counts(results: pd.DataFrame, fits_df: pd.DataFrame) -> str:
     parts = []
     for f, name in groups:
         if len(f):
-            parts.append(f"the {name} on {int(f['ok'].map(is_ok).sum())} of {len(f)}")
+            weak = int(f["ok"].map(is_ok).sum() - standing(f).sum())
+            parts.append(f"the {name} on {int(f['ok'].map(is_ok).sum())} of {len(f)}"
+                         + (f" ({weak} flagged: the curve does not stand)" if weak else ""))
     return (f"{n_ok} of {len(results)} cells evaluated (see Cells). Fitted: " + "; ".join(parts) + "."
             if parts else f"{n_ok} of {len(results)} cells evaluated; no law was fitted.")
 
@@ -234,7 +250,7 @@ def significance_section(comp: pd.DataFrame | None, length_flag: float | None = 
                              if any(flagged) else "")))
     rows = []
     for (_, r), nz, (la, lb), fl in zip(comp.iterrows(), noise, ratio, flagged):
-        rows.append([str(r["kind"]), str(r["task"]), fmt_df(r["df"]),
+        rows.append([str(r["kind"]), str(r["task"]), str(r["model"]), str(r["method"]), fmt_df(r["df"]),
                      f"{r['mixture_a']} Dp {fmt_tokens(r['dp_rung_a']) if r['dp_rung_a'] else '0'}",
                      f"{r['mixture_b']} Dp {fmt_tokens(r['dp_rung_b']) if r['dp_rung_b'] else '0'}",
                      f"{fmt(r['bleu_a'], 3)} → {fmt(r['bleu_b'], 3)}",
@@ -242,7 +258,7 @@ def significance_section(comp: pd.DataFrame | None, length_flag: float | None = 
                      "yes" if is_ok(r["significant"]) else "no", nz,
                      (f"{la:.2f} → {lb:.2f}" if finite(la) and finite(lb) else "—") + (" ⚠" if fl else "")])
     out.append(Block("details", "All comparisons", children=[Block("table", header=[
-        "kind", "task", "Df", "a", "b", "BLEU a → b", "Δ [95% CI]", "p", "significant", "noise",
+        "kind", "task", "model", "method", "Df", "a", "b", "BLEU a → b", "Δ [95% CI]", "p", "significant", "noise",
         "length ratio a → b"], rows=rows)]))
     return out
 

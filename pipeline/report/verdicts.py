@@ -15,6 +15,7 @@ from pipeline.report.figures import records
 from pipeline.report.fmt import (
     METRIC,
     and_list,
+    breaking_flags,
     finite,
     fmt,
     fmt_ci,
@@ -25,12 +26,12 @@ from pipeline.report.fmt import (
     law_name,
     plain_reason,
 )
-from pipeline.report.tables import curve_fits
+from pipeline.report.tables import curve_fits, standing
 from pipeline.results import is_ok
-from pipeline.significance import NOISE_SEEDS, NOISE_TEST, p_is
+from pipeline.significance import ALPHA, NOISE_SEEDS, NOISE_TEST, RankTest, p_is, rank_test
 
 BLEU_FLOOR = 1.0  # below this no cell translates: BLEU counts a few stray n-grams
-MONOTONE_RHO = 0.8  # |Spearman ρ| at least this: an upstream loss that ranks a curve's points
+MONOTONE_RHO = 0.8  # |Spearman ρ| at least this: an upstream loss that ranks a curve's points (descriptive)
 
 
 def curve_name(mix: str, df: Any) -> str:
@@ -153,6 +154,19 @@ def _more_pretraining(recs: list[dict[str, Any]], dp: float, bleu_now: float) ->
             f"{fmt(p.value, 3)}{band} ({p.value - bleu_now:+.2f}; {p.level:.0%} interval for a measurement).")
 
 
+def curve_rank_test(pts: pd.DataFrame, mixture: str, df: Any) -> RankTest:
+    """Do BLEU and CE rank one curve's Dp > 0 rungs (seed means) alike? Spearman's ρ of BLEU against CE with its
+    exact permutation p-values (pipeline.significance.rank_test)."""
+    c = pts[(pts["mixture"] == mixture) & (pts["df"].astype(str) == str(df)) & (pts["dp"] > 0)].sort_values("dp")
+    return rank_test(c["ce"].to_numpy(float), c["bleu"].to_numpy(float))
+
+
+def rank_text(rt: RankTest) -> str:
+    """'ρ = −0.70 over 5 rungs, exact permutation p = 0.117': ρ with the one-sided p of its own sign."""
+    p = rt.p_neg if rt.rho <= 0 else rt.p_pos
+    return f"ρ = {rt.rho:+.2f} over {rt.n} rungs, {'exact' if rt.exact else 'sampled'} permutation {p_is(p)}"
+
+
 def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any]], model: str,
              method: str, fit_cfg: FitConfig, comp: pd.DataFrame | None = None) -> list[str]:
     """Plain sentences generated from the numbers, for one (task, model, method); each said once. Every BLEU
@@ -181,7 +195,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
         out += _law_status(f, metric, n_curves)
     for mix, gm in g.groupby("mixture", sort=False):
         bl = curve_fits(f[f["mixture"] == mix], "bleu")
-        ok = bl[bl["ok"].map(is_ok)]
+        ok = bl[standing(bl)]  # a fit whose curve does not stand (fmt.breaking_flags) is no law to read
         if not len(ok):
             continue
         align = gm["alignment"].iloc[0]
@@ -192,7 +206,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                        f"(held-out relative error ≤ {good_err:.0%}).")
         else:
             worst = ok.sort_values("holdout_mre", na_position="first").iloc[-1]
-            out.append(f"**{mix}** (alignment {fmt(align, 3)}): the {name} fits {len(ok)} of {len(bl)} Df "
+            out.append(f"**{mix}** (alignment {fmt(align, 3)}): the {name} stands on {len(ok)} of {len(bl)} Df "
                        f"values; the worst held-out relative error is {fmt_pct(worst['holdout_mre'])} at Df = "
                        f"{fmt_df(worst['df'])}.")
         for _, r in ok.iterrows():
@@ -231,22 +245,25 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
     # the paper draws, read both ways, not only "CE falls while BLEU does not".)
     moves = []
     for r in records(fits, task=task, metric="verdict", model=model, method=method):
-        rho = r.get("rho")
-        if r.get("flag") or not finite(rho) or floored(r["mixture"], r["df"]) or nothing_translates:
+        if r.get("flag") or not finite(r.get("rho")) or floored(r["mixture"], r["df"]) or nothing_translates:
             continue
         steps = rung_steps(comp, task, model, method, r["df"], r["mixture"])
+        rt = curve_rank_test(g, r["mixture"], r["df"])
         noise = ("" if steps is None else
                  f"; {steps[0]} of {steps[1]} rung-to-rung BLEU changes beyond the noise of the {steps[2]}")
-        where = f"{curve_name(r['mixture'], r['df'])} (ρ = {rho:+.2f}{noise})"
-        if rho <= -MONOTONE_RHO:
+        where = f"{curve_name(r['mixture'], r['df'])} ({rank_text(rt)}{noise})"
+        if rt.p_neg < ALPHA:
             s = ("BLEU and CE move together across Dp for {where}: the rungs with the lower CE have the higher BLEU, "
                  "so CE tells BLEU's story there.")
         elif steps is not None and not steps[0]:
             s = ("BLEU and CE do not rank the Dp rungs alike for {where}, but BLEU's changes from rung to rung are "
                  f"inside the noise of the {steps[2]} there: nothing for CE to miss.")
+        elif rt.p_pos < ALPHA:
+            s = ("BLEU and CE move against each other across Dp for {where}: the rungs with the lower CE have the "
+                 "lower BLEU, so CE is no proxy for BLEU there.")
         else:
-            s = (f"BLEU and CE do not move together across Dp for {{where}} (Spearman ρ of BLEU against CE above "
-                 f"−{MONOTONE_RHO:g}): CE does not rank the rungs as BLEU does, so it is no proxy for BLEU there.")
+            s = ("Whether BLEU and CE move together across Dp cannot be told for {where}: over so few rungs neither "
+                 f"ranking is beyond chance (one-sided p ≥ {ALPHA:g} each way), so this is descriptive.")
         moves.append((s, where))
     out += grouped(moves)
     # Does pretraining still matter at the largest Df? BLEU from no pretraining to the largest Dp at every Df, then
@@ -261,6 +278,8 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
             if len(gains) < 2:
                 continue
             tests = {d: comparison(comp, "pretraining", task, model, method, d, mixture_b=mix) for d in gains}
+            # a difference and its interval computed the same way: the test's own difference where there is one
+            gains = {d: float(tests[d]["delta"]) if tests[d] is not None else v for d, v in gains.items()}
             head = f"**{mix}**: from no pretraining to the largest Dp, BLEU changes by " + ", ".join(
                 f"{v:+.2f} at Df = {fmt(int(d))} ({sig_brief(tests[d], fit_cfg.length_ratio_flag)}"
                 + ("; no cell translates at this Df" if floored(mix, d) else "") + ")" for d, v in gains.items())
@@ -296,7 +315,7 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                 drops.append((d, float(c["ce"].iloc[-1] - c[c["dp"] == 0]["ce"].iloc[0])))
         if drops:
             out.append(f"**{mix}**: from no pretraining to the largest Dp, CE changes by "
-                       + ", ".join(f"{v:+.3f} at Df = {fmt(int(d))}" for d, v in drops) + " (nats a token).")
+                       + ", ".join(f"{v:+.3f} at Df = {fmt(int(d))}" for d, v in drops) + " (nats a token; seed means, no test: descriptive).")
     # Alignment: which mixture wins at the largest Dp, per Df.
     if g["mixture"].nunique() >= 2:
         for d in dfs:
@@ -310,9 +329,14 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
                 out.append(f"At the largest Dp and Df = {fmt(int(d))}, every mixture has the same BLEU "
                            f"({fmt(best['bleu'].iloc[0], 3)}).")
                 continue
-            desc = ", ".join(f"{r['mixture']} {fmt(r['bleu'], 3)} (A = {fmt(r['alignment'], 3)})" for _, r in best.iterrows())
-            tests = [f"{c['mixture_b']} against {c['mixture_a']}: {sig_text(c, fit_cfg.length_ratio_flag)}" for c in (
-                comparison(comp, "mixture", task, model, method, d, mixture_b=m) for m in best["mixture"]) if c is not None]
+            found = [c for c in (comparison(comp, "mixture", task, model, method, d, mixture_b=m)
+                                 for m in best["mixture"]) if c is not None]
+            # each mixture's BLEU as its test computed it (seed-averaged corpus BLEU; a table from before the seeds
+            # test pooled the seeds' sentences), so the levels and the differences in this sentence agree
+            level = {**{c["mixture_a"]: c["bleu_a"] for c in found}, **{c["mixture_b"]: c["bleu_b"] for c in found}}
+            desc = ", ".join(f"{r['mixture']} {fmt(float(level.get(r['mixture'], r['bleu'])), 3)} "
+                             f"(A = {fmt(r['alignment'], 3)})" for _, r in best.iterrows())
+            tests = [f"{c['mixture_b']} against {c['mixture_a']}: {sig_text(c, fit_cfg.length_ratio_flag)}" for c in found]
             none = (f" Neither cell translates (BLEU below {BLEU_FLOOR:g}): the ranking is of stray n-grams, not of "
                     "translation." if (best["bleu"] < BLEU_FLOOR).all() else "")
             out.append(f"At the largest Dp and Df = {fmt(int(d))}, BLEU by mixture: {desc}"
@@ -334,7 +358,8 @@ def corr_verdicts(corr: pd.DataFrame) -> tuple[list[str], list[str]]:
         sign = -1 if METRICS[metric].higher_is_better else 1  # a better model has a lower upstream loss
         good = int((sign * v >= MONOTONE_RHO).sum())
         out.append(f"{name}: Spearman ρ from {fmt(v.min(), 3)} to {fmt(v.max(), 3)} (median {fmt(v.median(), 3)}) over "
-                   f"{len(v)} curves; {good} of {len(v)} show the expected monotone relation (ρ {'≥ ' if sign > 0 else '≤ −'}{MONOTONE_RHO:g}).")
+                   f"{len(v)} curves; {good} of {len(v)} show the expected monotone relation (ρ {'≥ ' if sign > 0 else '≤ −'}{MONOTONE_RHO:g}; "
+                   f"descriptive: {fmt_count(c['n'].max())} points a curve at most, no test).")
     per_curve, out = out, []
     pooled = corr[(corr["mixture"].astype(str) == "all") & (corr["metric"] == "ce")]
     for _, r in pooled.iterrows():
@@ -360,7 +385,11 @@ def size_verdicts(pts: pd.DataFrame, fits_df: pd.DataFrame, models: list[str]) -
                            + ", ".join(f"{m} {fmt(v, 3)}" for m, v in ce.items()) + ".")
     for law, x, what in (("chinchilla", "params,dp", "upstream loss"), ("joint", "params,df", "downstream CE")):
         f = fits_df[(fits_df["law"] == law) & (fits_df["x"].astype(str) == x)]
-        ok = f[f["ok"].map(is_ok)]
+        ok = f[standing(f)]  # a fit whose curve does not stand is said so below, not read
+        out += grouped([(f"The {what} law across sizes was fitted for {{where}} but does not stand "
+                         f"({'; '.join(breaking_flags(r['flags']))}): its exponents are not read.",
+                         f"{r['mixture']}" + (f" ({r['method']})" if law == "joint" else ""))
+                        for _, r in f[f["ok"].map(is_ok) & ~standing(f)].iterrows()])
         for _, r in ok.iterrows():
             if law == "chinchilla":
                 out.append(f"{r['task']} · **{r['mixture']}**: {what} falls as N^−{fmt(r['p_alpha'], 3)} with size and "
