@@ -188,7 +188,7 @@ def run(task) -> None:
     spec: EvaluateSpec = task.spec
     cfg = spec.evaluate
     out = Path(task.dir)
-    # The cell is evaluated in the precision it was trained in (pipeline.plan.sweep_precision decided it).
+    # The cell is evaluated in the precision it was trained in (pipeline.sweep_precision.sweep_precision decided it).
     trained = read_json(Path(spec.finetune_dir) / "finetune.json") if (Path(spec.finetune_dir) / "finetune.json").exists() else {}
     rt = setup_runtime(trained.get("dtype", "auto"), "none")
     best = Path(spec.finetune_dir) / "best"

@@ -134,7 +134,7 @@ class FinetuneSpec(Spec):
     cache: str
     tokenizer_dir: str
     tracking: TrackingConfig
-    dtype: str = "auto"  # the sweep's precision for the cells (plan.sweep_precision); evaluation follows the cell's
+    dtype: str = "auto"  # the sweep's precision for the cells (sweep_precision.sweep_precision); evaluation follows the cell's
 
 
 def run(task) -> None:

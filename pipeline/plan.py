@@ -34,6 +34,7 @@ from pipeline.config import Config, ConfigError, identity, to_dict
 from pipeline.results import Cell, ReadSpec, Scale
 from pipeline.stages import LEVELS, READ_STAGES
 from pipeline.study import Mixture, TaskSpec
+from pipeline.sweep_precision import sweep_precision
 from pipeline.typed import Spec
 
 
@@ -114,50 +115,6 @@ def searched_lr(cells: dict[float, Task]) -> tuple[float, ...]:
         return ()
     ce = {lr: read_json(Path(t.dir) / "finetune.json")["best_val_ce"] for lr, t in cells.items()}
     return (min(ce, key=lambda lr: (ce[lr], list(ce).index(lr))),)
-
-
-def precision_record(cfg: Config) -> Path:
-    """Where a sweep's `auto` precision is recorded once decided (delete it to probe again)."""
-    return cfg.paths.artifacts / "plans" / f"precision-{cfg.sweep.name}-{cfg.scale}.json"
-
-
-def sweep_precision(cfg: Config, presets) -> dict[str, Any]:
-    """The precision of the sweep's pretraining and of its cells, decided once for the whole sweep.
-
-    Forced values (`fp32`, `bf16`) are taken as they are. `auto` is one decision for every task: with the local
-    executor the planner measures it here (pipeline.precision's probe at the sweep's largest model) and
-    `record_precision` writes it beside the plans, so a relaunch, a resume or a longer ladder keeps the first
-    decision instead of probing again; elsewhere (SLURM) it is left to each task on its node (bf16 on GPUs
-    that support it). The stage hashes hold what was asked (`auto`), never what a processor chose, and every
-    cell records the dtype it ran in (results.csv `dtype`), so a study that mixed them says so."""
-    asked = {"pretrain": cfg.pretrain.dtype, "finetune": cfg.finetune.dtype}
-    out: dict[str, Any] = dict(asked, asked=dict(asked), rule="forced", probe=None, recorded=False)
-    if "auto" not in asked.values():
-        return out
-    if cfg.executor.kind != "local":
-        return out | {"rule": "auto: decided by each task on its node (bf16 on a GPU that supports it)"}
-    rec = precision_record(cfg)
-    if rec.exists():
-        d = read_json(rec)
-        return out | {k: d["dtype"] if v == "auto" else v for k, v in asked.items()} | {
-            "rule": f"auto: {d['dtype']}, as first decided for this sweep ({rec.name}: {d['rule']})",
-            "probe": d.get("probe"), "recorded": True}
-    import torch
-
-    from pipeline.precision import ProbeShape, resolve_dtype
-
-    big = max(presets, key=lambda p: (p.d_model * p.d_ff, p.d_model))
-    dtype, info = resolve_dtype("auto", "cuda" if torch.cuda.is_available() else "cpu",
-                                ProbeShape(big.d_model, big.d_ff, cfg.tokenizer.vocab_size))
-    return out | {k: dtype if v == "auto" else v for k, v in asked.items()} | {
-        "rule": f"auto: {info['rule']}", "probe": info, "decided": dtype}
-
-
-def record_precision(cfg: Config, plan: Plan) -> None:
-    """Write the sweep's freshly decided `auto` precision (see sweep_precision) before its tasks run."""
-    p = plan.summary.get("precision") or {}
-    if p.get("decided") and not p.get("recorded"):
-        atomic_write_json(precision_record(cfg), {"dtype": p["decided"], "rule": p["rule"], "probe": p["probe"]})
 
 
 # --------------------------------------------------------------------------------------------- plan

@@ -147,7 +147,7 @@ class PretrainSpec(Spec):
     tokens_dirs: dict[str, str]  # language -> tokens directory (the mixture's and the tasks' target languages)
     raw_length: int  # raw text tokens per example before span corruption
     targets_length: int
-    dtype: str = "auto"  # the sweep's precision (plan.sweep_precision); not identity: auto's choice is the processor's
+    dtype: str = "auto"  # the sweep's precision (sweep_precision.sweep_precision); not identity: auto's choice is the processor's
 
     @property
     def tokens_per_step(self) -> int:

@@ -19,9 +19,10 @@ from pipeline.budget import (
 from pipeline.checks import StageCheck, format_table, refuse, stage_checks, summary
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.executors import check_executor, task_resources
-from pipeline.plan import Plan, build_plan, build_read_plan, record_precision, task_state, write_plan
+from pipeline.plan import Plan, build_plan, build_read_plan, task_state, write_plan
 from pipeline.progress import time_left
 from pipeline.stages import LEVELS, READ_STAGES, STORED
+from pipeline.sweep_precision import record_precision
 
 log = logging.getLogger("pipeline")
 
@@ -161,7 +162,7 @@ def run(cfg_any: Any) -> int:
         return 0
     from pipeline.executors import get_executor
 
-    record_precision(cfg, plan)  # the sweep's auto precision, decided once: a relaunch keeps it
+    record_precision(cfg, plan.summary.get("precision"))  # the sweep's auto precision, decided once: a relaunch keeps it
     executor = get_executor(cfg)
     todo = plan.select(cfg.stage)
     # finetune.lr_search=first_seed: the other seeds' cells are planned once the first seed's search is done; the

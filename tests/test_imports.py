@@ -121,7 +121,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("fit", ("pipeline.fit",)),
     ("report", ("pipeline.report",)),
     # planning: what a sweep costs, whether its jobs fit, the DAG
-    ("plan", ("pipeline.budget", "pipeline.checks", "pipeline.plan")),
+    ("plan", ("pipeline.budget", "pipeline.checks", "pipeline.sweep_precision", "pipeline.plan")),
     ("running", ("pipeline.task", "pipeline.progress", "pipeline.executors", "pipeline.run", "pipeline.__main__")),
 ]
 

@@ -82,13 +82,13 @@ def _dtypes(plan) -> dict[str, set[str]]:
 
 
 def test_the_sweep_decides_auto_once_records_it_and_stage_hashes_do_not_depend_on_it(tmp_path, monkeypatch):
-    from pipeline.plan import precision_record, record_precision
+    from pipeline.sweep_precision import precision_record, record_precision
 
     auto = ["pretrain.dtype=auto", "finetune.dtype=auto"]
     calls = _fake_probe(monkeypatch, 2.0)
     cfg, fast = small_plan(tmp_path, auto)
     assert _dtypes(fast) == {"pretrain": {"bf16"}, "finetune": {"bf16"}} and len(calls) == 1
-    record_precision(cfg, fast)  # what `run` does before the tasks start
+    record_precision(cfg, fast.summary.get("precision"))  # what `run` does before the tasks start
     assert precision_record(cfg).exists()
 
     calls = _fake_probe(monkeypatch, 1.0)  # a relaunch on a processor where bf16 does not pay: the sweep keeps bf16
