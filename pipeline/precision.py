@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import platform
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,18 @@ class ProbeShape:
     vocab: int = 4000
     layers: int = 2  # the op mix of a layer repeats: two keep the probe short and the output layer's share modest
     tokens: int = PROBE_TOKENS
+
+
+def cpu_model() -> str:
+    """The processor's model name as /proc/cpuinfo (and lscpu) give it, with its core count: what a benchmark
+    figure names (platform.processor() says only "x86_64" on Linux)."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def cpu_bf16_flags() -> list[str]:

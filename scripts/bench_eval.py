@@ -21,8 +21,6 @@ import copy
 import dataclasses
 import datetime
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -76,6 +74,7 @@ def main() -> None:
     from pipeline.evaluate import decode, generate_ids, score, test_rows
     from pipeline.seq2seq import encode_pairs, pad_batch
     from pipeline.model import use_fused_kernels
+    from pipeline.precision import cpu_model
     from pipeline.sources import get_source
     from pipeline.vocab import load_tokenizer
 
@@ -122,8 +121,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     bleu = {k: score(h, refs, cfg["bleu_tokenize"]) for k, h in hyps.items()}
     sps = {k: len(src) / min(v) for k, v in times.items()}
-    print(f"date: {datetime.date.today()}  machine: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, {a.dtype}")
+    print(f"date: {datetime.date.today()}  machine: {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {a.dtype}")
     print(f"model: {best}  test sentences: {len(src)}  batch {B}  greedy, max_new_tokens {max_new}")
     for k, name in (("ours", "ours (pipeline.evaluate)"), ("trainer", "Seq2SeqTrainer.predict")):
         print(f"{name}: {sps[k]:,.1f} sentences/s  BLEU {bleu[k]['bleu']:.4f}  runs: "

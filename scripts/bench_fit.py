@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from scipy.optimize import minimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from pipeline.precision import cpu_model  # noqa: E402
 from pipeline.scaling import fit  # noqa: E402
 from pipeline.scaling.laws import hoffmann_grid  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> None:
     x, y = df[["N_params", "D_tokens"]].to_numpy(), df["loss"].to_numpy()
     grid = hoffmann_grid()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+        f"machine: {cpu_model()}, torch {torch.__version__}"
     )
     print(f"data: {len(y)} points, grid: {len(grid)} starts, {a.repeats} alternating repeats per side")
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))

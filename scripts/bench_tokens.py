@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,16 +27,6 @@ from pathlib import Path
 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread a worker: the workers are the parallelism
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-
-def processor() -> str:
-    """The processor's model name (lscpu, else platform) and its core count."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def main() -> int:
@@ -55,6 +43,7 @@ def main() -> int:
     from pipeline.config import DataConfig, TokensConfig, _freeze
     from pipeline.logs import setup_logging
     from pipeline.plan import Task
+    from pipeline.precision import cpu_model
     from pipeline.sources import get_source
     from pipeline.streams import open_stream
     from pipeline.tokenizer import sample_lines, train_tokenizer
@@ -73,7 +62,7 @@ def main() -> int:
             lines = sample_lines(source.iter_texts(a.lang, "train"), 50_000, seed=0)
             train_tokenizer(iter(lines), 8000).save_pretrained(tok_dir)
         source.documents(a.lang)  # the document index is built once, before any timing
-        print(f"processor: {processor()}; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        print(f"processor: {cpu_model()}; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
               flush=True)
         runs: dict[int, list[float]] = {n: [] for n in a.workers}
         digests: dict[int, str] = {}

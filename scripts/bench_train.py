@@ -28,7 +28,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -158,7 +157,7 @@ def main() -> None:
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from pipeline.model import flops_per_token, load_preset
-    from pipeline.precision import ProbeShape, describe, resolve_compile, resolve_dtype
+    from pipeline.precision import ProbeShape, cpu_model, describe, resolve_compile, resolve_dtype
 
     plan = build_plan(a.overrides)
     task = next(t for t in plan.tasks if t.stage == "pretrain")
@@ -184,8 +183,7 @@ def main() -> None:
     peaks = {d: max(p, matmul_peak(torch.float32 if d == "fp32" else torch.bfloat16)) for d, p in peaks.items()}
     med = {s: float(np.median(v)) for s, v in tps.items()}
 
-    print(f"date: {datetime.date.today()}  machine: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, "
+    print(f"date: {datetime.date.today()}  machine: {cpu_model()}, torch {torch.__version__}, "
           + (torch.cuda.get_device_name() if CUDA else f"{torch.get_num_threads()} threads")
           + f", load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"model: {preset.name} (vocab {vocab}), batch {cfg['batch_size']} x ({I} inputs + {T} targets), "

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +77,7 @@ def main() -> None:
     from pipeline.artifacts import atomic_write_json, read_json
     from pipeline.evaluate import test_rows
     from pipeline.plan import Plan
-    from pipeline.precision import cpu_bf16_flags
+    from pipeline.precision import cpu_bf16_flags, cpu_model
     from pipeline.significance import paired_bleu
     from pipeline.task import execute
 
@@ -101,7 +100,7 @@ def main() -> None:
     steps = sorted(set(curves["fp32"]) & set(curves["bf16"]))
     rows = [(s, curves["fp32"][s], curves["bf16"][s], curves["bf16"][s] - curves["fp32"][s]) for s in steps]
     worst = max(abs(r[3]) for r in rows[1:]) if len(rows) > 1 else float("nan")  # step 0: the same weights
-    lines = [f"processor: {platform.processor() or platform.machine()}, bf16 flags: "
+    lines = [f"processor: {cpu_model()}, bf16 flags: "
              f"{', '.join(cpu_bf16_flags()) or 'none'}; torch {__import__('torch').__version__}, 1 thread a side",
              f"cell: {ft.spec['pair']} t5_mini Dp 0, Df {ft.spec['df']:,} (the whole pool), lr {ft.spec['lr']}, "
              f"{a.steps} steps, batch {ft.spec['finetune']['batch_size']}",
