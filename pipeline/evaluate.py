@@ -15,6 +15,7 @@ n-gram loop).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ from pipeline.config import DataConfig, EvaluateConfig, TrackingConfig
 from pipeline.distributed import setup_runtime
 from pipeline.metrics import METRICS
 from pipeline.model import load_model
+from pipeline.precision import decode_dtype
 from pipeline.seq2seq import encode_pairs, pad_batch, reference_ce
 from pipeline.typed import Spec
 from pipeline.vocab import load_tokenizer
@@ -188,7 +190,8 @@ def run(task) -> None:
     spec: EvaluateSpec = task.spec
     cfg = spec.evaluate
     out = Path(task.dir)
-    # The cell is evaluated in the precision it was trained in (pipeline.sweep_precision.sweep_precision decided it).
+    # The cell's reference CE is scored in the precision it was trained in (pipeline.sweep_precision decided it);
+    # its decoding in `decode_dtype`'s (fp32 on a CPU: bf16 decoding is slower there).
     trained = read_json(Path(spec.finetune_dir) / "finetune.json") if (Path(spec.finetune_dir) / "finetune.json").exists() else {}
     rt = setup_runtime(trained.get("dtype", "auto"), "none")
     best = Path(spec.finetune_dir) / "best"
@@ -222,8 +225,10 @@ def score_split(model, tokenizer, source, spec: EvaluateSpec, split: str,
     ce, n_tok = reference_ce(model, s_ids, t_ids, tokenizer.pad_token_id, cfg.batch_size, rt.device, rt.autocast)
     t_ce = time.time() - t0
     caps = [cfg.cap(len(s)) for s in s_ids]
+    dec_dtype, _ = decode_dtype(rt.dtype, rt.device)
+    dec_autocast = rt.autocast if dec_dtype == rt.dtype else contextlib.nullcontext
     gen = generate_ids(model, s_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.batch_size,
-                       caps, cfg.num_beams, rt.device, rt.autocast, cfg.length_penalty)
+                       caps, cfg.num_beams, rt.device, dec_autocast, cfg.length_penalty)
     hyps = decode(tokenizer, pad_batch(gen, tokenizer.pad_token_id))
     t_gen = time.time() - t0 - t_ce
     refs = [r[tgt] for r in rows]
@@ -238,7 +243,7 @@ def score_split(model, tokenizer, source, spec: EvaluateSpec, split: str,
         "num_beams": cfg.num_beams, "length_penalty": cfg.length_penalty, "max_new_tokens": cfg.max_new_tokens,
         "max_len_a": cfg.max_len_a, "max_len_b": cfg.max_len_b,
         "seconds_ce": t_ce, "seconds_generate": t_gen, "sentences_per_s": len(rows) / max(t_gen, 1e-9),
-        "device": str(rt.device), "dtype": rt.dtype,
+        "device": str(rt.device), "dtype": rt.dtype, "decode_dtype": dec_dtype,
     })
     missing = unmeasured(metrics)
     if missing:

@@ -163,6 +163,16 @@ def resolve_compile(requested: bool | None, dtype: str, device: torch.device | s
     return True, "auto: on (bf16 on a CPU: compiled 1.56x eager in docs/benchmarks.md)"
 
 
+def decode_dtype(dtype: str, device: torch.device | str) -> tuple[str, str]:
+    """The precision greedy/beam decoding runs in for a cell trained in `dtype`, and why. On a CPU fp32 whatever
+    the cell trained in: decoding is one token's small matmuls at a time, where autocast's casts cost more than
+    bf16 saves (docs/benchmarks.md: bf16 decoding 0.85-0.90x fp32 on an amx_bf16 Xeon whose training step gains
+    2.4x, and 0.02-0.03 BLEU lower). Elsewhere the cell's own precision (on a GPU bf16 decoding is not slower)."""
+    if torch.device(device).type == "cpu" and dtype == "bf16":
+        return "fp32", "cpu: fp32 (bf16 decoding measured slower)"
+    return dtype, "as trained"
+
+
 def describe(info: dict[str, Any]) -> str:
     """One line for the task log: the choice, the rule, the probe's numbers where there was one."""
     line = f"precision {info['dtype']} ({info['requested']}: {info['rule']})"

@@ -29,14 +29,15 @@ def columns() -> list[str]:
         "other_split", *(f"other_{m}" for m in METRICS),
         "upstream_loss_mixture", "upstream_loss_src", "upstream_loss_tgt",
         "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds",
-        "dtype", "pretrain_dtype",  # the precision the cell was finetuned and evaluated in; its checkpoint's pretraining
+        # the precision the cell was finetuned in (and its reference CE scored in); its checkpoint's pretraining
+        "dtype", "pretrain_dtype",
         # the training controls: stopped by a cap (not by early stopping), epochs finetuned, the rate chosen for the
         # cell and on which seed's search, what the rung's pretraining read (unique tokens among Dp, epochs)
         "hit_cap", "ft_epochs", "lr_chosen", "lr_search", "pt_unique_tokens", "pt_epochs",
         "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
         # decoding: does BLEU measure translation? output/reference length (sacreBLEU's sys_len / ref_len), the share
         # of runaway outputs and the count that hit the generation cap (pipeline.evaluate), the beam size
-        "len_ratio", "runaway", "gen_at_cap", "num_beams",
+        "len_ratio", "runaway", "gen_at_cap", "num_beams", "decode_dtype",
     ]
 
 
@@ -53,7 +54,7 @@ def defaults() -> dict[str, Any]:
         "upstream_loss_mixture": np.nan, "upstream_loss_tgt": np.nan, "params": np.nan, "reason": "",
         "test_split": "test", "other_split": None, **{f"other_{m}": np.nan for m in METRICS},
         "len_ratio": np.nan, "runaway": np.nan,
-        "dtype": None, "pretrain_dtype": None,
+        "dtype": None, "pretrain_dtype": None, "decode_dtype": None,
         # the training controls (older tables: unknown)
         "hit_cap": np.nan, "ft_epochs": np.nan, "lr_chosen": np.nan, "lr_search": None, "pt_unique_tokens": np.nan,
         "pt_epochs": np.nan,
@@ -97,6 +98,8 @@ def load_results(path: Path) -> pd.DataFrame:
     if missing:
         raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}; a results table has {', '.join(need)}")
     fill = defaults()
+    if "decode_dtype" not in df.columns and "dtype" in df.columns:
+        df["decode_dtype"] = df["dtype"]  # before decode_dtype, a cell decoded in the precision it was evaluated in
     for k, v in fill.items():
         if k not in df.columns:
             df[k] = v

@@ -212,3 +212,34 @@ def test_runaway_outputs_are_long_loops_or_outputs_that_hit_their_cap(hyp, ref, 
     assert runaway(hyp, ref, hit, 1.5, 3) is want
     assert loops(list("abcbcbc"), 3) and not loops(list("abcbc"), 3)
     assert loops(list("xyzwxyzwxyzw"), 3) and not loops(list("xyzwvxyzwvxyzwv"), 3)  # n <= 4
+
+
+def test_a_bf16_cell_scores_ce_in_bf16_and_decodes_in_fp32_on_a_cpu(stage, tmp_path, monkeypatch):
+    """scripts/bench_decode.py measured bf16 greedy decoding slower than fp32 on the CPU (docs/benchmarks.md):
+    a cell trained in bf16 has its reference CE scored under its bf16 autocast and its outputs decoded without
+    it, and metrics.json says so."""
+    import pipeline.evaluate as ev
+    from pipeline.config import data_config
+    from pipeline.distributed import Runtime
+    from pipeline.sources import get_source
+
+    seen = {}
+
+    def fake_ce(model, s, t, pad, batch, device, autocast):
+        with autocast():
+            seen["ce"] = torch.is_autocast_enabled("cpu")
+        return 1.0, 10
+
+    def fake_generate(model, src, pad, eos, batch, caps, beams, device, autocast, length_penalty):
+        with autocast():
+            seen["generate"] = torch.is_autocast_enabled("cpu")
+        return [[eos] for _ in src]
+
+    monkeypatch.setattr(ev, "reference_ce", fake_ce)
+    monkeypatch.setattr(ev, "generate_ids", fake_generate)
+    task = with_spec(first(stage["plan"], "evaluate", "dp0-df64"), tmp_path)
+    source = get_source(data_config(json.loads(json.dumps(first(stage["plan"], "evaluate").spec["data"]))),
+                        stage["root"] / "cache")
+    m, _, _ = ev.score_split(None, stage["tok"], source, task.spec, "test", Runtime(device=CPU, dtype="bf16"))
+    assert seen == {"ce": True, "generate": False}
+    assert (m["dtype"], m["decode_dtype"]) == ("bf16", "fp32")

@@ -90,14 +90,15 @@ TEST_SPLIT_NOTES = {
 
 
 def precision_note(ok: pd.DataFrame) -> str:
-    """The precision the evaluated cells were finetuned and evaluated in (and their checkpoints pretrained in);
+    """The precision the evaluated cells were finetuned, scored and decoded in (and their checkpoints pretrained in);
     a study that mixed fp32 and bf16 says so, with the counts."""
     def counts(col: str) -> str:
         c = ok[col].dropna().astype(str).value_counts() if col in ok else pd.Series(dtype=int)
         return ", ".join(f"{k} ({v} cells)" for k, v in c.sort_index().items()) if len(c) > 1 else \
             (str(c.index[0]) if len(c) else "not recorded")
-    text = f"Precision: cells finetuned and evaluated in {counts('dtype')}; pretrained in {counts('pretrain_dtype')}."
-    mixed = [col for col in ("dtype", "pretrain_dtype") if col in ok and ok[col].dropna().nunique() > 1]
+    text = (f"Precision: cells finetuned (and their CE scored) in {counts('dtype')}; decoded in "
+            f"{counts('decode_dtype')}; pretrained in {counts('pretrain_dtype')}.")
+    mixed = [col for col in ("dtype", "decode_dtype", "pretrain_dtype") if col in ok and ok[col].dropna().nunique() > 1]
     return text + (" **The study mixes precisions**: bf16 and fp32 cells differ a little (docs/benchmarks.md), "
                    "compare within one precision." if mixed else "")
 
