@@ -243,8 +243,63 @@ class Checker:
             self.rung_read(where, row)
         elif header[:3] == ["task", "mixture", "Dp rung"] and all(h.startswith("Df ") for h in header[3:]):
             self.rates(where, header, row)
+        elif header[:3] == ["#", "claim (Isik et al. 2024)", "at this scale"]:
+            self.claim(where, row)
         else:
             self.errors.append(f"{where}: a table the checker does not know: {header}")
+
+    def claim(self, where: str, row: dict[str, str]) -> None:
+        """A row of the claims table: a verdict of the three, and every number of its `numbers` a number of the
+        sources: a comparison's (either orientation), a seed mean's (BLEU, CE) or a difference of two (CE along Dp,
+        between mixtures), the gap of two comparisons' differences and its z-test's p, a median of those, a
+        held-out error, a Dp rung or Df, a count."""
+        from scipy import stats
+
+        from pipeline.report.verdicts import BLEU_FLOOR
+
+        self.checked += 1
+        if row["at this scale"].strip("*") not in ("reproduced", "contradicted", "inconclusive"):
+            self.errors.append(f"{where}: verdict {row['at this scale']!r}")
+        ok_rows = usable(self.results)
+        good = float(compose(["+sweep=questions", "scale=smoke"]).fit.get("good_rel_err", 0.1))  # the threshold named
+        values = [BLEU_FLOOR, good, *ok_rows["alignment"].dropna().astype(float)]
+        for _, g in ok_rows.groupby(["task", "model", "method"]):
+            cells = g.groupby(["mixture", "df", "dp_rung"])[["bleu", "ce"]].mean().reset_index()
+            values += list(cells[["bleu", "ce", "df", "dp_rung"]].to_numpy(float).ravel())
+            for _, curve in cells.groupby(["mixture", "df"]):  # CE along one curve: any rung against another
+                v = curve["ce"].to_numpy(float)
+                values += list((v[:, None] - v[None, :]).ravel())
+            pivot = cells[cells["dp_rung"] > 0].pivot_table(index=["df", "dp_rung"], columns="mixture", values="ce")
+            for a in pivot.columns:
+                for b in pivot.columns:
+                    values.append(float((pivot[a] - pivot[b]).dropna().median()))
+        c = self.comparisons
+        if len(c):
+            values += list(c[["bleu_a", "bleu_b", "delta", "delta_lo", "delta_hi", "p_value"]].to_numpy(float).ravel())
+            values += list(-c[["delta", "delta_lo", "delta_hi"]].to_numpy(float).ravel())
+            pre = c[c["kind"] == "pretraining"]
+            for _, x in pre.iterrows():
+                for _, y in pre[pre["mixture_b"] == x["mixture_b"]].iterrows():
+                    gap = float(x["delta"] - y["delta"])
+                    se = np.hypot((x["delta_hi"] - x["delta_lo"]) / 3.92, (y["delta_hi"] - y["delta_lo"]) / 3.92)
+                    values += [gap, float(2 * stats.norm.sf(abs(gap) / se)) if se > 0 else 1.0]
+            mix = c[c["kind"] == "mixture"]
+            for sign in (1, -1):
+                values.append(float(np.median(sign * mix["delta"].to_numpy(float)))) if len(mix) else None
+        if "holdout_mre" in self.fits:
+            values += list(pd.to_numeric(self.fits["holdout_mre"], errors="coerce"))
+        values = np.array([v for v in values if finite(v)])
+        mixtures = set(self.results["mixture"].astype(str))
+        for name in re.findall(r"\b[a-z]+\d+(?:_[a-z]+\d+)*\b", row["numbers"]):
+            if name not in mixtures:
+                self.errors.append(f"{where}: {name} is no mixture of the results")
+        text = row["numbers"].replace("p < 0.001", "p below its floor")
+        for token, (g, half) in headline_numbers(text):
+            self.checked += 1
+            if float(g).is_integer() and "." not in token and 0 <= g <= max(len(self.results), len(self.fits), 100):
+                continue  # a count
+            if not (np.abs(values - g) <= half * 1.001 + 1e-12).any():
+                self.errors.append(f"{where}: {token} in {row['numbers']!r} is no number of the sources")
 
     def comparison(self, where: str, row: dict[str, str]) -> None:
         """A row of the significance table is one of comparisons.csv's, every number printed from it."""
@@ -526,7 +581,8 @@ def test_the_checker_catches_one_altered_digit_in_every_kind_of_table(study):
     assert len(kinds) >= 12, sorted(kinds)
 
 
-KEYS = ("task", "mixture", "model", "method", "Df", "upstream loss", "law", "why", "gap", "metric", "fit")
+KEYS = ("task", "mixture", "model", "method", "Df", "upstream loss", "law", "why", "gap", "metric", "fit", "#",
+        "claim (Isik et al. 2024)")
 
 
 def test_header_states_scale_corpus_signature_and_sha(study):
@@ -915,3 +971,106 @@ def test_the_significance_table_names_model_and_method(study):
     table = significance_section(comp)[-1].children[0]
     assert table.header[:5] == ["kind", "task", "model", "method", "Df"]
     assert [r[2:4] for r in table.rows] == [["t5_mini", "full"], ["t5_tiny", "lora"]]
+
+
+def _claims_study(gain: dict, weak_gap: float, half: float = 0.3, holdout: float = 0.02) -> tuple:
+    """Results rows, comparisons and fits of a two-mixture study whose BLEU gain from pretraining (top rung, 2M
+    tokens, against none) is gain[(mixture, df)] (linear in the rung), en100 `weak_gap` BLEU below en50_de50 at each
+    pretrained cell, CE falling with Df and Dp (en100 0.05 above); every comparison's interval ± `half`."""
+    from pipeline.significance import planned
+
+    rows = []
+    for mix, al in (("en50_de50", 1.0), ("en100", 0.7)):
+        for df_, base, ce0 in ((1000, 2.0, 5.0), (4000, 5.0, 4.5), (16000, 8.0, 4.0)):
+            for rung in (0, 1_000_000, 2_000_000):
+                for seed in (0, 1):
+                    frac = rung / 2_000_000
+                    rows.append({"task": "en-de", "model": "t5_mini", "method": "full", "mixture": mix, "alignment": al,
+                                 "df": df_, "dp": rung, "dp_rung": rung, "seed": seed, "status": "ok", "selected": True,
+                                 "bleu": base + gain[(mix, df_)] * frac - (weak_gap if mix == "en100" and rung else 0),
+                                 "ce": ce0 - 0.3 * frac + (0.05 if mix == "en100" and rung else 0),
+                                 "config_hash": f"{mix}{df_}{rung}{seed}"})
+    results = pd.DataFrame(rows)
+    comp = []
+    for kind, a, b in planned(results):
+        ra, rb = results.loc[a], results.loc[b]
+        if ra["seed"] != 0:
+            continue
+        d = float(rb["bleu"] - ra["bleu"])
+        sig = abs(d) > half
+        comp.append({"kind": kind, "task": "en-de", "model": "t5_mini", "method": "full", "df": ra["df"],
+                     "mixture_a": ra["mixture"], "dp_rung_a": ra["dp_rung"], "mixture_b": rb["mixture"],
+                     "dp_rung_b": rb["dp_rung"], "bleu_a": ra["bleu"], "bleu_b": rb["bleu"], "delta": d,
+                     "delta_lo": d - half, "delta_hi": d + half, "p_value": 0.001 if sig else 0.4, "significant": sig,
+                     "noise": "seeds + test sentences"})
+    fits = pd.DataFrame([{"task": "en-de", "model": "t5_mini", "method": "full", "mixture": m, "df": d, "metric": metric,
+                          "law": law, "x": "dp", "ok": True, "flags": "", "holdout_mre": holdout}
+                         for m in ("en50_de50", "en100") for d in (1000, 4000, 16000)
+                         for metric, law in (("bleu", "bleu_log"), ("ce", "power"))])
+    return results, pd.DataFrame(comp), fits
+
+
+FIT = __import__("types").SimpleNamespace(good_rel_err=0.1)  # the fit config's one setting the claims read
+
+
+def _verdicts(*study) -> dict[int, str]:
+    from pipeline.report.claims import claims
+
+    return {c.number: c.verdict for c in claims(study[0], study[1], study[2], FIT)}
+
+
+def test_a_study_like_the_papers_reproduces_every_claim():
+    # en100's pretrained cells sit 0.8 BLEU below en50_de50's: its gains against none are 1.2, 0.4 and 0.1
+    paper = _claims_study({("en50_de50", 1000): 3.0, ("en50_de50", 4000): 1.5, ("en50_de50", 16000): 0.5,
+                           ("en100", 1000): 2.0, ("en100", 4000): 1.2, ("en100", 16000): 0.9}, weak_gap=0.8)
+    assert _verdicts(*paper) == dict.fromkeys(range(1, 8), "reproduced")
+
+
+def test_a_study_where_pretraining_lowers_bleu_contradicts_the_papers_claims_and_says_why():
+    from pipeline.report.claims import claims
+
+    desk = _claims_study({("en50_de50", 1000): -0.2, ("en50_de50", 4000): -1.0, ("en50_de50", 16000): -1.5,
+                          ("en100", 1000): -0.2, ("en100", 4000): -1.0, ("en100", 16000): -1.5}, weak_gap=-0.5,
+                         holdout=0.5)
+    v = _verdicts(*desk)
+    assert v[2] == v[4] == "contradicted"  # significant losses at the larger Df
+    assert v[3] == "inconclusive"  # no gain at the small Df to shrink, although the loss grows with Df
+    assert v[5] == "contradicted"  # en100 scores higher BLEU than en50_de50 beyond the noise
+    assert v[6] == "contradicted"  # every held-out error 50%
+    assert v[7] == "reproduced"  # CE falls with pretraining while BLEU does not rise
+    by = {c.number: c for c in claims(*desk, FIT)}
+    assert "Df 16,000: BLEU -1.50 [-1.80, -1.20], p = 0.001, CE -0.300" in by[2].evidence
+    assert "seeds + test sentences" in by[2].test and "descriptive" in by[2].test
+    assert "BLEU lower beyond the noise in 0, higher in 6" in by[5].evidence
+
+
+def test_claims_say_inconclusive_where_nothing_translates_or_the_noise_covers_the_difference():
+    quiet = _claims_study({(m, d): 0.2 for m in ("en50_de50", "en100") for d in (1000, 4000, 16000)}, weak_gap=0.1)
+    v = _verdicts(*quiet)
+    assert v[2] == v[3] == v[5] == "inconclusive"  # every BLEU difference inside ± 0.3
+    assert v[4] == "reproduced"  # at the largest Df: no difference beyond the noise
+    results, comp, fits = _claims_study({(m, d): 3.0 for m in ("en50_de50", "en100") for d in (1000, 4000, 16000)},
+                                        weak_gap=0.8)
+    low = results.assign(bleu=results["bleu"] / 100)  # no cell reaches BLEU 1
+    comp = comp.assign(**{k: comp[k] / 100 for k in ("bleu_a", "bleu_b")})
+    v = _verdicts(low, comp, fits)
+    assert v[2] == v[3] == v[5] == v[7] == "inconclusive"
+
+
+def test_the_claims_table_is_in_the_report_and_its_numbers_are_source_numbers(study):
+    md = (study / "report.md").read_text()
+    assert "## The paper's claims at this scale" in md
+    found = [t for t in tables(md) if t[2][:3] == ["#", "claim (Isik et al. 2024)", "at this scale"]]
+    assert found and all(len(rows) == 7 for *_, rows in found)
+    c = Checker(study, study.parent.parent / "results.csv")
+    for _, _, header, rows in found:
+        for i, cells in enumerate(rows):
+            c.claim(f"claims row {i}", dict(zip(header, cells)))
+    assert not c.errors and c.checked > 7 * len(found), c.errors
+    row = dict(zip(found[0][2], found[0][3][4]))  # claim 5: CE medians of the mixtures
+    token = next(t for t, _ in headline_numbers(row["numbers"]) if "." in t)
+    c.errors = []
+    dot = token.index(".") + 1  # the first decimal moved by 3
+    c.claim("altered", {**row, "numbers": row["numbers"].replace(
+        token, token[:dot] + str((int(token[dot]) + 3) % 10) + token[dot + 1:])})
+    assert c.errors, token

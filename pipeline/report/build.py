@@ -19,6 +19,7 @@ import pandas as pd
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text
 from pipeline.metrics import METRICS
+from pipeline.report.claims import claims_blocks
 from pipeline.report.document import Block, sections, to_html, to_markdown
 from pipeline.report.figures import Figure, plot_bleu_vs_ce, plot_task, render
 from pipeline.report.fmt import fmt, fmt_g, law_formula
@@ -51,7 +52,7 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
           results_name: str = "results.csv", corr: pd.DataFrame | None = None,
           methods: pd.DataFrame | None = None, comp: pd.DataFrame | None = None) -> Report:
     """The report as blocks, read top down: the finding in three sentences (headline), the Dp figure it reads,
-    what was run, the findings per (task, model, method) and per question, the other figures; then the tables,
+    what was run, the paper's claims marked at this scale, the findings per (task, model, method) and per question, the other figures; then the tables,
     fit flags and methods, each a section folded away in the HTML. And the figures those blocks show, not drawn."""
     corr = pd.DataFrame() if corr is None else corr
     methods = pd.DataFrame() if methods is None else methods
@@ -122,7 +123,8 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
            headline(results, pts, fits_df, comp, spec), *lead_fig, header(results, spec, results_name)]
     details = (questions + significance_section(comp, spec.fit.length_ratio_flag) + laws + cells_section(results)
                + controls_section(results) + mixtures + appendix)
-    return Report(top + findings + shown + sections(details), figures)
+    claims = claims_blocks(ok_rows, comp, fits_df, spec.fit, spec.scale.name) if not pts.empty else []
+    return Report(top + claims + findings + shown + sections(details), figures)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -1,0 +1,357 @@
+"""Isik et al. (2024)'s seven claims, each marked reproduced / contradicted / inconclusive at the scale the study ran,
+with its numbers and the test behind it. Read from the report's own inputs: the usable cells of results.csv (seed
+means per mixture, Df and Dp rung), comparisons.csv (BLEU: paired bootstrap over the test sentences, or over seeds
+and sentences together; the noise each covers is named) and fits.csv (the per-curve laws). Cross-entropy has no
+per-sentence record, so its changes are descriptive (seed means), and said so. A BLEU comparison whose two cells both
+score below BLEU_FLOOR is not evidence either way: at that level BLEU counts stray n-grams, not translation.
+
+The claims (issue 28): 1. BLEU rises and CE falls smoothly and monotonically as Df grows; 2. with the aligned
+mixture both improve as Dp grows; 3. pretraining's gain is larger at smaller Df; 4. at a large enough Df BLEU is about
+constant in Dp, little better than no pretraining; 5. the less aligned mixture gives lower BLEU and higher CE at the
+same Dp and Df; 6. the BLEU log-law and the CE law fit the rungs with small held-out error; 7. where alignment is
+weaker, CE can improve while BLEU does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pipeline.config import FitConfig
+from pipeline.report.document import Block
+from pipeline.report.fmt import fmt_df, fmt_pct, fmt_tokens
+from pipeline.report.tables import curve_fits, standing
+from pipeline.report.verdicts import BLEU_FLOOR, noises
+from pipeline.results import is_ok
+from pipeline.significance import p_is
+
+REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
+CE_DESCRIPTIVE = "CE: seed means, descriptive (no per-sentence CE is kept, so no test)"
+TEXTS = {
+    1: "BLEU rises and CE falls smoothly and monotonically as Df grows",
+    2: "with the aligned mixture, BLEU and CE both improve as Dp grows",
+    3: "pretraining's gain is larger at smaller Df",
+    4: "at a large enough Df, BLEU is about constant in Dp, little better than no pretraining",
+    5: "the less aligned mixture gives lower BLEU and higher CE than the aligned one at the same Dp and Df",
+    6: "the BLEU log-law and the CE law fit the rungs with small held-out error",
+    7: "where alignment is weaker, CE can improve while BLEU does not",
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    number: int
+    verdict: str
+    evidence: str
+    test: str
+
+    @property
+    def text(self) -> str:
+        return TEXTS[self.number]
+
+
+@dataclass(frozen=True)
+class _Test:
+    """One BLEU comparison of b against a (from comparisons.csv), oriented as the claim reads it."""
+
+    delta: float
+    lo: float
+    hi: float
+    p: float
+    significant: bool
+    translates: bool  # at least one side at or above BLEU_FLOOR
+    row: pd.Series
+
+    @property
+    def sign(self) -> int:
+        """+1 / -1: significantly above / below zero; 0: cannot be told, or no side translates."""
+        return int(np.sign(self.delta)) if self.significant and self.translates else 0
+
+    def said(self) -> str:
+        s = f"{self.delta:+.2f} [{self.lo:+.2f}, {self.hi:+.2f}], {p_is(self.p)}"
+        return s if self.translates else s + f" (both below BLEU {BLEU_FLOOR:g})"
+
+
+def _test(row: pd.Series, flip: bool = False) -> _Test:
+    d, lo, hi = float(row["delta"]), float(row["delta_lo"]), float(row["delta_hi"])
+    if flip:
+        d, lo, hi = -d, -hi, -lo
+    return _Test(d, lo, hi, float(row["p_value"]), is_ok(row["significant"]),
+                 max(float(row["bleu_a"]), float(row["bleu_b"])) >= BLEU_FLOOR, row)
+
+
+def cell_means(rows: pd.DataFrame) -> pd.DataFrame:
+    """BLEU and CE seed means per (mixture, Df, Dp rung) of one (task, model, method), with the alignment."""
+    return (rows.groupby(["mixture", "df", "dp_rung"]).agg(bleu=("bleu", "mean"), ce=("ce", "mean"),
+                                                           alignment=("alignment", "first"), seeds=("seed", "size"))
+            .reset_index().sort_values(["mixture", "df", "dp_rung"]))
+
+
+def claims(rows: pd.DataFrame, comp: pd.DataFrame | None, fits_df: pd.DataFrame, fit_cfg: FitConfig) -> list[Claim]:
+    """The seven claims for one (task, model, method): `rows` its usable results rows, `comp` and `fits_df` its
+    comparisons and fits (other groups' rows are ignored by the caller's selection)."""
+    cells = cell_means(rows)
+    comp = pd.DataFrame() if comp is None else comp
+    return [_monotone_in_df(cells), _aligned_improves(cells, comp), _gain_shrinks(cells, comp),
+            _flat_at_large_df(cells, comp), _mixtures(cells, comp), _laws(fits_df, fit_cfg), _ce_not_bleu(cells, comp)]
+
+
+def _mixes(cells: pd.DataFrame) -> tuple[str | None, str | None]:
+    """(aligned, less aligned): the mixtures of highest and lowest alignment (None when they are one)."""
+    al = cells.groupby("mixture")["alignment"].first().dropna().sort_values()
+    if al.empty:
+        return None, None
+    return str(al.index[-1]), (str(al.index[0]) if al.iloc[0] < al.iloc[-1] else None)
+
+
+def _pretraining(comp: pd.DataFrame, mix: str, df: Any) -> _Test | None:
+    """The top rung against no pretraining, for `mix` at `df`."""
+    if comp.empty:
+        return None
+    c = comp[(comp["kind"] == "pretraining") & (comp["mixture_b"] == mix) & (comp["df"].astype(str) == str(df))]
+    return _test(c.sort_values("dp_rung_b").iloc[-1]) if len(c) else None
+
+
+def _ce_change(cells: pd.DataFrame, mix: str, df: Any) -> tuple[float, int] | None:
+    """CE at the top rung minus CE at Dp = 0, and the top rung, for `mix` at `df` (seed means)."""
+    c = cells[(cells["mixture"] == mix) & (cells["df"] == df)].sort_values("dp_rung")
+    if not (c["dp_rung"] == 0).any() or c["dp_rung"].iloc[-1] <= 0:
+        return None
+    return float(c["ce"].iloc[-1] - c.loc[c["dp_rung"] == 0, "ce"].iloc[0]), int(c["dp_rung"].iloc[-1])
+
+
+def _monotone_in_df(cells: pd.DataFrame) -> Claim:
+    curves, bleu_up, ce_down = 0, 0, 0
+    dfs = sorted(cells["df"].unique())
+    for _, c in cells.groupby(["mixture", "dp_rung"]):
+        c = c.sort_values("df")
+        if len(c) < 2:
+            continue
+        curves += 1
+        bleu_up += bool((np.diff(c["bleu"]) > 0).all())
+        ce_down += bool((np.diff(c["ce"]) < 0).all())
+    if not curves:
+        return Claim(1, INCONCLUSIVE, "one Df value: nothing to order", "—")
+    ev = (f"over Df {', '.join(fmt_df(d) for d in dfs)}: BLEU rises at every step on {bleu_up} of {curves} (mixture, "
+          f"Dp) curves, CE falls on {ce_down} of {curves}")
+    if len(dfs) < 3:
+        ev += "; two Df values show the direction, not the smoothness"
+    if bleu_up == ce_down == curves:
+        verdict = REPRODUCED
+    elif min(bleu_up, ce_down) < curves / 2:
+        verdict = CONTRADICTED
+    else:
+        verdict = INCONCLUSIVE
+    return Claim(1, verdict, ev, "seed means, descriptive (the tests compare Dp rungs and mixtures, not Df)")
+
+
+def _aligned_improves(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
+    aligned, _ = _mixes(cells)
+    if aligned is None:
+        return Claim(2, INCONCLUSIVE, "no mixture with an alignment", "—")
+    parts, signs, ce = [], [], []
+    tests = []
+    for df in sorted(cells["df"].unique()):
+        t, c = _pretraining(comp, aligned, df), _ce_change(cells, aligned, df)
+        if t is None or c is None:
+            continue
+        tests.append(t.row)
+        signs.append(t.sign)
+        ce.append(c[0])
+        parts.append(f"Df {fmt_df(df)}: BLEU {t.said()}, CE {c[0]:+.3f}")
+    if not parts:
+        return Claim(2, INCONCLUSIVE, f"{aligned}: no Df with both an unpretrained and a pretrained cell tested", "—")
+    top = int(cells.loc[cells["mixture"] == aligned, "dp_rung"].max())
+    ev = f"{aligned}, top rung ({fmt_tokens(top)} tokens) against none — " + "; ".join(parts)
+    if all(s > 0 for s in signs) and all(x < 0 for x in ce):
+        verdict = REPRODUCED
+    elif any(s < 0 for s in signs) or all(x > 0 for x in ce):
+        verdict = CONTRADICTED
+    else:
+        verdict = INCONCLUSIVE
+    return Claim(2, verdict, ev, f"BLEU: {_how(tests)}; {CE_DESCRIPTIVE}")
+
+
+def _how(rows: list[pd.Series]) -> str:
+    """'paired bootstrap, noise: test sentences' for a list of comparisons."""
+    if not rows:
+        return "no test"
+    return f"95% intervals and p over the noise of the {noises(rows)}"
+
+
+def _gain_shrinks(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
+    dfs = sorted(cells["df"].unique())
+    if len(dfs) < 2:
+        return Claim(3, INCONCLUSIVE, "one Df value", "—")
+    small, large = dfs[0], dfs[-1]
+    parts, votes, rows = [], [], []
+    for mix in cells.loc[cells["dp_rung"] > 0, "mixture"].unique():
+        ts, tl = _pretraining(comp, mix, small), _pretraining(comp, mix, large)
+        cs, cl = _ce_change(cells, mix, small), _ce_change(cells, mix, large)
+        ce = f"; CE {cs[0]:+.3f} vs {cl[0]:+.3f}" if cs and cl else ""
+        if ts is None or tl is None:
+            continue
+        rows += [ts.row, tl.row]
+        # the two differences' gap, standard errors from their 95% intervals, taken as independent (they share the
+        # test sentences, which correlates them positively: the test is then conservative)
+        se = np.hypot((ts.hi - ts.lo) / (2 * 1.96), (tl.hi - tl.lo) / (2 * 1.96))
+        gap = ts.delta - tl.delta
+        p = float(2 * stats.norm.sf(abs(gap) / se)) if se > 0 else (1.0 if gap == 0 else 0.0)
+        if not ts.translates:
+            vote = 0  # no translation at the small Df: no gain to compare
+        elif ts.sign > 0 and gap > 0 and p < 0.05:
+            vote = 1
+        elif gap < 0 and p < 0.05:
+            vote = -1
+        else:
+            vote = 0
+        votes.append(vote)
+        parts.append(f"{mix}: BLEU gain {ts.delta:+.2f} at Df {fmt_df(small)} vs {tl.delta:+.2f} at Df "
+                     f"{fmt_df(large)} (gap {gap:+.2f}, {p_is(p)}"
+                     + ("; no cell translates at the small Df" if not ts.translates else "")
+                     + ("; pretraining does not raise BLEU at the small Df" if ts.translates and ts.sign <= 0 else "")
+                     + f"){ce}")
+    if not parts:
+        return Claim(3, INCONCLUSIVE, "no mixture tested at both ends of the Df ladder", "—")
+    verdict = REPRODUCED if all(v > 0 for v in votes) else CONTRADICTED if any(v < 0 for v in votes) else INCONCLUSIVE
+    return Claim(3, verdict, "top rung against none — " + "; ".join(parts),
+                 f"BLEU: the gap of two tests' differences (each {_how(rows).removeprefix('95% intervals and p ')}), "
+                 "a z-test with standard errors from their intervals, taken as independent (they share the test "
+                 f"sentences: conservative); reproduced needs a significant gain at the small Df; {CE_DESCRIPTIVE}")
+
+
+def _flat_at_large_df(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
+    dfs = sorted(cells["df"].unique())
+    large, small = dfs[-1], dfs[0]
+    parts, verdicts, rows = [], [], []
+    for mix in cells.loc[cells["dp_rung"] > 0, "mixture"].unique():
+        t = _pretraining(comp, mix, large)
+        if t is None:
+            continue
+        rows.append(t.row)
+        ts = _pretraining(comp, mix, small) if small != large else None
+        steps = comp[(comp["kind"] == "rung") & (comp["mixture_b"] == mix) & (comp["df"].astype(str) == str(large))]
+        moved = sum(_test(r).sign != 0 for _, r in steps.iterrows())
+        rows += [r for _, r in steps.iterrows()]
+        if t.sign < 0:
+            verdicts.append(CONTRADICTED)
+        elif t.sign > 0 and (ts is None or ts.sign <= 0 or t.delta >= ts.delta):
+            verdicts.append(CONTRADICTED)  # still a gain, as large as where data is scarce
+        elif t.translates:
+            verdicts.append(REPRODUCED)
+        else:
+            verdicts.append(INCONCLUSIVE)
+        parts.append(f"{mix}: top rung against none {t.said()}; {moved} of {len(steps)} rung-to-rung steps beyond "
+                     "the noise")
+    if not parts:
+        return Claim(4, INCONCLUSIVE, f"no test at Df {fmt_df(large)}", "—")
+    verdict = (CONTRADICTED if CONTRADICTED in verdicts else REPRODUCED if all(v == REPRODUCED for v in verdicts)
+               else INCONCLUSIVE)
+    return Claim(4, verdict, f"at the largest Df ({fmt_df(large)}) — " + "; ".join(parts),
+                 f"BLEU: {_how(rows)}; reproduced: no difference beyond the noise, or a gain smaller than at the "
+                 "smallest Df")
+
+
+def _mixtures(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
+    aligned, weak = _mixes(cells)
+    if weak is None:
+        return Claim(5, INCONCLUSIVE, "one alignment in the study: nothing to compare", "—")
+    c = comp[(comp["kind"] == "mixture") & comp["mixture_a"].isin([aligned, weak])
+             & comp["mixture_b"].isin([aligned, weak])] if not comp.empty else pd.DataFrame()
+    tests = [_test(r, flip=r["mixture_b"] == aligned) for _, r in c.iterrows()]  # as weak minus aligned
+    lower, higher = sum(t.sign < 0 for t in tests), sum(t.sign > 0 for t in tests)
+    pre = cells[cells["dp_rung"] > 0].pivot_table(index=["df", "dp_rung"], columns="mixture", values="ce")
+    ce = (pre[weak] - pre[aligned]).dropna() if {weak, aligned} <= set(pre.columns) else pd.Series(dtype=float)
+    n = len(tests)
+    ev = (f"{weak} against {aligned} at {n} (Df, Dp) cells: BLEU lower beyond the noise in {lower}, higher in "
+          f"{higher}, cannot be told in {n - lower - higher}"
+          + (f" (median difference {np.median([t.delta for t in tests]):+.2f})" if tests else "")
+          + (f"; CE higher in {int((ce > 0).sum())} of {len(ce)} (median {ce.median():+.3f})" if len(ce) else ""))
+    if n and lower > n / 2 and higher == 0 and len(ce) and (ce > 0).mean() > 0.5:
+        verdict = REPRODUCED
+    elif (n and higher > n / 2) or (len(ce) and (ce < 0).mean() > 0.5):
+        verdict = CONTRADICTED
+    else:
+        verdict = INCONCLUSIVE
+    return Claim(5, verdict, ev, f"BLEU: {_how([t.row for t in tests])}; {CE_DESCRIPTIVE}")
+
+
+def _laws(fits_df: pd.DataFrame, fit_cfg: FitConfig) -> Claim:
+    good = fit_cfg.good_rel_err
+    parts, shares = [], []
+    for metric, name in (("bleu", "BLEU log-law"), ("ce", "CE law")):
+        c = curve_fits(fits_df, metric) if len(fits_df) else pd.DataFrame()
+        if c.empty:
+            continue
+        stands = standing(c)
+        small = stands & (c["holdout_mre"].fillna(np.inf) <= good)
+        shares.append(small.mean())
+        worst = c.loc[stands, "holdout_mre"].max() if stands.any() else np.nan
+        parts.append(f"{name}: stands on {int(stands.sum())} of {len(c)} curves, held-out relative error ≤ "
+                     f"{good:.0%} on {int(small.sum())}" + (f" (worst standing: {fmt_pct(worst)})"
+                                                             if np.isfinite(worst) else ""))
+    if not parts:
+        return Claim(6, INCONCLUSIVE, "no per-curve fit", "—")
+    verdict = (REPRODUCED if len(shares) == 2 and all(s >= 0.5 for s in shares) else
+               CONTRADICTED if all(s == 0 for s in shares) else INCONCLUSIVE)
+    return Claim(6, verdict, "; ".join(parts),
+                 "fits.csv: Huber fits on the smaller rungs, the largest held out; a curve stands when it is fitted "
+                 f"and no flag breaks it; small: ≤ {good:.0%} (fit.good_rel_err)")
+
+
+def _ce_not_bleu(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
+    aligned, weak = _mixes(cells)
+    mix = weak or aligned
+    if mix is None:
+        return Claim(7, INCONCLUSIVE, "no mixture with an alignment", "—")
+    cases, both, mute, rows = [], [], [], []
+    for df in sorted(cells["df"].unique()):
+        t, c = _pretraining(comp, mix, df), _ce_change(cells, mix, df)
+        if t is None or c is None or c[0] >= 0:
+            continue
+        rows.append(t.row)
+        # where no cell translates BLEU cannot improve whatever the model learnt: no evidence either way
+        (mute if not t.translates else both if t.sign > 0 else cases).append(
+            f"Df {fmt_df(df)}: CE {c[0]:+.3f}, BLEU {t.said()}")
+    who = f"{mix} (alignment {cells.loc[cells['mixture'] == mix, 'alignment'].iloc[0]:g})"
+    if cases:
+        verdict, ev = REPRODUCED, f"{who}, top rung against none — " + "; ".join(cases)
+    elif both:
+        verdict, ev = CONTRADICTED, f"{who}: wherever CE improves BLEU does too — " + "; ".join(both)
+    elif mute:
+        verdict, ev = INCONCLUSIVE, f"{who}: CE improves only where no cell translates — " + "; ".join(mute)
+    else:
+        verdict, ev = INCONCLUSIVE, f"{who}: pretraining does not lower CE at any Df"
+    if weak is None:
+        verdict, ev = INCONCLUSIVE, ev + " (one alignment in the study: no weaker one)"
+    return Claim(7, verdict, ev, f"BLEU: {_how(rows)}; {CE_DESCRIPTIVE}")
+
+
+def _of(table: pd.DataFrame | None, key: tuple) -> pd.DataFrame | None:
+    """The rows of one (task, model, method) of comparisons.csv or fits.csv."""
+    if table is None or not len(table):
+        return table
+    task, model, method = key
+    return table[(table["task"] == task) & (table["model"] == model) & (table["method"] == method)]
+
+
+def claims_blocks(results_ok: pd.DataFrame, comp: pd.DataFrame | None, fits_df: pd.DataFrame, fit_cfg: FitConfig,
+                  scale: str) -> list[Block]:
+    """The section: one table of the seven claims per (task, model, method)."""
+    out = [Block("h2", "The paper's claims at this scale"),
+           Block("p", f"Isik et al. (2024)'s findings, each marked from this study's cells at {scale} scale: "
+                      "reproduced, contradicted, or inconclusive (the cells cannot tell). BLEU differences carry the "
+                      "test named; cross-entropy changes are seed means, descriptive.")]
+    groups = list(results_ok.groupby(["task", "model", "method"], sort=False))
+    for key, rows in groups:
+        task, model, method = key
+        found = claims(rows, _of(comp, key), _of(fits_df, key), fit_cfg)
+        if len(groups) > 1:
+            out.append(Block("p", f"**{task} · {model} · {method}**"))
+        out.append(Block("table", header=["#", "claim (Isik et al. 2024)", "at this scale", "numbers", "test"],
+                         rows=[[str(c.number), c.text, f"**{c.verdict}**", c.evidence, c.test] for c in found]))
+    return out
