@@ -1054,7 +1054,7 @@ def test_claims_say_inconclusive_where_nothing_translates_or_the_noise_covers_th
     low = results.assign(bleu=results["bleu"] / 100)  # no cell reaches BLEU 1
     comp = comp.assign(**{k: comp[k] / 100 for k in ("bleu_a", "bleu_b")})
     v = _verdicts(low, comp, fits)
-    assert v[2] == v[3] == v[5] == v[7] == "inconclusive"
+    assert v[1] == v[2] == v[3] == v[5] == v[7] == "inconclusive"  # CE falls with Df, but BLEU orders stray n-grams
 
 
 def test_the_claims_table_is_in_the_report_and_its_numbers_are_source_numbers(study):

@@ -125,24 +125,29 @@ def _ce_change(cells: pd.DataFrame, mix: str, df: Any) -> tuple[float, int] | No
 
 
 def _monotone_in_df(cells: pd.DataFrame) -> Claim:
-    curves, bleu_up, ce_down = 0, 0, 0
+    curves, read, bleu_up, ce_down = 0, 0, 0, 0
     dfs = sorted(cells["df"].unique())
     for _, c in cells.groupby(["mixture", "dp_rung"]):
         c = c.sort_values("df")
         if len(c) < 2:
             continue
         curves += 1
-        bleu_up += bool((np.diff(c["bleu"]) > 0).all())
         ce_down += bool((np.diff(c["ce"]) < 0).all())
+        if c["bleu"].max() >= BLEU_FLOOR:  # a curve below the floor throughout orders stray n-grams
+            read += 1
+            bleu_up += bool((np.diff(c["bleu"]) > 0).all())
     if not curves:
         return Claim(1, INCONCLUSIVE, "one Df value: nothing to order", "—")
-    ev = (f"over Df {', '.join(fmt_df(d) for d in dfs)}: BLEU rises at every step on {bleu_up} of {curves} (mixture, "
-          f"Dp) curves, CE falls on {ce_down} of {curves}")
+    ev = (f"over Df {', '.join(fmt_df(d) for d in dfs)}: BLEU rises at every step on {bleu_up} of {read} (mixture, "
+          f"Dp) curves that reach BLEU {BLEU_FLOOR:g}" + (f" ({curves - read} stay below)" if read < curves else "")
+          + f", CE falls on {ce_down} of {curves}")
     if len(dfs) < 3:
         ev += "; two Df values show the direction, not the smoothness"
-    if bleu_up == ce_down == curves:
+    if read == 0:
+        verdict = CONTRADICTED if ce_down < curves / 2 else INCONCLUSIVE
+    elif bleu_up == read and ce_down == curves:
         verdict = REPRODUCED
-    elif min(bleu_up, ce_down) < curves / 2:
+    elif min(bleu_up / read, ce_down / curves) < 0.5:
         verdict = CONTRADICTED
     else:
         verdict = INCONCLUSIVE
