@@ -145,6 +145,21 @@ def rank_test(x: Sequence[float], y: Sequence[float], seed: int = 0) -> RankTest
     return RankTest(rho, n, (lo + 1) / (len(null) + 1), (hi + 1) / (len(null) + 1), False)
 
 
+def gap_test(d1: float, lo1: float, hi1: float, d2: float, lo2: float, hi2: float) -> tuple[float, float]:
+    """(d1 - d2, two-sided p) for two comparisons' differences, each given with its 95% interval: a z-test with
+    standard errors read off the intervals (half-width / 1.96), the two taken as independent. Two comparisons on
+    the same test sentences are positively correlated, which makes this conservative; a t-based interval (the seeds
+    test's, wider than 1.96 standard errors) makes it more so. For "is this effect larger there than here": pretraining's
+    gain at two Df values, or in two recipes."""
+    gap = d1 - d2
+    se = float(np.hypot((hi1 - lo1) / (2 * 1.96), (hi2 - lo2) / (2 * 1.96)))
+    if se <= 0:
+        return gap, (1.0 if gap == 0 else 0.0)
+    from scipy import stats
+
+    return gap, float(2 * stats.norm.sf(abs(gap) / se))
+
+
 def _seed() -> int | None:
     s = os.environ.get("SACREBLEU_SEED", "12345")
     return None if s.lower() == "none" else int(s)

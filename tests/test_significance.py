@@ -365,3 +365,22 @@ def test_a_rank_correlation_over_a_handful_of_rungs_carries_its_exact_permutatio
     big = rank_test(np.arange(12.0), np.arange(12.0)[::-1])  # beyond exact enumeration: sampled, (k + 1)/(N + 1)
     assert not big.exact and big.rho == -1 and big.p_neg == pytest.approx(1 / 20_001)
     assert np.isnan(rank_test([1, 2], [2, 1]).p_neg) and np.isnan(rank_test(x, np.ones(5)).rho)
+
+
+def test_the_gap_of_two_differences_is_a_z_test_from_their_intervals_and_holds_its_level():
+    from scipy import stats
+
+    from pipeline.significance import gap_test
+
+    gap, p = gap_test(1.0, 0.0, 2.0, -1.0, -2.0, 0.0)  # two standard errors of 1/1.96 each
+    assert gap == 2.0 and p == pytest.approx(2 * stats.norm.sf(2.0 / np.hypot(1 / 1.96, 1 / 1.96)))
+    assert gap_test(0.5, 0.5, 0.5, 0.5, 0.5, 0.5) == (0.0, 1.0)
+    # two independent estimates of the same effect, each with its exact 95% interval: ~5% called different
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.3, 0.2, size=(4000, 2))
+    ps = np.array([gap_test(a, a - 0.392, a + 0.392, b, b - 0.392, b + 0.392)[1] for a, b in d])
+    assert 0.035 < (ps < 0.05).mean() < 0.065
+    # a real gap of three standard errors is found most of the time
+    d[:, 0] += 3 * np.hypot(0.2, 0.2)
+    ps = np.array([gap_test(a, a - 0.392, a + 0.392, b, b - 0.392, b + 0.392)[1] for a, b in d])
+    assert (ps < 0.05).mean() > 0.8

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from pipeline.config import FitConfig
 from pipeline.report.document import Block
@@ -27,7 +26,7 @@ from pipeline.report.fmt import fmt_df, fmt_pct, fmt_tokens
 from pipeline.report.tables import curve_fits, standing
 from pipeline.report.verdicts import BLEU_FLOOR, noises
 from pipeline.results import is_ok
-from pipeline.significance import p_is
+from pipeline.significance import gap_test, p_is
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
 CE_DESCRIPTIVE = "CE: seed means, descriptive (no per-sentence CE is kept, so no test)"
@@ -201,11 +200,7 @@ def _gain_shrinks(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
         if ts is None or tl is None:
             continue
         rows += [ts.row, tl.row]
-        # the two differences' gap, standard errors from their 95% intervals, taken as independent (they share the
-        # test sentences, which correlates them positively: the test is then conservative)
-        se = np.hypot((ts.hi - ts.lo) / (2 * 1.96), (tl.hi - tl.lo) / (2 * 1.96))
-        gap = ts.delta - tl.delta
-        p = float(2 * stats.norm.sf(abs(gap) / se)) if se > 0 else (1.0 if gap == 0 else 0.0)
+        gap, p = gap_test(ts.delta, ts.lo, ts.hi, tl.delta, tl.lo, tl.hi)
         if not ts.translates:
             vote = 0  # no translation at the small Df: no gain to compare
         elif ts.sign > 0 and gap > 0 and p < 0.05:
