@@ -17,12 +17,15 @@ class DataSource:
     name: str
     reader: str  # "module:Class" of its pipeline.sources.base.Source subclass
     description: str  # the report's "Corpus:" line
+    # held-out splits beyond every source's (train, validation, test): the offline corpus's in-domain sets
+    extra_splits: tuple[str, ...] = ()
 
 
 SOURCES: dict[str, DataSource] = {s.name: s for s in (
     DataSource("l10n", "pipeline.sources.l10n:L10nSource",
                "the offline corpus built from the translations in Debian packages (software UI and help text, "
-               "median 7-8 words a sentence); BLEU here is not comparable with WMT newstest numbers"),
+               "median 7-8 words a sentence); BLEU here is not comparable with WMT newstest numbers",
+               extra_splits=("validation_indomain", "test_indomain")),
     DataSource("hub", "pipeline.sources.hub:HubSource",
                "mC4 (allenai/c4) for pretraining and WMT (en-de WMT17, en-fr WMT15, en-ro WMT16) for finetuning and "
                "test"),

@@ -18,6 +18,7 @@ from pipeline.budget import (
 )
 from pipeline.checks import StageCheck, format_table, refuse, stage_checks, summary
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.data_sources import SOURCES
 from pipeline.executors import check_executor, task_resources
 from pipeline.plan import Plan, build_plan, build_read_plan, task_state, write_plan
 from pipeline.progress import time_left
@@ -105,11 +106,14 @@ def prepare(cfg_any: Any) -> tuple[Config, Plan]:
     source = get_source(cfg.data, cfg.paths.cache)
     langs = cfg.sweep.languages()
     splits = ("train", cfg.finetune.validation_split, *cfg.evaluate.test_splits)
-    indomain = [s for s in splits if s.endswith("_indomain")]
-    if indomain and cfg.data.source != "l10n":
-        key = "evaluate.test_splits" if indomain[-1].startswith("test") else "finetune.validation_split"
-        raise ConfigError(key, f"{indomain[-1]} exists in the offline corpus only (data=l10n), not in data={cfg.data.source}")
-    if indomain:
+    extra = [s for s in splits if s not in ("train", "validation", "test")]
+    missing = [s for s in extra if s not in SOURCES[cfg.data.source].extra_splits]
+    if missing:
+        key = "evaluate.test_splits" if missing[-1].startswith("test") else "finetune.validation_split"
+        has = [n for n, src in SOURCES.items() if missing[-1] in src.extra_splits]
+        raise ConfigError(key, f"{missing[-1]} exists in data={'/'.join(has) or 'no source'} only, not in "
+                               f"data={cfg.data.source}")
+    if extra:
         source.validate(langs, [t.pair for t in cfg.sweep.tasks], splits=("validation", "test", *splits))
     else:
         source.validate(langs, [t.pair for t in cfg.sweep.tasks])

@@ -108,7 +108,7 @@ def test_missing_sweep_is_refused():
     (["+sweep=en_de", "sweep.tasks.en-de.mixtures.en100.en=0.9"], "weights must sum to 1, got 0.9"),
     (["+sweep=en_de", "finetune.df_ladder=[0]"], "finetune.df_ladder: sizes must be positive"),
     (["+sweep=en_de", "data=local", "evaluate.test_splits=[test_indomain]"],
-     "evaluate.test_splits: test_indomain exists in the offline corpus only (data=l10n), not in data=local"),
+     "evaluate.test_splits: test_indomain exists in data=l10n only, not in data=local"),
 ])
 def test_command_line_gives_one_line_and_exit_2_before_writing(tmp_path, args, words):
     art = tmp_path / "artifacts"
