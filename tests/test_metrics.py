@@ -36,7 +36,7 @@ OLD_COLUMNS = [
     "finetune_steps", "best_step", "best_val_ce", "stopped", "wall_seconds", "dtype", "pretrain_dtype",
     "hit_cap", "ft_epochs", "lr_chosen", "lr_search", "pt_unique_tokens", "pt_epochs",
     "device", "checkpoint", "config_hash", "git_sha", "bleu_signature", "status", "reason",
-    "len_ratio", "runaway", "gen_at_cap", "num_beams",
+    "len_ratio", "runaway", "gen_at_cap", "num_beams", "decode_dtype",
 ]
 FIT = FitConfig(holdout_largest=1, bootstrap=0, bleu_delta=0.1, ce_delta=1e-3)
 
