@@ -145,19 +145,26 @@ def rank_test(x: Sequence[float], y: Sequence[float], seed: int = 0) -> RankTest
     return RankTest(rho, n, (lo + 1) / (len(null) + 1), (hi + 1) / (len(null) + 1), False)
 
 
-def gap_test(d1: float, lo1: float, hi1: float, d2: float, lo2: float, hi2: float) -> tuple[float, float]:
-    """(d1 - d2, two-sided p) for two comparisons' differences, each given with its 95% interval: a z-test with
-    standard errors read off the intervals (half-width / 1.96), the two taken as independent. Two comparisons on
-    the same test sentences are positively correlated, which makes this conservative; a t-based interval (the seeds
-    test's, wider than 1.96 standard errors) makes it more so. For "is this effect larger there than here": pretraining's
-    gain at two Df values, or in two recipes."""
-    gap = d1 - d2
-    se = float(np.hypot((hi1 - lo1) / (2 * 1.96), (hi2 - lo2) / (2 * 1.96)))
-    if se <= 0:
-        return gap, (1.0 if gap == 0 else 0.0)
+def gap_test(d1: float, lo1: float, hi1: float, d2: float, lo2: float, hi2: float,
+             df1: float = float("inf"), df2: float = float("inf")) -> tuple[float, float]:
+    """(d1 - d2, two-sided p) for two comparisons' differences, each given with its 95% interval and the degrees of
+    freedom that interval was drawn with (a comparison's `t_df`: the seeds test's t; inf or NaN for the paired
+    bootstrap's, read as normal). Each standard error is the half-width over its t quantile; the gap is read
+    against Welch-Satterthwaite's t of the two. The two are taken as independent: two comparisons on the same test
+    sentences are positively correlated, which makes this conservative. For "is this effect larger there than
+    here": pretraining's gain at two Df values, or in two recipes."""
     from scipy import stats
 
-    return gap, float(2 * stats.norm.sf(abs(gap) / se))
+    q = [float(stats.t.ppf(0.5 + (1 - ALPHA) / 2, d)) if np.isfinite(d) and d > 0 else
+         float(stats.norm.ppf(0.5 + (1 - ALPHA) / 2)) for d in (df1, df2)]
+    se1, se2 = (hi1 - lo1) / 2 / q[0], (hi2 - lo2) / 2 / q[1]
+    gap, se = d1 - d2, float(np.hypot(se1, se2))
+    if se <= 0:  # both differences known exactly (identical outputs on both sides of each)
+        return gap, (1.0 if gap == 0 else 0.0)
+    dof = [d if np.isfinite(d) and d > 0 else np.inf for d in (df1, df2)]
+    denom = se1 ** 4 / dof[0] + se2 ** 4 / dof[1]
+    t_df = se ** 4 / denom if denom > 0 else np.inf
+    return gap, float(2 * stats.t.sf(abs(gap) / se, t_df))
 
 
 def _seed() -> int | None:

@@ -65,7 +65,11 @@ def main() -> None:
     ap.add_argument("artifacts", type=Path, help="the study's paths.artifacts")
     ap.add_argument("--pause", action="append", default=[], help="START/END, ISO, a SIGSTOP to subtract")
     a = ap.parse_args()
-    pauses = [tuple(dt.datetime.fromisoformat(x) for x in p.split("/")) for p in a.pause]
+    def naive_utc(x: str) -> dt.datetime:  # the logs' times are UTC without a zone
+        t = dt.datetime.fromisoformat(x)
+        return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+    pauses = [tuple(naive_utc(x) for x in p.split("/")) for p in a.pause]
     dirs = {str(log.parent): log.parent.parent.name for log in sorted(a.artifacts.glob("*/*/task.log"))}
     per_stage: dict[str, float] = defaultdict(float)
     runs: dict[str, int] = defaultdict(int)

@@ -47,8 +47,10 @@ def test_each_recipe_is_a_row_per_rung_with_its_test_and_its_gap_to_the_base(tmp
     assert top["lr (none / pretrained)"] == "0.003 / 0.003" and top["ended by a cap"] == "0 of 2 / 0 of 2"
     assert top["BLEU none → pretrained"] == "2.10 → 2.60" and top["CE none → pretrained"] == "5.000 → 4.800"
     gap, p = gap_test(0.5, 0.2, 0.8, -1.0, -1.2, -0.8)
-    assert top["Δ BLEU against the base recipe"] == f"+1.50, {p_is(p)}" and gap == pytest.approx(1.5)
-    assert mid["Δ BLEU against the base recipe"].startswith("+0.70, ")
+    # 16M, a rung the base recipe did not run: read against its top rung (8M), and said so
+    assert top["Δ BLEU against the base recipe"] == f"+1.50, {p_is(p)} (against 8M)" and gap == pytest.approx(1.5)
+    _, p_mid = gap_test(-0.3, -0.6, 0.0, -1.0, -1.2, -0.8)  # 8M against the base's own 8M
+    assert mid["Δ BLEU against the base recipe"] == f"+0.70, {p_is(p_mid)}"
     assert top["noise"] == "seeds + test sentences"
     assert "not run yet" in missing["Δ BLEU against the base recipe"]
     main(["--reports", str(tmp_path), "--base", "old", "all"])

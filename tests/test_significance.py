@@ -373,7 +373,12 @@ def test_the_gap_of_two_differences_is_a_z_test_from_their_intervals_and_holds_i
     from pipeline.significance import gap_test
 
     gap, p = gap_test(1.0, 0.0, 2.0, -1.0, -2.0, 0.0)  # two standard errors of 1/1.96 each
-    assert gap == 2.0 and p == pytest.approx(2 * stats.norm.sf(2.0 / np.hypot(1 / 1.96, 1 / 1.96)))
+    assert gap == 2.0 and p == pytest.approx(2 * stats.norm.sf(2.0 / np.hypot(1 / 1.96, 1 / 1.96)), rel=1e-3)
+    # a seeds test's interval is t-based: with 2 degrees of freedom its half-width is 4.30 standard errors, not 1.96
+    q = stats.t.ppf(0.975, 2)
+    _, p2 = gap_test(1.0, 1.0 - q, 1.0 + q, -1.0, -1.0 - q, -1.0 + q, 2.0, 2.0)  # standard errors of 1 each
+    assert p2 == pytest.approx(2 * stats.t.sf(2.0 / np.sqrt(2), 4.0))  # Welch-Satterthwaite: 2 + 2 dof
+    assert p2 < gap_test(1.0, 1.0 - q, 1.0 + q, -1.0, -1.0 - q, -1.0 + q)[1]  # read as normal it loses its power
     assert gap_test(0.5, 0.5, 0.5, 0.5, 0.5, 0.5) == (0.0, 1.0)
     # two independent estimates of the same effect, each with its exact 95% interval: ~5% called different
     rng = np.random.default_rng(0)

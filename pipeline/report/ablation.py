@@ -8,7 +8,8 @@ each control alone, then all of them), and what each recipe does to pretraining'
 One row per (sweep, mixture, Df, pretrained rung): the finetuning each side had (steps, whether a cap ended it,
 the learning rate), BLEU and CE without and with pretraining, the BLEU difference with its test (the noise it covers
 named), the CE difference (seed means, descriptive), and the gap between this recipe's BLEU difference and the base
-recipe's at its top rung, with `significance.gap_test`'s p. A sweep not run yet is a row that says so.
+recipe's at the same rung (its top rung for a rung it did not run), with `significance.gap_test`'s p. A sweep not
+run yet is a row that says so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 
 from pipeline.report.document import Block, to_markdown
 from pipeline.report.fmt import fmt_df, fmt_tokens
+from pipeline.report.verdicts import BLEU_FLOOR
 from pipeline.results import ResultsError, load_results, usable
 from pipeline.significance import gap_test, p_is
 
@@ -51,61 +53,80 @@ def _side(rows: pd.DataFrame) -> dict[str, str | float]:
             "len": float(rows["len_ratio"].mean()) if "len_ratio" in rows else np.nan}
 
 
-def _pretraining(comp: pd.DataFrame, mix: str, df, rung: int) -> pd.Series | None:
+def _pretraining(comp: pd.DataFrame, key: tuple, rung: int) -> pd.Series | None:
+    """The comparison of `rung` against no pretraining for key = (task, model, method, mixture, Df)."""
     if comp.empty:
         return None
-    c = comp[(comp["kind"] == "pretraining") & (comp["mixture_b"] == mix) & (comp["df"].astype(str) == str(df))
+    task, model, method, mix, df = key
+    c = comp[(comp["kind"] == "pretraining") & (comp["task"] == task) & (comp["model"] == model)
+             & (comp["method"] == method) & (comp["mixture_b"] == mix) & (comp["df"].astype(str) == str(df))
              & (comp["dp_rung_b"].astype(int) == rung)]
     return c.iloc[0] if len(c) else None
 
 
+def _t_df(c: pd.Series) -> float:
+    return float(c["t_df"]) if "t_df" in c and pd.notna(c["t_df"]) else float("inf")
+
+
 def ablation_rows(reports: Path, sweeps: list[str], base: str) -> list[list[str]]:
-    """The table's rows, the base recipe first."""
+    """The table's rows, the base recipe first. A recipe's row is read against the base recipe's row at the same
+    rung, or, for a rung the base did not run (more pretraining), against the base's top rung: what the recipe
+    changes, all of it."""
     out: list[list[str]] = []
-    ref: dict[tuple[str, str], pd.Series] = {}  # the base recipe's top-rung comparison per (mixture, Df)
+    ref: dict[tuple, dict[int, pd.Series]] = {}  # the base recipe's comparisons per cell key, by rung
+    keys = ["task", "model", "method", "mixture", "df"]
     for sweep in dict.fromkeys([base, *sweeps]):
         read = read_sweep(reports, sweep)
         if read is None:
             out.append([sweep, *["—"] * (len(HEADER) - 2), "not run yet (no results.csv)"])
             continue
         results, comp = read
-        for (mix, df), g in results[results["dp_rung"] > 0].groupby(["mixture", "df"], sort=False):
-            none = results[(results["dp_rung"] == 0) & (results["mixture"] == mix) & (results["df"] == df)]
+        for key, g in results[results["dp_rung"] > 0].groupby(keys, sort=False):
+            at = results[(results[keys] == pd.Series(key, index=keys)).all(axis=1)]
+            none = at[at["dp_rung"] == 0]
             if none.empty:
                 continue
             a = _side(none)
-            rungs = sorted(g["dp_rung"].astype(int).unique())
-            for rung in rungs:
+            for rung in sorted(g["dp_rung"].astype(int).unique()):
                 b = _side(g[g["dp_rung"] == rung])
-                c = _pretraining(comp, mix, df, rung)
-                if c is not None and sweep == base and rung == rungs[-1]:
-                    ref[(mix, str(df))] = c
-                base_c = ref.get((mix, str(df)))
+                c = _pretraining(comp, key, rung)
+                if c is not None and sweep == base:
+                    ref.setdefault(key, {})[rung] = c
+                floor = max(a["bleu"], b["bleu"]) < BLEU_FLOOR
                 if c is None:
                     test, noise, gap = f"{b['bleu'] - a['bleu']:+.2f} (untested)", "—", "—"
                 else:
                     test = (f"{float(c['delta']):+.2f} [{float(c['delta_lo']):+.2f}, {float(c['delta_hi']):+.2f}], "
                             f"{p_is(float(c['p_value']))}")
                     noise = str(c.get("noise") or "test sentences")
-                    if sweep == base or base_c is None:
-                        gap = "(base)" if sweep == base else "—"
+                    base_rungs = ref.get(key, {})
+                    if sweep == base:
+                        gap = "(base)"
+                    elif not base_rungs:
+                        gap = "—"
                     else:
+                        r0 = rung if rung in base_rungs else max(base_rungs)
+                        c0 = base_rungs[r0]
                         d, p = gap_test(float(c["delta"]), float(c["delta_lo"]), float(c["delta_hi"]),
-                                        float(base_c["delta"]), float(base_c["delta_lo"]), float(base_c["delta_hi"]))
-                        gap = f"{d:+.2f}, {p_is(p)}"
-                out.append([sweep, str(mix), fmt_df(df), fmt_tokens(rung), f"{a['steps']} / {b['steps']}",
+                                        float(c0["delta"]), float(c0["delta_lo"]), float(c0["delta_hi"]),
+                                        _t_df(c), _t_df(c0))
+                        gap = f"{d:+.2f}, {p_is(p)}" + ("" if r0 == rung else f" (against {fmt_tokens(r0)})")
+                out.append([sweep, str(key[3]), fmt_df(key[4]), fmt_tokens(rung), f"{a['steps']} / {b['steps']}",
                             f"{a['cap']} of {a['seeds']} / {b['cap']} of {b['seeds']}", f"{a['lr']} / {b['lr']}",
-                            f"{a['bleu']:.2f} → {b['bleu']:.2f}", test, noise, f"{a['ce']:.3f} → {b['ce']:.3f}",
-                            f"{a['len']:.2f} → {b['len']:.2f}", gap])
+                            f"{a['bleu']:.2f} → {b['bleu']:.2f}" + (f" (below BLEU {BLEU_FLOOR:g})" if floor else ""),
+                            test, noise, f"{a['ce']:.3f} → {b['ce']:.3f}", f"{a['len']:.2f} → {b['len']:.2f}", gap])
     return out
 
 
 def ablation_blocks(reports: Path, sweeps: list[str], base: str) -> list[Block]:
     return [Block("table", header=HEADER, rows=ablation_rows(reports, sweeps, base)),
-            Block("p", f"Steps and learning rates per seed (seed 0 / seed 1); BLEU and CE seed means. The last column: "
-                       f"this row's BLEU difference minus {base}'s at its top rung, a z-test from the two 95% "
-                       "intervals taken as independent (pipeline.significance.gap_test: conservative, the two share "
-                       "the test sentences). CE differences are descriptive.")]
+            Block("p", "Each column gives the side without pretraining, then the pretrained one (`none / "
+                       "pretrained`); steps are listed per seed (seed 0, seed 1), the learning rates each side used "
+                       "once each; BLEU and CE are seed means. The last column: this row's BLEU difference minus "
+                       f"{base}'s at the same rung (at its top rung where {base} has no such rung), a t-test from "
+                       "the two 95% intervals taken as independent (pipeline.significance.gap_test: conservative, "
+                       f"the two share the test sentences). CE differences are descriptive. Below BLEU "
+                       f"{BLEU_FLOOR:g} a difference counts stray n-grams, not translation.")]
 
 
 def main(argv: list[str] | None = None) -> None:
