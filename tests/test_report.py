@@ -1028,6 +1028,8 @@ def test_a_study_like_the_papers_reproduces_every_claim():
     paper = _claims_study({("en50_de50", 1000): 3.0, ("en50_de50", 4000): 1.5, ("en50_de50", 16000): 0.5,
                            ("en100", 1000): 2.0, ("en100", 4000): 1.2, ("en100", 16000): 0.55}, weak_gap=0.8)
     assert _verdicts(*paper) == dict.fromkeys(range(1, 8), "reproduced")
+    results, comp, fits = paper  # fits.csv read back with Df as text (a table whose Df column holds "all")
+    assert _verdicts(results, comp, fits.assign(df=fits["df"].astype(str)))[6] == "reproduced"
 
 
 def test_a_study_where_pretraining_lowers_bleu_contradicts_the_papers_claims_and_says_why():

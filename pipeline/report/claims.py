@@ -306,8 +306,8 @@ def _laws(fits_df: pd.DataFrame, fit_cfg: FitConfig, cells: pd.DataFrame) -> Cla
         if c.empty:
             continue
         if metric == "bleu":  # a BLEU curve below the floor throughout is no curve to fit a law of translation to
-            top = cells.groupby(["mixture", "df"])["bleu"].max()
-            c = c[[top.get((m, d), np.nan) >= BLEU_FLOOR for m, d in zip(c["mixture"], c["df"])]]
+            top = {(str(m), fmt_df(d)): v for (m, d), v in cells.groupby(["mixture", "df"])["bleu"].max().items()}
+            c = c[[top.get((str(m), fmt_df(d)), np.nan) >= BLEU_FLOOR for m, d in zip(c["mixture"], c["df"])]]
             if c.empty:
                 parts.append(f"{name}: no curve reaches BLEU {BLEU_FLOOR:g}")
                 continue
