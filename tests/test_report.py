@@ -1012,7 +1012,7 @@ def _claims_study(gain: dict, weak_gap: float, half: float = 0.3, holdout: float
     return results, pd.DataFrame(comp), fits
 
 
-FIT = __import__("types").SimpleNamespace(good_rel_err=0.1)  # the fit config's one setting the claims read
+FIT = __import__("types").SimpleNamespace(good_rel_err=0.1, length_ratio_flag=0.1)  # what the claims read
 
 
 def _verdicts(*study) -> dict[int, str]:
@@ -1048,6 +1048,14 @@ def test_a_study_where_pretraining_lowers_bleu_contradicts_the_papers_claims_and
     assert "Df 16,000: BLEU -1.50 [-1.80, -1.20], p = 0.001, CE -0.300" in by[2].evidence
     assert "seeds + test sentences" in by[2].test and "descriptive" in by[2].test
     assert "BLEU lower beyond the noise in 0, higher in 6" in by[5].evidence
+    # a difference whose two sides' output lengths differ is flagged where it is quoted
+    results, comp, fits = desk
+    top = (comp["kind"] == "pretraining") & (comp["df"] == 16000) & (comp["mixture_b"] == "en50_de50") & (
+        comp["dp_rung_b"] == 2_000_000)
+    comp = comp.assign(len_ratio_a=1.0, len_ratio_b=np.where(top, 1.42, 1.0))
+    said = claims(results, comp, fits, FIT)[1].evidence
+    assert "Df 16,000: BLEU -1.50 [-1.80, -1.20], p = 0.001; ⚠ output lengths differ (length ratio 1.00 → 1.42" in said
+    assert said.count("⚠") == 1
 
 
 def test_claims_say_inconclusive_where_nothing_translates_or_the_noise_covers_the_difference():

@@ -24,7 +24,7 @@ from pipeline.config import FitConfig
 from pipeline.report.document import Block
 from pipeline.report.fmt import fmt_df, fmt_pct, fmt_tokens
 from pipeline.report.tables import curve_fits, standing
-from pipeline.report.verdicts import BLEU_FLOOR, noises
+from pipeline.report.verdicts import BLEU_FLOOR, length_flag, noises
 from pipeline.results import is_ok
 from pipeline.significance import ALPHA, gap_test, p_is
 
@@ -73,6 +73,7 @@ class _Test:
 
     def said(self) -> str:
         s = f"{self.delta:+.2f} [{self.lo:+.2f}, {self.hi:+.2f}], {p_is(self.p)}"
+        s += str(self.row.get("length_note") or "")  # the two sides' output lengths differ (fit.length_ratio_flag)
         return s if self.translates else s + f" (both below BLEU {BLEU_FLOOR:g})"
 
 
@@ -101,7 +102,8 @@ def claims(rows: pd.DataFrame, comp: pd.DataFrame | None, fits_df: pd.DataFrame,
     """The seven claims for one (task, model, method): `rows` its usable results rows, `comp` and `fits_df` its
     comparisons and fits (other groups' rows are ignored by the caller's selection)."""
     cells = cell_means(rows)
-    comp = pd.DataFrame() if comp is None else comp
+    comp = pd.DataFrame() if comp is None or comp.empty else comp.assign(
+        length_note=[length_flag(r, fit_cfg.length_ratio_flag) for _, r in comp.iterrows()])
     return [_monotone_in_df(cells), _aligned_improves(cells, comp), _gain_shrinks(cells, comp),
             _flat_at_large_df(cells, comp), _mixtures(cells, comp), _laws(fits_df, fit_cfg, cells),
             _ce_not_bleu(cells, comp)]
