@@ -260,8 +260,9 @@ class Checker:
         if row["at this scale"].strip("*") not in ("reproduced", "contradicted", "inconclusive"):
             self.errors.append(f"{where}: verdict {row['at this scale']!r}")
         ok_rows = usable(self.results)
-        good = float(compose(["+sweep=questions", "scale=smoke"]).fit.get("good_rel_err", 0.1))  # the threshold named
-        values = [BLEU_FLOOR, good, *ok_rows["alignment"].dropna().astype(float)]
+        fit_cfg = compose(["+sweep=questions", "scale=smoke"]).fit  # the thresholds the text names
+        values = [BLEU_FLOOR, float(fit_cfg.get("good_rel_err", 0.1)), float(fit_cfg.get("length_ratio_flag", 0.1)),
+                  *ok_rows["alignment"].dropna().astype(float)]
         for _, g in ok_rows.groupby(["task", "model", "method"]):
             cells = g.groupby(["mixture", "df", "dp_rung"])[["bleu", "ce"]].mean().reset_index()
             values += list(cells[["bleu", "ce", "df", "dp_rung"]].to_numpy(float).ravel())
@@ -275,6 +276,7 @@ class Checker:
         c = self.comparisons
         if len(c):
             values += list(c[["bleu_a", "bleu_b", "delta", "delta_lo", "delta_hi", "p_value"]].to_numpy(float).ravel())
+            values += [float(v) for k in ("len_ratio_a", "len_ratio_b") if k in c for v in c[k]]  # a length warning
             # a mixture comparison is read as the less aligned mixture minus the aligned one: either sign
             values += list(-c.loc[c["kind"] == "mixture", ["delta", "delta_lo", "delta_hi"]].to_numpy(float).ravel())
             pre = c[c["kind"] == "pretraining"]

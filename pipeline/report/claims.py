@@ -73,8 +73,8 @@ class _Test:
 
     def said(self) -> str:
         s = f"{self.delta:+.2f} [{self.lo:+.2f}, {self.hi:+.2f}], {p_is(self.p)}"
-        s += str(self.row.get("length_note") or "")  # the two sides' output lengths differ (fit.length_ratio_flag)
-        return s if self.translates else s + f" (both below BLEU {BLEU_FLOOR:g})"
+        s += "" if self.translates else f" (both below BLEU {BLEU_FLOOR:g})"
+        return s + str(self.row.get("length_note") or "")  # output lengths differ (fit.length_ratio_flag)
 
 
 def _test(row: pd.Series, flip: bool = False) -> _Test:
