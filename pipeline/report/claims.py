@@ -200,30 +200,28 @@ def _how(rows: list[pd.Series]) -> str:
     return f"95% intervals and p over the noise of the {noises(rows)}"
 
 
-def _ends(cells: pd.DataFrame, comp: pd.DataFrame, mix: str) -> tuple[Any, Any, _Test | None, _Test | None]:
-    """(small Df, large Df, their top-rung tests) for `mix`: the smallest Df whose test reads translation (a side
-    at BLEU_FLOOR or above; below it BLEU is stray n-grams) and the largest Df; Nones where there are not two."""
+def _ends(cells: pd.DataFrame, comp: pd.DataFrame, parts: list[str]):
+    """Per pretrained mixture, (mixture, small Df, large Df, their top-rung tests, the gap and its p): the smallest
+    Df whose test reads translation (a side at BLEU_FLOOR or above; below it BLEU is stray n-grams) against the
+    largest. A mixture with fewer than two such Df values is said in `parts` and skipped."""
     dfs = sorted(cells["df"].unique())
-    tests = {d: _pretraining(comp, mix, d) for d in dfs}
-    read = [d for d in dfs if tests[d] is not None and tests[d].translates]
-    if len(read) < 2:
-        return None, None, None, None
-    return read[0], read[-1], tests[read[0]], tests[read[-1]]
+    for mix in cells.loc[cells["dp_rung"] > 0, "mixture"].unique():
+        tests = {d: _pretraining(comp, mix, d) for d in dfs}
+        read = [d for d in dfs if tests[d] is not None and tests[d].translates]
+        if len(read) < 2:
+            parts.append(f"{mix}: BLEU reads translation at fewer than two Df values")
+            continue
+        ts, tl = tests[read[0]], tests[read[-1]]
+        yield (mix, read[0], read[-1], ts, tl, *_gap(ts, tl))
 
 
 def _gain_shrinks(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
     if cells["df"].nunique() < 2:
         return Claim(3, INCONCLUSIVE, "one Df value", "—")
     parts, votes, rows = [], [], []
-    for mix in cells.loc[cells["dp_rung"] > 0, "mixture"].unique():
-        small, large, ts, tl = _ends(cells, comp, mix)
-        if ts is None or tl is None:
-            parts.append(f"{mix}: BLEU reads translation at fewer than two Df values")
-            votes.append(0)
-            continue
+    for mix, small, large, ts, tl, gap, p in _ends(cells, comp, parts):
         cs, cl = _ce_change(cells, mix, small), _ce_change(cells, mix, large)
         rows += [ts.row, tl.row]
-        gap, p = _gap(ts, tl)
         if ts.sign > 0 and gap > 0 and p < ALPHA:
             votes.append(1)
         elif gap < 0 and p < ALPHA and tl.sign > 0:
@@ -234,7 +232,10 @@ def _gain_shrinks(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
                      f"(gap {gap:+.2f}, {p_is(p)}"
                      + ("; no gain beyond the noise at the small Df" if ts.sign <= 0 else "") + ")"
                      + (f"; CE {cs[0]:+.3f} vs {cl[0]:+.3f}" if cs and cl else ""))
-    verdict = (REPRODUCED if votes and all(v > 0 for v in votes) else CONTRADICTED if any(v < 0 for v in votes)
+    if not votes:
+        return Claim(3, INCONCLUSIVE, "; ".join(parts) or "no pretrained mixture", "—")
+    every = len(votes) == cells.loc[cells["dp_rung"] > 0, "mixture"].nunique()  # no mixture left unread
+    verdict = (REPRODUCED if every and all(v > 0 for v in votes) else CONTRADICTED if any(v < 0 for v in votes)
                else INCONCLUSIVE)
     return Claim(3, verdict, "top rung against none — " + "; ".join(parts),
                  f"BLEU: each difference {_how(rows).removeprefix('95% intervals and p ')}; the gap between the "
@@ -247,16 +248,10 @@ def _flat_at_large_df(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
     if cells["df"].nunique() < 2:
         return Claim(4, INCONCLUSIVE, "one Df value: nothing says whether it is large enough", "—")
     parts, verdicts, rows = [], [], []
-    for mix in cells.loc[cells["dp_rung"] > 0, "mixture"].unique():
-        small, large, ts, tl = _ends(cells, comp, mix)
-        if ts is None or tl is None:
-            parts.append(f"{mix}: BLEU reads translation at fewer than two Df values")
-            verdicts.append(INCONCLUSIVE)
-            continue
+    for mix, small, large, ts, tl, gap, p in _ends(cells, comp, parts):
         steps = comp[(comp["kind"] == "rung") & (comp["mixture_b"] == mix) & (comp["df"].astype(str) == str(large))]
         moved = sum(_test(r).sign != 0 for _, r in steps.iterrows())
         rows += [ts.row, tl.row, *(r for _, r in steps.iterrows())]
-        gap, p = _gap(ts, tl)
         fades = ts.sign > 0 and gap > 0 and p < ALPHA and tl.sign >= 0
         if tl.sign < 0 or (gap < 0 and p < ALPHA and tl.sign > 0):
             verdicts.append(CONTRADICTED)  # pretraining lowers BLEU there, or its gain grows with Df
@@ -267,7 +262,10 @@ def _flat_at_large_df(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
         parts.append(f"{mix} at Df {fmt_df(large)}: top rung against none {tl.said()} (at Df {fmt_df(small)}: "
                      f"{ts.said()}; gap {gap:+.2f}, {p_is(p)}); {moved} of {len(steps)} rung-to-rung steps beyond "
                      "the noise")
-    verdict = (CONTRADICTED if CONTRADICTED in verdicts else REPRODUCED if verdicts and all(
+    if not parts:
+        return Claim(4, INCONCLUSIVE, "no pretrained mixture", "—")
+    every = len(verdicts) == cells.loc[cells["dp_rung"] > 0, "mixture"].nunique()  # no mixture left unread
+    verdict = (CONTRADICTED if CONTRADICTED in verdicts else REPRODUCED if verdicts and every and all(
         v == REPRODUCED for v in verdicts) else INCONCLUSIVE)
     return Claim(4, verdict, "; ".join(parts),
                  f"BLEU: {_how(rows)}; reproduced: a gain beyond the noise at the smallest Df that reads translation, "
