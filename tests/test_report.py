@@ -1107,3 +1107,12 @@ def test_a_mixture_comparison_reads_the_same_whichever_side_the_aligned_mixture_
     one, other = claims(results, comp, fits, FIT)[4], claims(results, swapped, fits, FIT)[4]
     assert one == other and one.verdict == "reproduced"
     assert "BLEU lower beyond the noise in 6, higher in 0" in one.evidence and "median difference -0.80" in one.evidence
+
+
+def test_a_table_cell_of_running_text_is_left_aligned_and_a_number_is_not(tmp_path):
+    from pipeline.report.document import Block, to_html
+
+    page = to_html([Block("table", header=["claim", "BLEU Δ"], rows=[["x", "-1.55 [-1.87, -1.24]"], [
+        "y", "en100 at Df 137,102: top rung against none -1.55 [-1.87, -1.24], p < 0.001"]])], tmp_path, "t")
+    assert "<td>-1.55 [-1.87, -1.24]</td>" in page
+    assert "<td class='text'>en100 at Df 137,102: top rung" in page and "td.text{text-align:left}" in page

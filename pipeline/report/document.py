@@ -79,10 +79,13 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 
 
+TEXT_CELL = 40  # characters: a longer table cell is running text, not a number with its interval
+
+
 def to_html(blocks: list[Block], directory: Path, title: str) -> str:
     css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
            "table{border-collapse:collapse;margin:.6em 0;font-size:.88em}td,th{border:1px solid #ccc;padding:.25em .5em;"
-           "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+           "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child,td.text{text-align:left}"
            "blockquote{border-left:4px solid #c60;margin:1em 0;padding:.3em 1em;background:#fff7ef}"
            "img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:0 .2em}")
     css += "details{margin:.6em 0}summary{cursor:pointer;color:#345;font-weight:600}"
@@ -90,6 +93,12 @@ def to_html(blocks: list[Block], directory: Path, title: str) -> str:
             "#ddd;padding-top:.3em}img.lead{max-height:66vh;width:auto}h1{font-size:1.6em;margin:.2em 0 .4em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{css}</style></head><body>\n{_html_blocks(blocks, directory)}\n</body></html>")
+
+
+def _td(cell: str) -> str:
+    """A table cell: numbers right-aligned (the table's default), a cell of running text (a reason, a claim's
+    numbers) left-aligned, where a ragged right edge reads as prose."""
+    return f"<td class='text'>{_inline(cell)}</td>" if len(cell) > TEXT_CELL else f"<td>{_inline(cell)}</td>"
 
 
 def _html_blocks(blocks: list[Block], directory: Path) -> str:
@@ -105,7 +114,7 @@ def _html_blocks(blocks: list[Block], directory: Path) -> str:
             out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b.items) + "</ul>")
         elif b.kind == "table":
             out.append("<table><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in b.header) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+                       + "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in b.rows)
                        + "</table>")
         elif b.kind == "img":
             data = base64.b64encode((directory / b.path).read_bytes()).decode()
