@@ -184,7 +184,8 @@ def _aligned_improves(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
     rungs = sorted({int(r["dp_rung_b"]) for r in tests})
     ev = (f"{aligned}, top rung ({' / '.join(fmt_tokens(r) for r in rungs)} tokens) against none — "
           + "; ".join(parts))
-    if all(s > 0 for s in signs) and all(x < 0 for x in ce):
+    read = [sg for sg, t in zip(signs, tests) if max(float(t["bleu_a"]), float(t["bleu_b"])) >= BLEU_FLOOR]
+    if read and all(s > 0 for s in read) and all(x < 0 for x in ce):  # BLEU read where it measures translation
         verdict = REPRODUCED
     elif any(s < 0 for s in signs) or all(x > 0 for x in ce):
         verdict = CONTRADICTED
