@@ -66,10 +66,9 @@ def _cell_row(cell: Cell, dirs: dict[str, str]) -> dict[str, Any]:
     # decoding (metrics.json before the runaway count lacks these: the ratio is still sys_len / ref_len)
     row.update({"len_ratio": m.get("len_ratio", m["sys_len"] / m["ref_len"] if m["ref_len"] else None),
                 "runaway": m.get("runaway"), "gen_at_cap": m.get("hit_cap", m.get("hit_max_new_tokens")),
-                "num_beams": m.get("num_beams"),
-                # before decode_dtype existed a cell decoded in the precision it was evaluated in
-                "decode_dtype": m.get("decode_dtype") or m.get("dtype") or f.get("dtype")})
+                "num_beams": m.get("num_beams")})
     row.update({"dtype": m.get("dtype") or f.get("dtype"), "pretrain_dtype": f.get("pretrain_dtype")})
+    row["decode_dtype"] = m.get("decode_dtype") or row["dtype"]  # before it was recorded: decoded as evaluated
     row["hit_cap"] = bool(f.get("hit_cap", f["stopped"] != "early_stopping"))
     row["ft_epochs"] = f.get("epochs")
     other = m.get("other")

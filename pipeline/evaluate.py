@@ -225,7 +225,7 @@ def score_split(model, tokenizer, source, spec: EvaluateSpec, split: str,
     ce, n_tok = reference_ce(model, s_ids, t_ids, tokenizer.pad_token_id, cfg.batch_size, rt.device, rt.autocast)
     t_ce = time.time() - t0
     caps = [cfg.cap(len(s)) for s in s_ids]
-    dec_dtype, _ = decode_dtype(rt.dtype, rt.device)
+    dec_dtype = decode_dtype(rt.dtype, rt.device)
     dec_autocast = rt.autocast if dec_dtype == rt.dtype else contextlib.nullcontext
     gen = generate_ids(model, s_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.batch_size,
                        caps, cfg.num_beams, rt.device, dec_autocast, cfg.length_penalty)

@@ -163,14 +163,12 @@ def resolve_compile(requested: bool | None, dtype: str, device: torch.device | s
     return True, "auto: on (bf16 on a CPU: compiled 1.56x eager in docs/benchmarks.md)"
 
 
-def decode_dtype(dtype: str, device: torch.device | str) -> tuple[str, str]:
-    """The precision greedy/beam decoding runs in for a cell trained in `dtype`, and why. On a CPU fp32 whatever
+def decode_dtype(dtype: str, device: torch.device | str) -> str:
+    """The precision greedy/beam decoding runs in for a cell trained in `dtype`. On a CPU fp32 whatever
     the cell trained in: decoding is one token's small matmuls at a time, where autocast's casts cost more than
     bf16 saves (docs/benchmarks.md: bf16 decoding 0.82-0.85x fp32 on an amx_bf16 Xeon whose training step gains
     2.4x, and 0.02-0.03 BLEU lower). Elsewhere the cell's own precision (on a GPU not measured: decoding stays as trained)."""
-    if torch.device(device).type == "cpu" and dtype == "bf16":
-        return "fp32", "cpu: fp32 (bf16 decoding measured slower)"
-    return dtype, "as trained"
+    return "fp32" if torch.device(device).type == "cpu" else dtype
 
 
 def describe(info: dict[str, Any]) -> str:

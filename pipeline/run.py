@@ -101,12 +101,12 @@ def prepare(cfg_any: Any) -> tuple[Config, Plan]:
         check_results(cfg.paths.results)
         return cfg, build_read_plan(cfg)
     check_writable(cfg.paths.artifacts, "paths.artifacts")
-    from pipeline.sources import get_source
+    from pipeline.sources import SPLITS, get_source
 
     source = get_source(cfg.data, cfg.paths.cache)
     langs = cfg.sweep.languages()
     splits = ("train", cfg.finetune.validation_split, *cfg.evaluate.test_splits)
-    extra = [s for s in splits if s not in ("train", "validation", "test")]
+    extra = [s for s in splits if s not in SPLITS]
     missing = [s for s in extra if s not in SOURCES[cfg.data.source].extra_splits]
     if missing:
         key = "evaluate.test_splits" if missing[-1].startswith("test") else "finetune.validation_split"

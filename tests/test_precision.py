@@ -162,10 +162,10 @@ def test_decoding_runs_in_fp32_on_a_cpu_and_as_trained_elsewhere():
     2.4x: a bf16 cell decodes in fp32 there; on a GPU it decodes as trained."""
     from pipeline.precision import decode_dtype
 
-    assert decode_dtype("bf16", "cpu")[0] == "fp32"
-    assert decode_dtype("fp32", "cpu")[0] == "fp32"
-    assert decode_dtype("bf16", "cuda")[0] == "bf16"
-    assert decode_dtype("fp32", "cuda")[0] == "fp32"
+    assert decode_dtype("bf16", "cpu") == "fp32"
+    assert decode_dtype("fp32", "cpu") == "fp32"
+    assert decode_dtype("bf16", "cuda") == "bf16"
+    assert decode_dtype("fp32", "cuda") == "fp32"
 
 
 def test_compile_auto_is_on_only_for_bf16_on_a_cpu_with_a_compiler(monkeypatch):

@@ -24,7 +24,7 @@ from pipeline.config import FitConfig
 from pipeline.report.document import Block
 from pipeline.report.fmt import fmt_df, fmt_pct, fmt_tokens
 from pipeline.report.tables import curve_fits, standing
-from pipeline.report.verdicts import BLEU_FLOOR, length_flag, noises
+from pipeline.report.verdicts import BLEU_FLOOR, comparison, length_flag, noises
 from pipeline.results import is_ok
 from pipeline.significance import ALPHA, gap_test, p_is
 
@@ -118,11 +118,11 @@ def _mixes(cells: pd.DataFrame) -> tuple[str | None, str | None]:
 
 
 def _pretraining(comp: pd.DataFrame, mix: str, df: Any) -> _Test | None:
-    """The top rung against no pretraining, for `mix` at `df`."""
+    """The top rung against no pretraining, for `mix` at `df` (`comp` holds one (task, model, method)'s rows)."""
     if comp.empty:
         return None
-    c = comp[(comp["kind"] == "pretraining") & (comp["mixture_b"] == mix) & (comp["df"].astype(str) == str(df))]
-    return _test(c.sort_values("dp_rung_b").iloc[-1]) if len(c) else None
+    c = comparison(comp, "pretraining", *comp[["task", "model", "method"]].iloc[0], df, mixture_b=mix)
+    return None if c is None else _test(c)
 
 
 def _ce_change(cells: pd.DataFrame, mix: str, df: Any) -> tuple[float, int] | None:

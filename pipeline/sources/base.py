@@ -22,8 +22,6 @@ if TYPE_CHECKING:  # imported lazily at run time: `datasets` costs a second at s
     import datasets
 
 SPLITS = ("train", "validation", "test")
-# Held-out sets only the offline corpus has: a sample of its training packages' own domains (corpus/indomain.py).
-INDOMAIN_SPLITS = ("validation_indomain", "test_indomain")
 TEXT_SPLITS = ("train", "validation")
 
 
