@@ -34,6 +34,7 @@ from pipeline.report.tables import (
     flag_list,
     header,
     holdout_table,
+    of_group,
     param_names,
     significance_section,
 )
@@ -69,7 +70,7 @@ def build(results: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dict[str, Any
     for task in dict.fromkeys(pts["task"]):
         for model in models:
             for method in sorted(pts["method"].unique()):
-                sel = pts[(pts["task"] == task) & (pts["model"] == model) & (pts["method"] == method)]
+                sel = of_group(pts, (task, model, method))
                 if sel.empty:
                     continue
                 findings.append(Block("p", f"**{task} · {model} · {method}**"))

@@ -23,7 +23,7 @@ import pandas as pd
 from pipeline.config import FitConfig
 from pipeline.report.document import Block
 from pipeline.report.fmt import fmt_df, fmt_pct, fmt_tokens
-from pipeline.report.tables import curve_fits, standing
+from pipeline.report.tables import curve_fits, of_group, standing
 from pipeline.report.verdicts import BLEU_FLOOR, comparison, length_flag, noises
 from pipeline.results import is_ok
 from pipeline.significance import ALPHA, gap_test, p_is
@@ -363,14 +363,6 @@ def _ce_not_bleu(cells: pd.DataFrame, comp: pd.DataFrame) -> Claim:
                                  f"gain there (an existence claim: not seen is inconclusive); {CE_DESCRIPTIVE}")
 
 
-def _of(table: pd.DataFrame | None, key: tuple) -> pd.DataFrame | None:
-    """The rows of one (task, model, method) of comparisons.csv or fits.csv."""
-    if table is None or not len(table):
-        return table
-    task, model, method = key
-    return table[(table["task"] == task) & (table["model"] == model) & (table["method"] == method)]
-
-
 def claims_blocks(results_ok: pd.DataFrame, comp: pd.DataFrame | None, fits_df: pd.DataFrame, fit_cfg: FitConfig,
                   scale: str) -> list[Block]:
     """The section: one table of the seven claims per (task, model, method)."""
@@ -381,7 +373,7 @@ def claims_blocks(results_ok: pd.DataFrame, comp: pd.DataFrame | None, fits_df: 
     groups = list(results_ok.groupby(["task", "model", "method"], sort=False))
     for key, rows in groups:
         task, model, method = key
-        found = claims(rows, _of(comp, key), _of(fits_df, key), fit_cfg)
+        found = claims(rows, of_group(comp, key), of_group(fits_df, key), fit_cfg)
         if len(groups) > 1:
             out.append(Block("p", f"**{task} · {model} · {method}**"))
         out.append(Block("table", header=["#", "claim (Isik et al. 2024)", "at this scale", "numbers", "test"],

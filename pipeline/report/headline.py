@@ -14,7 +14,7 @@ from pipeline.fit import REFERENCE_METHOD
 from pipeline.metrics import curve_metrics
 from pipeline.report.document import Block
 from pipeline.report.fmt import and_list, breaking_flags, fmt, fmt_pct, fmt_tokens, law_name, plain_reason
-from pipeline.report.tables import curve_fits, standing
+from pipeline.report.tables import curve_fits, of_group, standing
 from pipeline.report.verdicts import BLEU_FLOOR, _method, comparison, length_flag, noise_of
 from pipeline.results import ReadSpec, is_ok
 from pipeline.significance import NOISE_TEST, p_is
@@ -39,7 +39,7 @@ def headline(results: pd.DataFrame, pts: pd.DataFrame, fits_df: pd.DataFrame, co
         return Block("p", f"**{LEAD}** Nothing yet at {spec.scale.name} scale: {n_ok} of {len(results)} cells "
                           "evaluated, none usable.")
     task, model, method = primary(pts)
-    g = pts[(pts["task"] == task) & (pts["model"] == model) & (pts["method"] == method)]
+    g = of_group(pts, (task, model, method))
     others = len(pts.groupby(["task", "model", "method"])) - 1
     params = float(g["params"].iloc[0])
     size = f", {fmt_tokens(params)} parameters" if np.isfinite(params) else ""
@@ -48,7 +48,7 @@ def headline(results: pd.DataFrame, pts: pd.DataFrame, fits_df: pd.DataFrame, co
              f"tokens, Df up to {fmt(int(g['df'].max()))} pairs; {n_ok} of {len(results)} cells evaluated"
              + (f"; {others} other (task, model, method) combination{'s' if others > 1 else ''} below" if others else "")
              + ")")
-    f = fits_df[(fits_df["task"] == task) & (fits_df["model"] == model) & (fits_df["method"] == method)]
+    f = of_group(fits_df, (task, model, method))
     sentences = [_bleu(scope, g, comp, task, model, method, spec.fit.length_ratio_flag), _ce(g), _laws(f)]
     return Block("p", f"**{LEAD}** " + " ".join(s for s in sentences if s))
 

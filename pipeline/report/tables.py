@@ -29,6 +29,15 @@ from pipeline.report.fmt import (
 from pipeline.results import ReadSpec, excluded, is_ok
 
 
+def of_group(table: pd.DataFrame | None, key: tuple) -> pd.DataFrame | None:
+    """The rows of one (task, model, method) of a table that has those columns (seed means, fits.csv,
+    comparisons.csv); None or an empty table as given."""
+    if table is None or not len(table):
+        return table
+    task, model, method = key
+    return table[(table["task"] == task) & (table["model"] == model) & (table["method"] == method)]
+
+
 def curve_fits(fits_df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The per-curve fits of one metric against Dp (fit.bleu_law / fit.ce_law, whichever law that is): the
     rows of fits.csv with that metric and x = dp (the two-stage routes and joint laws have other x)."""

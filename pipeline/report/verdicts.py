@@ -26,7 +26,7 @@ from pipeline.report.fmt import (
     law_name,
     plain_reason,
 )
-from pipeline.report.tables import curve_fits, standing
+from pipeline.report.tables import curve_fits, of_group, standing
 from pipeline.results import is_ok
 from pipeline.significance import ALPHA, NOISE_SEEDS, NOISE_TEST, RankTest, p_is, rank_test
 
@@ -176,8 +176,8 @@ def verdicts(task: str, pts: pd.DataFrame, fits_df: pd.DataFrame, fits: list[dic
     out: list[str] = []
     g = pts[pts["task"] == task]
     dfs = sorted(g["df"].unique())
-    f = fits_df[(fits_df["task"] == task) & (fits_df["model"] == model) & (fits_df["method"] == method)
-                & (fits_df["x"].astype(str) == "dp")]
+    f = of_group(fits_df, (task, model, method))
+    f = f[f["x"].astype(str) == "dp"]
     n_curves = len(g.groupby(["mixture", "df"]))
     top = g["bleu"].max() if len(g) else np.nan
     # a (mixture, Df) curve whose best cell is below the floor does not translate: its BLEU moves are stray n-grams
