@@ -208,6 +208,7 @@ def run(task) -> None:
                                    "method": spec.method, "lr": spec.lr},
                            resume_step=st["step"] if resume else None, group="finetune", enabled=rt.is_main)
     t0 = time.time()
+    t_log, step_log = time.perf_counter(), st["step"]
     bar = tqdm(total=max_steps, initial=st["step"], desc=task.name, unit="step",
                disable=not (rt.is_main and sys.stderr.isatty()), leave=False)
     try:
@@ -239,6 +240,12 @@ def run(task) -> None:
                     else:
                         st["bad_evals"] += 1
                     save_state()
+                    if rt.is_main and bar.disable:  # no progress bar (a batch job): its progress goes to task.log
+                        rate = (st["step"] - step_log) / (time.perf_counter() - t_log)
+                        log.info("%s: step %d/%d train loss %.4f val CE %.4f (best %.4f at step %d) %.2f steps/s",
+                                 task.name, st["step"], max_steps, loss.item(), ce, st["best_val"], st["best_step"],
+                                 rate)
+                        t_log, step_log = time.perf_counter(), st["step"]
                 elif stop_signal:
                     save_state()
                 if stop_signal:

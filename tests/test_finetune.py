@@ -165,9 +165,10 @@ def test_task_prefix_is_the_same_in_training_and_evaluation(plan, tmp_path, monk
         assert all(t.startswith(PREFIX.strip()) for t in texts), (name, texts[:3])
 
 
-def test_early_stopping_keeps_the_best_validation_model_not_the_last(plan, tmp_path, monkeypatch):
+def test_early_stopping_keeps_the_best_validation_model_not_the_last(plan, tmp_path, monkeypatch, caplog):
     """Validation CE is scripted (5, 4, 3, 3.5, 3.7 at steps 0, 4, 8, 12, 16): with patience 2 the cell
-    stops at step 16 and best/ holds the weights of step 8."""
+    stops at step 16 and best/ holds the weights of step 8. Without a terminal (a batch job) every evaluation
+    is a progress line in the task's log."""
     task = with_spec(baseline_cell(plan, 64), tmp_path / "ft", finetune={"max_steps": 40, "patience": 2,
                                                                          "eval_every": 4})
     script, snapshots = iter([5.0, 4.0, 3.0, 3.5, 3.7]), []
@@ -177,9 +178,14 @@ def test_early_stopping_keeps_the_best_validation_model_not_the_last(plan, tmp_p
         return next(script), 1
 
     monkeypatch.setattr(finetune, "reference_ce", scripted_ce)
-    finetune.run(task)
+    with caplog.at_level("INFO", logger="pipeline.finetune"):
+        finetune.run(task)
     info = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert (info["best_step"], info["steps"], info["stopped"]) == (8, 16, "early_stopping")
+    progress = [r.getMessage() for r in caplog.records if " steps/s" in r.getMessage()]
+    assert [m.split(": ", 1)[1].split(" train loss")[0] for m in progress] == [
+        f"step {s}/40" for s in (4, 8, 12, 16)]
+    assert "val CE 3.5000 (best 3.0000 at step 8)" in progress[2]
     assert info["best_val_ce"] == 3.0
     best = weights(tmp_path / "ft" / "best")
     assert max_abs_diff(best, {k: snapshots[2][k] for k in best}) == 0
