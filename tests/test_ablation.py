@@ -13,9 +13,10 @@ from pipeline.significance import gap_test, p_is
 
 
 def write_sweep(reports: Path, sweep: str, effect: dict[int, float], steps: int, cap: bool, lr: float,
-                half: float = 0.2) -> None:
+                half: float = 0.2, cells: str | None = None) -> None:
     """A one-column sweep (en50_de50, Df 8,000, seeds 0 and 1): Dp = 0 at BLEU 2.0 (seed 1: 2.2), each rung
-    `effect[rung]` BLEU above it; CE 5.0 falling 0.1 a rung; each comparison's interval ± `half`."""
+    `effect[rung]` BLEU above it; CE 5.0 falling 0.1 a rung; each comparison's interval ± `half`. Its cells'
+    identities (evaluation hashes) are those of the sweep named `cells` (default: its own)."""
     rows, comp = [], []
     for rung in (0, *effect):
         for seed in (0, 1):
@@ -23,7 +24,8 @@ def write_sweep(reports: Path, sweep: str, effect: dict[int, float], steps: int,
                          "dp": rung, "dp_rung": rung, "seed": seed, "status": "ok", "selected": True, "lr": lr,
                          "lr_chosen": lr, "bleu": 2.0 + 0.2 * seed + effect.get(rung, 0.0), "chrf": 20.0,
                          "ce": 5.0 - 0.1 * sorted(effect).index(rung) - 0.1 if rung else 5.0,
-                         "finetune_steps": steps + seed, "hit_cap": cap, "len_ratio": 1.0})
+                         "finetune_steps": steps + seed, "hit_cap": cap, "len_ratio": 1.0,
+                         "config_hash": f"{cells or sweep}-{rung}-{seed}"})
     for rung, d in effect.items():
         comp.append({"kind": "pretraining", "task": "en-de", "model": "t5_mini", "method": "full", "df": 8000,
                      "mixture_a": "en50_de50", "dp_rung_a": 0, "mixture_b": "en50_de50", "dp_rung_b": rung,
@@ -56,3 +58,17 @@ def test_each_recipe_is_a_row_per_rung_with_its_test_and_its_gap_to_the_base(tmp
     main(["--reports", str(tmp_path), "--base", "old", "all"])
     out = capsys.readouterr().out
     assert out.startswith("| recipe | mixture |") and "| all | en50_de50 | 8,000 | 16M |" in out
+
+
+def test_a_recipe_that_shares_cells_with_another_says_so_instead_of_testing_them_twice(tmp_path):
+    # "ladder" adds a 16M rung to the base recipe: its 8M row is the base's own cells; "grid" searched a rate and
+    # chose "stop"'s everywhere: its row is stop's cells, named, not a second measurement
+    write_sweep(tmp_path, "old", {8_000_000: -1.0}, steps=500, cap=True, lr=1e-3)
+    write_sweep(tmp_path, "ladder", {8_000_000: -1.0, 16_000_000: -0.4}, steps=500, cap=True, lr=1e-3, cells="old")
+    write_sweep(tmp_path, "stop", {8_000_000: -0.5}, steps=900, cap=False, lr=1e-3)
+    write_sweep(tmp_path, "grid", {8_000_000: -0.5}, steps=900, cap=False, lr=1e-3, cells="stop")
+    rows = [dict(zip(HEADER, r)) for r in ablation_rows(tmp_path, ["ladder", "stop", "grid"], base="old")]
+    gap = {(r["recipe"], r["Dp"]): r["Δ BLEU against the base recipe"] for r in rows}
+    assert gap[("ladder", "8M")] == "the same cells as old"
+    assert gap[("ladder", "16M")].endswith("(against 8M)") and gap[("stop", "8M")].startswith("+0.50, p")
+    assert gap[("grid", "8M")] == "the same cells as stop"

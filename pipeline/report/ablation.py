@@ -8,8 +8,9 @@ each control alone, then all of them), and what each recipe does to pretraining'
 One row per (sweep, mixture, Df, pretrained rung): the finetuning each side had (steps, whether a cap ended it,
 the learning rate), BLEU and CE without and with pretraining, the BLEU difference with its test (the noise it covers
 named), the CE difference (seed means, descriptive), and the gap between this recipe's BLEU difference and the base
-recipe's at the same rung (its top rung for a rung it did not run), with `significance.gap_test`'s p. A sweep not
-run yet is a row that says so.
+recipe's at the same rung (its top rung for a rung it did not run), with `significance.gap_test`'s p; a row whose
+cells are an earlier recipe's (recipes that compose share cells: a rate search that chose the old rate, a ladder
+that adds a rung) names that recipe instead of testing them twice. A sweep not run yet is a row that says so.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def ablation_rows(reports: Path, sweeps: list[str], base: str) -> list[list[str]
     changes, all of it."""
     out: list[list[str]] = []
     ref: dict[tuple, dict[int, pd.Series]] = {}  # the base recipe's comparisons per cell key, by rung
+    seen: dict[frozenset, str] = {}  # a row's cells (both sides' evaluation hashes) -> the first recipe that has them
     keys = ["task", "model", "method", "mixture", "df"]
     for sweep in dict.fromkeys([base, *sweeps]):
         read = read_sweep(reports, sweep)
@@ -93,6 +95,11 @@ def ablation_rows(reports: Path, sweeps: list[str], base: str) -> list[list[str]
                 if c is not None and sweep == base:
                     ref.setdefault(key, {})[rung] = c
                 floor = max(a["bleu"], b["bleu"]) < BLEU_FLOOR
+                # Recipes that compose share cells (a grid searched to the same rate, a ladder that adds a rung):
+                # such a row is no second measurement, and says whose it is.
+                cells = (frozenset(none["config_hash"]) | frozenset(g[g["dp_rung"] == rung]["config_hash"])
+                         if "config_hash" in results else frozenset())
+                same = seen.setdefault(cells, sweep) if cells else sweep
                 if c is None:
                     test, noise, gap = f"{b['bleu'] - a['bleu']:+.2f} (untested)", "—", "—"
                 else:
@@ -102,6 +109,8 @@ def ablation_rows(reports: Path, sweeps: list[str], base: str) -> list[list[str]
                     base_rungs = ref.get(key, {})
                     if sweep == base:
                         gap = "(base)"
+                    elif same != sweep:
+                        gap = f"the same cells as {same}"
                     elif not base_rungs:
                         gap = "—"
                     else:
@@ -125,7 +134,8 @@ def ablation_blocks(reports: Path, sweeps: list[str], base: str) -> list[Block]:
                        "once each; BLEU and CE are seed means. The last column: this row's BLEU difference minus "
                        f"{base}'s at the same rung (at its top rung where {base} has no such rung), a t-test from "
                        "the two 95% intervals taken as independent (pipeline.significance.gap_test: conservative, "
-                       f"the two share the test sentences). CE differences are descriptive. Below BLEU "
+                       f"the two share the test sentences), or the recipe whose cells the row's are. CE "
+                       f"differences are descriptive. Below BLEU "
                        f"{BLEU_FLOOR:g} a difference counts stray n-grams, not translation.")]
 
 
