@@ -208,7 +208,7 @@ def run(task) -> None:
                                    "method": spec.method, "lr": spec.lr},
                            resume_step=st["step"] if resume else None, group="finetune", enabled=rt.is_main)
     t0 = time.time()
-    t_log, step_log = time.perf_counter(), st["step"]
+    train_s = 0.0  # this attempt's seconds in training steps: validation and checkpoint writes left out
     bar = tqdm(total=max_steps, initial=st["step"], desc=task.name, unit="step",
                disable=not (rt.is_main and sys.stderr.isatty()), leave=False)
     try:
@@ -218,6 +218,7 @@ def run(task) -> None:
                 st.update(best_val=ce, best_step=0)
                 st["curve"].append({"step": 0, "val_ce": ce})
                 _save_best(rt, out, model, tokenizer)
+            t_win, step_win = time.perf_counter(), st["step"]  # the training steps since the last evaluation
             while st["step"] < max_steps and st["bad_evals"] < cfg.patience:
                 epoch, k = divmod(st["step"], steps_per_epoch)
                 if epoch not in batches:
@@ -231,9 +232,12 @@ def run(task) -> None:
                 bar.update(1)
                 stop_signal, = agree(rt, stop.signal or 0)  # one rank's signal stops them all, at the same step
                 if st["step"] % cfg.eval_every == 0 or st["step"] == max_steps:
+                    loss_v = loss.item()  # waits for the step on an accelerator: the window's time is its steps'
+                    win = time.perf_counter() - t_win
+                    train_s += win
                     ce = validation_ce()
-                    st["curve"].append({"step": st["step"], "val_ce": ce, "train_loss": loss.item()})
-                    tracker.log({"train_loss": loss.item(), "val_ce": ce, "epoch": epoch}, st["step"])
+                    st["curve"].append({"step": st["step"], "val_ce": ce, "train_loss": loss_v})
+                    tracker.log({"train_loss": loss_v, "val_ce": ce, "epoch": epoch}, st["step"])
                     if ce < st["best_val"] - 1e-6:
                         st.update(best_val=ce, best_step=st["step"], bad_evals=0)
                         _save_best(rt, out, model, tokenizer)
@@ -241,11 +245,10 @@ def run(task) -> None:
                         st["bad_evals"] += 1
                     save_state()
                     if rt.is_main and bar.disable:  # no progress bar (a batch job): its progress goes to task.log
-                        rate = (st["step"] - step_log) / (time.perf_counter() - t_log)
-                        log.info("%s: step %d/%d train loss %.4f val CE %.4f (best %.4f at step %d) %.2f steps/s",
-                                 task.name, st["step"], max_steps, loss.item(), ce, st["best_val"], st["best_step"],
-                                 rate)
-                        t_log, step_log = time.perf_counter(), st["step"]
+                        log.info("%s: step %d/%d train loss %.4f val CE %.4f (best %.4f at step %d) %.2f s a "
+                                 "training step", task.name, st["step"], max_steps, loss_v, ce, st["best_val"],
+                                 st["best_step"], win / (st["step"] - step_win))
+                    t_win, step_win = time.perf_counter(), st["step"]
                 elif stop_signal:
                     save_state()
                 if stop_signal:
@@ -264,7 +267,8 @@ def run(task) -> None:
         "steps": st["step"], "best_step": st["best_step"], "best_val_ce": st["best_val"], "stopped": stopped,
         "hit_cap": stopped != "early_stopping", "step_cap": max_steps,
         "df_examples": len(tr_src), "df_tokens": df_tokens, "epochs": st["step"] / steps_per_epoch,
-        "validation_pairs": len(va_src), "seconds": time.time() - t0, "curve": st["curve"], "method": spec.method,
+        "validation_pairs": len(va_src), "seconds": time.time() - t0, "train_seconds": train_s,
+        "curve": st["curve"], "method": spec.method,
         "lr": spec.lr, "checkpoint": str(ckpt), "dp_rung": spec.checkpoint.dp_rung,
         "pretrain_steps": spec.checkpoint.steps, "device": str(rt.device),
         "dtype": rt.dtype, "precision": rt.precision.get("rule"), "pretrain_dtype": _trained_in(ckpt)})

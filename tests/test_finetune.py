@@ -182,10 +182,11 @@ def test_early_stopping_keeps_the_best_validation_model_not_the_last(plan, tmp_p
         finetune.run(task)
     info = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert (info["best_step"], info["steps"], info["stopped"]) == (8, 16, "early_stopping")
-    progress = [r.getMessage() for r in caplog.records if " steps/s" in r.getMessage()]
+    progress = [r.getMessage() for r in caplog.records if "a training step" in r.getMessage()]
     assert [m.split(": ", 1)[1].split(" train loss")[0] for m in progress] == [
         f"step {s}/40" for s in (4, 8, 12, 16)]
     assert "val CE 3.5000 (best 3.0000 at step 8)" in progress[2]
+    assert 0 < info["train_seconds"] < info["seconds"]  # the steps' time, validation and checkpoints left out
     assert info["best_val_ce"] == 3.0
     best = weights(tmp_path / "ft" / "best")
     assert max_abs_diff(best, {k: snapshots[2][k] for k in best}) == 0
