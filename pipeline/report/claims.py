@@ -209,8 +209,11 @@ def _ends(cells: pd.DataFrame, comp: pd.DataFrame, parts: list[str]):
     for mix in cells.loc[cells["dp_rung"] > 0, "mixture"].unique():
         tests = {d: _pretraining(comp, mix, d) for d in dfs}
         read = [d for d in dfs if tests[d] is not None and tests[d].translates]
-        if len(read) < 2:
-            parts.append(f"{mix}: BLEU reads translation at fewer than two Df values")
+        if len(read) < 2:  # BLEU cannot tell; the CE at both ends can still show the direction, described
+            cs, cl = _ce_change(cells, mix, dfs[0]), _ce_change(cells, mix, dfs[-1])
+            parts.append(f"{mix}: BLEU reads translation at fewer than two Df values"
+                         + (f" (CE with pretraining {cs[0]:+.3f} at Df {fmt_df(dfs[0])}, {cl[0]:+.3f} at Df "
+                            f"{fmt_df(dfs[-1])}: descriptive)" if cs and cl and len(dfs) > 1 else ""))
             continue
         ts, tl = tests[read[0]], tests[read[-1]]
         yield (mix, read[0], read[-1], ts, tl, *_gap(ts, tl))
