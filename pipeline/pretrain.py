@@ -299,7 +299,7 @@ def run(task) -> None:
                     tracker.log(row, step)
                     msg = (f"step {step}/{total_steps} Dp {step * tokens_per_step:,} loss {loss_v:.4f} "
                            f"{row['tokens_per_s']:,.0f} tok/s" + (f" MFU {row['mfu']:.1%}" if peak else ""))
-                    if rt.is_main and bar.disable:  # every rank's bar is off; one progress line a step
+                    if rt.is_main and bar.disable:  # no bar to show it (a batch job): rank 0 alone logs the progress
                         log.info("%s: %s", task.name, msg)
                     else:
                         bar.set_postfix_str(f"loss {loss_v:.3f}")
