@@ -11,7 +11,7 @@ backward and optimizer step of every step, the batches' assembly included; the v
 writes, process start and model load left out: they do not grow with the steps). Each run's whole loop
 (`seconds`, with validation at step 0 and at its end) is printed beside it.
 
-Prints the processor, its bf16 flags, torch, the load average before and after (a ratio taken while other work
+Prints the date, the processor, its bf16 flags, torch, the load average before and after (a ratio taken while other work
 ran is not a result), each run's seconds, the median seconds a step of each precision, and last
 `bf16/fp32 step ratio: X` (fp32's seconds a step over bf16's: above 1, bf16 is faster).
 """
@@ -19,6 +19,7 @@ ran is not a result), each run's seconds, the median seconds a step of each prec
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import shutil
 import statistics
@@ -79,6 +80,7 @@ def main() -> None:
                   f"{info['seconds']:.1f} s)", flush=True)
     load1 = os.getloadavg()
     med = {d: statistics.median(s) / a.steps for d, s in secs.items()}
+    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC (at the end)")
     print(f"processor: {cpu_model()}; bf16 instructions: {', '.join(cpu_bf16_flags()) or 'none'}; "
           f"torch {torch.__version__}; {a.threads} thread(s) a run")
     print(f"cell: {ft.spec['pair']} t5_mini Dp 0, the whole pool ({ft.spec['df']:,} pairs), batch "
