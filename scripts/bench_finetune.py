@@ -7,7 +7,8 @@ desk finetuning recipe (batch 64, lr 1e-3, warm-up then linear) on the whole en-
 run is the finetune stage in a process of its own (`python -m pipeline.task`, `--threads` threads, dtype forced),
 in a fresh directory, one run at a time; the two precisions alternate which goes first in each of `--repeats`
 rounds, and the median counts. Timed: the stage's own training steps (finetune.json `train_seconds`: forward,
-backward and optimizer step of every step, the batches' assembly included; the validation passes, checkpoint
+backward and optimizer step of every step, the batches' assembly and the first steps' warm-up included, as in a
+cell; the validation passes, checkpoint
 writes, process start and model load left out: they do not grow with the steps). Each run's whole loop
 (`seconds`, with validation at step 0 and at its end) is printed beside it.
 
