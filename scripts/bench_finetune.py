@@ -8,8 +8,8 @@ run is the finetune stage in a process of its own (`python -m pipeline.task`, `-
 in a fresh directory, one run at a time; the two precisions alternate which goes first in each of `--repeats`
 rounds, and the median counts. Timed: the stage's own training steps (finetune.json `train_seconds`: forward,
 backward and optimizer step of every step, the batches' assembly and the first steps' warm-up included, as in a
-cell; the validation passes, checkpoint
-writes, process start and model load left out: they do not grow with the steps). Each run's whole loop
+cell; the validation passes, checkpoint writes, process start and model load left out: they do not grow with
+the steps). Each run's whole loop
 (`seconds`, with validation at step 0 and at its end) is printed beside it.
 
 Prints the date, the processor, its bf16 flags, torch, the load average before and after (a ratio taken while other work
