@@ -44,6 +44,7 @@ from pipeline.precision import ProbeShape
 from pipeline.seq2seq import EncodedPool, collate, encode_pairs, reference_ce
 from pipeline.tracking import make_tracker
 from pipeline.training import (
+    MARKER,
     Preempted,
     capture_rng,
     checkpoint_for,
@@ -146,6 +147,12 @@ def run(task) -> None:
     src_lang, tgt_lang = spec.src, spec.tgt
     source = get_source(spec.data, Path(spec.cache))
     ckpt = checkpoint_for(spec.checkpoint.parent_dir, spec.checkpoint.steps)
+    if not (ckpt / MARKER).exists():  # say which rung is missing, not what a hub lookup of its path makes of it
+        raise FileNotFoundError(
+            f"{task.name}: no finished checkpoint at {ckpt} (Dp rung {spec.checkpoint.dp_rung:,}, step "
+            f"{spec.checkpoint.steps}): the pretraining run did not keep this rung. A run shared with a sweep whose "
+            "Dp ladder lacked the rung keeps only that ladder's rungs: run the pretraining again into the same "
+            "directory (move it aside first) or use another paths.artifacts")
     tokenizer = load_tokenizer(ckpt)
     rt = setup_runtime(cfg.dtype if spec.dtype == "auto" else spec.dtype, cfg.distributed,
                        ProbeShape(spec.model.d_model, spec.model.d_ff, len(tokenizer)))

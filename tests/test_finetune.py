@@ -193,6 +193,14 @@ def test_early_stopping_keeps_the_best_validation_model_not_the_last(plan, tmp_p
     assert max_abs_diff(best, {k: snapshots[-1][k] for k in best}) > 1e-4
 
 
+def test_a_rung_the_pretraining_run_did_not_keep_is_named_not_looked_up_on_a_hub(plan, tmp_path):
+    # a pretrained cell whose run has no checkpoint at its rung (a run shared with a sweep of another ladder)
+    cell = next(t for t in plan.tasks if t.stage == "finetune" and t.spec["checkpoint"]["steps"] > 0)
+    with pytest.raises(FileNotFoundError, match="the pretraining run did not keep this rung"):
+        finetune.run(with_spec(cell, tmp_path / "ft"))
+    assert not (tmp_path / "ft" / "finetune.json").exists()
+
+
 def test_dp0_baseline_starts_from_the_random_init_checkpoint(plan, tmp_path):
     from pipeline.training import init_path
 
