@@ -101,8 +101,7 @@ def main() -> None:
           + (": counted to their last line, and [to their next start]" if n_stopped else "") + ")")
 
     def hours(lo: float, hi: float, unit: str = "") -> str:  # the upper bound in brackets where it differs
-        return " ".join([f"{lo / 3600:.2f}", unit] if unit else [f"{lo / 3600:.2f}"]) + (
-            f" [{hi / 3600:.2f}]" if hi - lo >= 18 else "")
+        return f"{lo / 3600:.2f}" + (f" {unit}" if unit else "") + (f" [{hi / 3600:.2f}]" if hi - lo >= 18 else "")
 
     for stage, s in sorted(low.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:<10} {hours(s, high[stage], 'worker-hours'):>15}  ({count[stage]} attempts, "
