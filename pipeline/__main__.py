@@ -94,13 +94,18 @@ def precheck(argv: list[str]) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from pipeline.run import run
+    from pipeline.run import Stopped, run
 
     setup_logging()
     try:
         code = run(cfg)
     except ConfigError as e:
         fail(str(e))
+    except Stopped as e:
+        # SystemExit, not a return: Hydra's multirun would start its next sweep after a return (and catches
+        # exceptions), so a signal would end one sweep and not the command
+        log.warning("%s", e)
+        raise SystemExit(e.rc) from None
     if code:
         raise SystemExit(code)
 

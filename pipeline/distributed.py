@@ -19,14 +19,16 @@ import pickle
 import signal
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from pipeline.precision import describe, resolve_dtype
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,25 @@ def from_main(rt: Runtime, value: Any) -> Any:
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(rt: Runtime, fn: Callable[[], T]) -> T:
+    """fn() run by rank 0 (file work: moving checkpoints), its result on every rank; its error raised on every
+    rank, so that none is left waiting in the next collective for a rank that failed."""
+    result, error = None, None
+    if rt.is_main:
+        try:
+            result = fn()
+        except Exception as e:
+            if rt.world == 1 or not torch.distributed.is_initialized():
+                raise
+            error = e
+    result, message = from_main(rt, (result, error and f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RuntimeError(f"rank 0 failed: {message}")
+    return result
 
 
 # ---------------------------------------------------------------------------------------- wrapping

@@ -150,9 +150,9 @@ def run(task) -> None:
     if not (ckpt / MARKER).exists():  # say which rung is missing, not what a hub lookup of its path makes of it
         raise FileNotFoundError(
             f"{task.name}: no finished checkpoint at {ckpt} (Dp rung {spec.checkpoint.dp_rung:,}, step "
-            f"{spec.checkpoint.steps}): the pretraining run did not keep this rung. A run shared with a sweep whose "
-            "Dp ladder lacked the rung keeps only that ladder's rungs: run the pretraining again into the same "
-            "directory (move it aside first) or use another paths.artifacts")
+            f"{spec.checkpoint.steps}): the pretraining run did not keep this rung (deleted, or a run of older "
+            "code shared with a sweep whose Dp ladder lacked it). Run the sweep again: its pretraining task remakes "
+            "the rungs its run lacks before their cells")
     tokenizer = load_tokenizer(ckpt)
     rt = setup_runtime(cfg.dtype if spec.dtype == "auto" else spec.dtype, cfg.distributed,
                        ProbeShape(spec.model.d_model, spec.model.d_ff, len(tokenizer)))

@@ -559,7 +559,20 @@ def task_state(task: Task) -> str:
     st = read_status(Path(task.dir))
     if st is None:
         return "partial" if Path(task.dir).exists() else "pending"
-    return "done" if st.get("status") == "ok" else st.get("status", "failed")
+    if st.get("status") == "ok":
+        return "done" if ladder_reached(task) else "partial"  # a pretraining run this ladder asks more of
+    return st.get("status", "failed")
+
+
+def ladder_reached(task: Task) -> bool:
+    """A pretraining run has a finished checkpoint for every rung of the task's ladder (rungs.json lists those it
+    keeps; a run shared with a sweep of another ladder may lack some, or stop below its top). Other stages: True."""
+    if task.stage != "pretrain":
+        return True
+    from pipeline.pretrain import read_rungs
+
+    ladder = task.spec.dp_ladder if isinstance(task.spec, Spec) else task.spec["dp_ladder"]  # typed, or plan.json's
+    return {int(dp) for dp in ladder} <= set(read_rungs(task.dir))
 
 
 def is_task_done(task: Task) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import read_status
+from pipeline.plan import ladder_reached
 from pipeline.stages import READ_STAGES
 from pipeline.task import typed
 
@@ -39,10 +40,10 @@ def time_left(plan, workers: int = 1) -> dict[str, Any]:
             continue
         st = read_status(Path(t.dir))
         work = task_work(t)
-        if st and st.get("status") == "ok":
-            if isinstance(st.get("seconds"), int | float) and work > 0:
-                timed.setdefault(t.stage, []).append((st["seconds"], work))
-        else:
+        done = bool(st) and st.get("status") == "ok"
+        if done and isinstance(st.get("seconds"), int | float) and work > 0:
+            timed.setdefault(t.stage, []).append((st["seconds"], work))
+        if not done or not ladder_reached(t):  # a finished pretraining run this ladder asks more of: counted whole
             left.setdefault(t.stage, []).append(work)
     stages, seconds, unmeasured = {}, 0.0, []
     for stage, works in left.items():

@@ -143,6 +143,31 @@ def failed_tasks(plan: Plan) -> list[tuple[str, str, str]]:
     return out
 
 
+def remade_rungs(plan: Plan) -> list[str]:
+    """The pretraining runs, trained before for another Dp ladder, that lack checkpoints for rungs of this one below
+    their last step: each will train again from its init to make them (pipeline.pretrain) before their cells."""
+    from pipeline.pretrain import rungs_to_remake
+
+    lines = []
+    for t in plan.tasks:
+        if t.stage == "pretrain" and (Path(t.dir) / "checkpoints").is_dir():
+            reached, missing = rungs_to_remake(t)
+            if missing:
+                lines.append(f"  pretraining {t.name}: trained to step {reached:,}, it keeps no checkpoint for Dp "
+                             f"{', '.join(f'{dp:,}' for dp in missing.values())} (trained for another Dp ladder, or "
+                             f"deleted); it trains again from its init to step {max(missing):,} to make them")
+    return ["", "rungs to remake", *lines] if lines else []
+
+
+class Stopped(Exception):
+    """A stop signal ended a sweep (its tasks checkpointed): the whole command ends, a multirun's later sweeps and
+    a re-plan included; the same command continues it. `rc`: the sweep's exit status (1 if a task failed)."""
+
+    def __init__(self, message: str, rc: int = 0):
+        super().__init__(message)
+        self.rc = rc
+
+
 def _has_gpu() -> bool:
     import torch
 
@@ -158,6 +183,8 @@ def run(cfg_any: Any) -> int:
         checks = resource_checks(cfg, plan)
         print(format_plan(plan, dict(states), measured_peak(dtype=dtype), disk_check(cfg, plan), failed_tasks(plan),
                           time_left(plan, workers)))
+        for line in remade_rungs(plan):
+            print(line)
         print("\n" + format_table(checks, cfg), flush=True)
         refuse(checks)  # a job that would fail: one line naming the settings, exit 2, no plan written
         plan.summary["resources"] = summary(checks)
@@ -174,7 +201,7 @@ def run(cfg_any: Any) -> int:
     waiting = plan.summary.get("lr_deferred", 0)
     again = waiting and cfg.executor.kind == "local"
     rc = executor.run(plan, [t for t in todo if t.stage not in READ_STAGES] if again else todo)
-    while rc == 0 and again:
+    while rc == 0 and again and not getattr(executor, "stopped", None):
         cfg, plan = prepare(cfg_any)
         left = plan.summary.get("lr_deferred", 0)
         log.info("%d finetuning runs waited for the learning rate searched on the first seed; %d still wait",
@@ -183,6 +210,9 @@ def run(cfg_any: Any) -> int:
         waiting = left
         todo = plan.select(cfg.stage)
         rc = executor.run(plan, [t for t in todo if t.stage not in READ_STAGES] if again else todo)
+    if getattr(executor, "stopped", None):
+        raise Stopped(f"sweep {plan.sweep} stopped by {executor.stopped}: the command ends here; run it again to "
+                      "continue", rc)
     if waiting and rc == 0:
         print(f"{waiting} finetuning runs wait for the learning rate searched on the first seed: run the same "
               "command again once its cells are finished")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from pipeline.artifacts import atomic_write_text, clean_temporaries, is_done, write_status
 from pipeline.logs import setup_logging
-from pipeline.plan import Task, load_plan
+from pipeline.plan import Task, ladder_reached, load_plan
 from pipeline.stages import READ_STAGES, RUNNERS, SPECS
-from pipeline.typed import Spec, to_dict
+from pipeline.typed import to_dict
 
 log = logging.getLogger("pipeline")
 
@@ -40,14 +40,7 @@ def rank() -> int:
 
 def is_complete(task: Task) -> bool:
     """Finished and nothing more asked of it (a pretraining run is finished only up to its ladder)."""
-    if task.stage in READ_STAGES or not is_done(Path(task.dir)):
-        return False
-    if task.stage == "pretrain":
-        from pipeline.pretrain import read_rungs
-
-        ladder = task.spec.dp_ladder if isinstance(task.spec, Spec) else task.spec["dp_ladder"]  # typed, or plan.json's
-        return set(int(x) for x in ladder) <= set(read_rungs(task.dir))
-    return True
+    return task.stage not in READ_STAGES and is_done(Path(task.dir)) and ladder_reached(task)
 
 
 def log_path(task: Task) -> Path:

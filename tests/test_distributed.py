@@ -240,6 +240,27 @@ def test_a_signal_to_one_rank_saves_and_stops_both_then_the_rerun_finishes_on_on
 
 
 @pytest.mark.slow
+def test_two_fsdp2_processes_remake_the_rungs_a_shared_run_lacks(pretrain_base, tmp_path):
+    """A run trained (on one process) for a ladder of its top rung alone, then asked for the whole ladder on two
+    FSDP2 ranks: they agree on the rungs to remake, train them again from the init, rank 0 moves them in, and the
+    run ends with the uninterrupted run's rungs (test_pretrain.py has the one-process case)."""
+    from pipeline.task import execute
+
+    base, single = pretrain_base
+    d = tmp_path / "run"
+    assert execute(with_spec(base, d, dp_ladder=LADDER[-1:])) == "ok"
+    run = with_spec(base, d, dp_ladder=LADDER, pretrain={"micro_batch_size": 8, "distributed": "fsdp"})
+    r = torchrun(write_plan_file(run, tmp_path / "plan.json"))
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stderr.count("keeps no checkpoint for the rungs Dp 8,192 of this ladder") == 1, r.stderr[-3000:]
+    for step in (8, 15):
+        got, want = (weights(step_dir(x / "checkpoints", step)) for x in (d, single))
+        assert max_abs_diff(got, want) < 1e-5, step
+    assert json.loads((d / "rungs.json").read_text()).keys() == {str(x) for x in LADDER}
+    assert not (d / "replay").exists()
+
+
+@pytest.mark.slow
 def test_kills_during_a_save_and_at_a_random_step_resume_on_another_number_of_processes(pretrain_base, tmp_path):
     """Checkpointing every step: SIGKILL to the 2-process job while a checkpoint is being written, rerun on one
     process, SIGKILL at a random later step, rerun on two: the run ends as the uninterrupted one."""

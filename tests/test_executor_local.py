@@ -279,7 +279,10 @@ from pipeline.executors.local import LocalExecutor
 from pipeline.plan import Plan
 setup_logging()
 plan = Plan.from_dict(json.load(open(sys.argv[1])))
-sys.exit(LocalExecutor(workers=int(sys.argv[2]), threads_per_worker=1).run(plan, plan.tasks))
+ex = LocalExecutor(workers=int(sys.argv[2]), threads_per_worker=1)
+rc = ex.run(plan, plan.tasks)
+print(f"executor stopped: {ex.stopped}")
+sys.exit(rc)
 """
 
 
@@ -311,8 +314,11 @@ def test_a_stop_signal_stops_the_sweep_with_exit_zero_and_the_rerun_finishes(tmp
     if workers > 1:
         assert runs(plan, "ft-b") == 1 and (ft_b / "status.json").exists()  # finished, not killed
     assert "rerun the same command to continue" in text and "Traceback" not in text
+    # what pipeline.run reads to start nothing more (no re-plan, no next sweep of a multirun)
+    assert f"executor stopped: {'a signal to a task' if workers == 1 else sig.name}" in text
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "executor stopped: None" in r.stdout
     counts = summary_counts(r.stderr.splitlines())
     assert set(counts) == {"ok", "skipped"} and counts["ok"] + counts["skipped"] == 11, counts
     assert runs(plan, "ft-a") == 2 and all(runs(plan, n) == 1 for n in never if n != "collect")

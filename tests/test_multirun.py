@@ -7,7 +7,10 @@ bad in every run and an unknown key.)
 from __future__ import annotations
 
 import re
+import sys
+from types import SimpleNamespace
 
+import pytest
 from conftest import cli
 
 SMOKE = ["scale=smoke", "stage=plan"]
@@ -55,3 +58,74 @@ def test_a_good_multirun_runs_every_combination(tmp_path, l10n_corpus):
     # the vocabulary shows in the parameter count: two models a sweep
     params = re.findall(r"^  model t5_tiny: (\S+) parameters", r.stdout, re.M)
     assert len(params) == 4 and len(set(params)) == 2, params
+
+
+class FakeExecutor:
+    """Stands in for the local executor: each run() is counted; `stop_at`: the call whose sweep a signal stops."""
+
+    def __init__(self, stop_at: int | None):
+        self.calls, self.stop_at, self.stopped = 0, stop_at, None
+
+    def run(self, plan, tasks) -> int:
+        self.calls += 1
+        self.stopped = "SIGTERM" if self.calls == self.stop_at else None
+        return 0
+
+
+@pytest.mark.parametrize("stop_at", [1, None], ids=["stopped", "not-stopped"])
+def test_a_stopped_sweep_is_not_started_again_by_the_re_plan(monkeypatch, stop_at):
+    """finetune.lr_search=first_seed: once the search's cells are done, pipeline.run plans again and runs the other
+    seeds. After a stop signal it must not (desk2, 2026-12-07: a SIGTERM stopped the sweep, and the re-plan started
+    it again two seconds later)."""
+    import pipeline.executors as executors
+    import pipeline.run as prun
+    from pipeline.plan import Plan
+
+    cfg = SimpleNamespace(stage="all", executor=SimpleNamespace(kind="local"))
+    deferred = iter([4, 2, 0])  # runs waiting for the searched rate: fewer at each plan
+    plans = []
+
+    def prepare(_):
+        plans.append(Plan(sweep="toy", tasks=[], cells=[], summary={"lr_deferred": next(deferred)}))
+        return cfg, plans[-1]
+
+    ex = FakeExecutor(stop_at)
+    monkeypatch.setattr(prun, "prepare", prepare)
+    monkeypatch.setattr(prun, "record_precision", lambda *a: None)
+    monkeypatch.setattr(executors, "get_executor", lambda _: ex)
+    if stop_at:
+        with pytest.raises(prun.Stopped, match="stopped by SIGTERM: the command ends here") as e:
+            prun.run(None)
+        assert ex.calls == 1 and len(plans) == 1 and e.value.rc == 0
+    else:
+        assert prun.run(None) == 0
+        assert ex.calls == 3 and len(plans) == 3  # planned and ran again until nothing waited
+
+
+@pytest.mark.parametrize("stopped,rc", [(True, 0), (True, 1), (False, 0)], ids=["stopped", "stopped-failed", "not-stopped"])
+def test_a_stop_signal_ends_a_multirun_at_the_sweep_it_stopped(tmp_path, monkeypatch, stopped, rc):
+    """Hydra's multirun starts its next sweep after one returns, and catches a sweep's exceptions: a stopped sweep
+    must end the whole command, with its exit status (0, or 1 if a task of it failed; the same command continues
+    it)."""
+    import pipeline.run as prun
+    from pipeline.__main__ import main
+
+    swept = []
+
+    def run(cfg) -> int:
+        swept.append(cfg.sweep.name)
+        if stopped:
+            raise prun.Stopped(f"sweep {cfg.sweep.name} stopped by SIGTERM: the command ends here", rc)
+        return 0
+
+    monkeypatch.setattr(prun, "run", run)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pipeline", "-m", "+sweep=en_de,en_fr", "scale=smoke", *paths(tmp_path),
+                                      f"hydra.sweep.dir={tmp_path / 'multirun'}"])
+    if stopped:
+        with pytest.raises(SystemExit) as e:
+            main()
+        assert e.value.code == rc and swept == ["en_de"]
+    else:
+        main()
+        assert swept == ["en_de", "en_fr"]

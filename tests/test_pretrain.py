@@ -193,3 +193,113 @@ def test_repeated_text_on_request_trains_past_the_streams_and_each_rung_says_wha
     assert first["unique_tokens"] == first["dp_tokens"] and first["epochs"] <= 1
     assert top["unique_tokens"] < top["dp_tokens"] and 1 < top["epochs"] <= 1.3 + 1e-9
     assert max(top["epochs_by_language"].values()) == top["epochs"]
+
+
+def rung_weights_equal(run_dir, ref_dir, steps) -> None:
+    for s in steps:
+        assert max_abs_diff(weights(step_dir(run_dir / "checkpoints", s)), weights(step_dir(ref_dir / "checkpoints", s))) < 1e-6, s
+
+
+def rungs_json(run_dir) -> dict:
+    return json.loads((run_dir / "rungs.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def top_only(built):
+    """The run trained for a sweep whose ladder is the top rung alone (a run is shared by sweeps whose ladders
+    differ: its identity leaves the ladder out, as desk2's ablation [8M, 16M] and study [1M ... 16M] did)."""
+    from pipeline.task import execute
+
+    d = built["root"] / "top-only"
+    assert execute(with_spec(built["task"], d, dp_ladder=[40960])) == "ok"
+    assert [p.name for p in (d / "checkpoints").glob("step-*")] == [f"step-{LAST:08d}"]
+    return d
+
+
+def test_a_shared_run_remakes_the_rungs_another_ladder_did_not_keep(built, top_only, tmp_path, caplog):
+    """The sweep with the whole ladder finds the run at its last step with no checkpoint at the lower rungs:
+    stage=plan says it will make them, the run trains again from the init to the highest of them (the run's own
+    trajectory: the uninterrupted run's weights), leaves the top rung as it was, and then counts as done."""
+    from pipeline.plan import Plan, task_state
+    from pipeline.pretrain import rungs_to_remake
+    from pipeline.run import remade_rungs
+    from pipeline.task import execute, is_complete
+
+    d = tmp_path / "run"
+    shutil.copytree(top_only, d)
+    task = with_spec(built["task"], d)  # the whole ladder [8192, 24576, 40960]: steps 8, 22, 37
+    assert task_state(task) == "partial" and not is_complete(task)
+    assert rungs_to_remake(task) == (LAST, {8: 8192, 22: 24576})
+    lines = remade_rungs(Plan(sweep="test", tasks=[task], cells=[], summary={}))
+    assert lines[1] == "rungs to remake" and "keeps no checkpoint for Dp 8,192, 24,576" in lines[2]
+    assert f"trained to step {LAST}" in lines[2] and "from its init to step 22" in lines[2]
+    top = step_dir(d / "checkpoints", LAST) / "model.safetensors"
+    mtime = top.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        assert execute(task) == "ok"
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 1 and "keeps no checkpoint for the rungs Dp 8,192, 24,576" in said[0], said
+    assert top.stat().st_mtime_ns == mtime  # the rung the run had is not trained again
+    rung_weights_equal(d, built["ref"], (8, 22, LAST))
+    assert rungs_json(d) == rungs_json(built["ref"])  # upstream losses and text read, each rung
+    assert not (d / "replay").exists() and is_complete(task) and task_state(task) == "done"
+    assert rungs_to_remake(task)[1] == {} and remade_rungs(Plan(sweep="test", tasks=[task], cells=[], summary={})) == []
+
+
+@pytest.mark.slow  # a subprocess killed in the replay, then rerun
+def test_a_replay_killed_part_way_resumes_and_ends_the_same(built, top_only, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(top_only, run_dir)
+    plan_file = write_plan_file(with_spec(built["task"], run_dir, pretrain={"checkpoint_minutes": 1e-6}),
+                                tmp_path / "plan.json")
+    side = run_dir / "replay" / "checkpoints"
+    proc = start(plan_file, tmp_path / "first.log")
+    try:
+        # a periodic save past the replay's first rung (named by its step: retain may delete it as we look)
+        wait_for(lambda: any(int(p.name[5:]) > 8 and (p / MARKER).exists() for p in side.glob("step-*")), proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    r = subprocess.run(task_cmd(plan_file), env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "replay resuming from step-" in r.stderr
+    rung_weights_equal(run_dir, built["ref"], (8, 22, LAST))
+    assert rungs_json(run_dir) == rungs_json(built["ref"]) and not (run_dir / "replay").exists()
+
+
+def test_a_replay_uses_what_a_killed_one_made_and_a_deleted_rung_is_made_again(built, top_only, tmp_path, caplog):
+    """What a replay killed part-way left in replay/ is used (a finished rung moved in, not trained again), a
+    replay/ nothing needs is dropped, and a rung checkpoint deleted by hand makes the run unfinished again (the
+    plan counts it partial) until the rerun remakes it."""
+    from pipeline.plan import task_state
+    from pipeline.pretrain import run
+    from pipeline.task import execute, is_complete
+
+    d = tmp_path / "run"
+    shutil.copytree(top_only, d)
+    shutil.copytree(step_dir(built["ref"] / "checkpoints", 8), step_dir(d / "replay" / "checkpoints", 8))
+    task = with_spec(built["task"], d)
+
+    def remade() -> list[str]:
+        return [r.getMessage().split("the rungs ")[1].split(" of")[0] for r in caplog.records
+                if "keeps no checkpoint for the rungs" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO):
+        assert execute(task) == "ok"
+    assert remade() == ["Dp 24,576"]  # the rung at step 8 came from replay/, made before the kill
+    rung_weights_equal(d, built["ref"], (8, 22, LAST))
+    assert rungs_json(d) == rungs_json(built["ref"]) and not (d / "replay").exists()
+
+    (d / "replay" / "checkpoints").mkdir(parents=True)  # left by a kill after the last move
+    run(task)
+    assert not (d / "replay").exists()
+
+    shutil.rmtree(step_dir(d / "checkpoints", 22))
+    assert not is_complete(task) and task_state(task) == "partial"
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert execute(task) == "ok"
+    assert remade() == ["Dp 24,576"] and is_complete(task)
+    rung_weights_equal(d, built["ref"], (8, 22, LAST))
+    assert rungs_json(d) == rungs_json(built["ref"])

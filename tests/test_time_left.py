@@ -68,3 +68,23 @@ def test_time_left_is_the_finished_tasks_rate_times_the_work_not_done(plan):
             "workers) for the timed stages") in text
     assert f"finetune: {rate:.2f} s a step (over 2 finished), at most {left_steps:,.0f} steps" in text
     assert "not timed yet (nothing finished): " in text and "pretrain" in text.split("not timed yet")[1]
+
+
+def test_a_finished_pretraining_run_this_ladder_asks_more_of_is_work_left(plan):
+    """status ok but rungs missing (another sweep's shorter ladder, or a deleted rung): the run trains again, so
+    stage=plan counts its steps as left (whole, an upper bound), while its seconds still time the stage."""
+    pt = [t for t in plan.tasks if t.stage == "pretrain"]
+    finish(pt[0], 10.0 * task_work(pt[0]))  # finished, but rungs.json lists none of this ladder
+    tl = time_left(plan)
+    assert tl["stages"]["pretrain"]["tasks"] == len(pt) and tl["stages"]["pretrain"]["timed"] == 1
+    assert tl["stages"]["pretrain"]["rate"] == pytest.approx(10.0)
+    from pipeline.task import typed
+
+    rungs = {}
+    for step, dp in typed(pt[0]).spec.rung_steps().items():
+        ck = Path(pt[0].dir) / "checkpoints" / f"step-{step:08d}"
+        ck.mkdir(parents=True)
+        (ck / "COMPLETE").write_text("{}")
+        rungs[str(dp)] = {"step": step, "checkpoint": f"checkpoints/step-{step:08d}"}
+    (Path(pt[0].dir) / "rungs.json").write_text(json.dumps(rungs))
+    assert time_left(plan)["stages"]["pretrain"]["tasks"] == len(pt) - 1  # its ladder kept: done

@@ -90,6 +90,7 @@ class _InProcess:
 class LocalExecutor:
     def __init__(self, workers: int = 1, threads_per_worker: int | None = None):
         self.workers = max(1, int(workers))
+        self.stopped: str | None = None  # the signal that stopped the last run: the caller must start nothing more
         cores = os.cpu_count() or 1
         self.threads = threads_per_worker or max(1, cores // self.workers)
 
@@ -156,11 +157,12 @@ class LocalExecutor:
                         state, err, lp = "failed", f"worker died: {e}", None
                     finish(t, state, err, lp)
                     if state == "preempted" and not stop.signal:  # the task's StopFlag took the signal
-                        stop.signal = "a stop signal"
+                        stop.signal = "a signal to a task"
                         if forward:
                             forward(signal.SIGTERM)  # the others checkpoint too
         for t in pending:  # never started because the sweep was stopped
             results[t.id] = "not started"
+        self.stopped = stop.signal
         bar.close()
         return self._summary(plan, results, failures, time.time() - t0)
 
