@@ -54,7 +54,6 @@ from pipeline.streams import open_stream
 from pipeline.study import Mixture
 from pipeline.tracking import make_tracker
 from pipeline.training import (
-    MARKER,
     STATE,
     Preempted,
     capture_rng,
@@ -398,7 +397,7 @@ def plan_replay(side: Path, ckroot: Path, rung_steps: dict[int, int], reached: i
         adopt_rungs(side, ckroot, done, drop=False)
         missing = missing_rungs(ckroot, rung_steps, reached)
     last = latest_checkpoint(side) if missing else None
-    if not missing or (last is not None and int(last.name.split("-")[1]) > max(missing)):
+    if not missing or (last is not None and checkpoint_meta(last)["step"] > max(missing)):
         shutil.rmtree(side.parent)
         last = None
     return missing, last
@@ -438,7 +437,7 @@ def rungs_to_remake(task) -> tuple[int, dict[int, int]]:
     ckroot = Path(task.dir) / "checkpoints"
     # read only (a sweep may be writing this run): no latest_checkpoint, which removes temporaries and logs
     resumable = [p for p in ckroot.glob("step-*") if (p / STATE).is_file() and verify_checkpoint(p) is None]
-    reached = max((int(p.name.split("-")[1]) for p in resumable), default=0)
+    reached = max((checkpoint_meta(p)["step"] for p in resumable), default=0)
     return reached, missing_rungs(ckroot, spec.rung_steps(), reached)
 
 
@@ -467,7 +466,8 @@ def _is_rung(ckpt: Path) -> bool:
 
 
 def read_rungs(run_dir: str | Path) -> dict[int, dict[str, Any]]:
-    """The rungs a run keeps: rungs.json's entries whose checkpoint is finished (one deleted since is not)."""
+    """The rungs a run keeps: rungs.json's entries whose checkpoint is an intact rung (the test the run itself makes
+    before remaking one: a rung deleted or damaged since is not kept)."""
     p = Path(run_dir) / "rungs.json"
     rungs = {int(k): v for k, v in json.loads(p.read_text()).items()} if p.exists() else {}
-    return {dp: e for dp, e in rungs.items() if (Path(run_dir) / e.get("checkpoint", "") / MARKER).is_file()}
+    return {dp: e for dp, e in rungs.items() if "checkpoint" in e and _kept_rung(Path(run_dir) / e["checkpoint"])}

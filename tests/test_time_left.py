@@ -83,8 +83,10 @@ def test_a_finished_pretraining_run_this_ladder_asks_more_of_is_work_left(plan):
     rungs = {}
     for step, dp in typed(pt[0]).spec.rung_steps().items():
         ck = Path(pt[0].dir) / "checkpoints" / f"step-{step:08d}"
-        ck.mkdir(parents=True)
-        (ck / "COMPLETE").write_text("{}")
+        ck.mkdir(parents=True)  # a rung checkpoint as the run reads one: its meta says rung, its marker lists it
+        meta = json.dumps({"step": step, "rung": True, "dp_rung": dp})
+        (ck / "meta.json").write_text(meta)
+        (ck / "COMPLETE").write_text(json.dumps({"files": {"meta.json": {"bytes": len(meta), "sha256": ""}}}))
         rungs[str(dp)] = {"step": step, "checkpoint": f"checkpoints/step-{step:08d}"}
     (Path(pt[0].dir) / "rungs.json").write_text(json.dumps(rungs))
     assert time_left(plan)["stages"]["pretrain"]["tasks"] == len(pt) - 1  # its ladder kept: done
